@@ -1,0 +1,139 @@
+"""The ``regiongate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from regiongate.config import Config, ConfigError, load_config
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from regiongate.serve import ServeOptions, serve
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("regiongate: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    opts = ServeOptions(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        access_log=args.access_log,
+        log_level=args.log_level,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    serve(_config(args.config), opts)
+    return 0
+
+
+def cmd_sim_backend(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from regiongate.upstream.sim_server import SimServer
+    from regiongate.upstream.simulated import SimulatedEngine
+
+    engine = SimulatedEngine(
+        f"sim-{args.region}",
+        args.region,
+        args.region_name or args.region,
+        ttft_ms=args.ttft_ms,
+        tokens_per_s=args.tokens_per_s,
+        slots=args.slots,
+        rtt_ms=args.rtt_ms,
+    )
+    app = SimServer(engine, args.model or [], args.mode)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    deps = sum(len(d.models) for d in cfg.deployments)
+    print(f"ok: {len(cfg.regions)} regions, {deps} deployments, {len(cfg.teams)} teams")
+    return 0
+
+
+def cmd_route_explain(args: argparse.Namespace) -> int:
+    from regiongate.explain import explain
+
+    cfg = _config(args.config)
+    try:
+        print(explain(cfg, args.model, args.origin, args.endpoint))
+    except ValueError as e:
+        print(f"regiongate: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regiongate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway (REST and gRPC listeners)")
+    s.add_argument("--config", help="TOML config file (default: the demo world shipped in the package)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=50051, help="0 disables the gRPC listener")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--tls-cert")
+    s.add_argument("--tls-key")
+    s.add_argument("--access-log", action="store_true", help="one JSON line per request (no bodies)")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("sim-backend", help="serve one simulated regional cluster over OpenAI-compatible HTTP")
+    b.add_argument("--region", required=True)
+    b.add_argument("--region-name")
+    b.add_argument("--model", action="append", help="model names to list (repeatable)")
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--port", type=int, default=9000)
+    b.add_argument("--ttft-ms", type=float, default=80.0)
+    b.add_argument("--tokens-per-s", type=float, default=100.0)
+    b.add_argument("--slots", type=int, default=8)
+    b.add_argument("--rtt-ms", type=float, default=0.0)
+    b.add_argument("--mode", default="ok", choices=["ok", "hang", "error500", "garbage", "hang-stream"])
+    b.set_defaults(func=cmd_sim_backend)
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("--config")
+    c.set_defaults(func=cmd_check_config)
+
+    r = sub.add_parser("route", help="routing tools")
+    rsub = r.add_subparsers(dest="route_command", required=True)
+    e = rsub.add_parser("explain", help="print the ranked plan for a model from a place")
+    e.add_argument("--model", required=True)
+    e.add_argument("--from", dest="origin", help="client location LAT,LON (default: the gateway's)")
+    e.add_argument(
+        "--endpoint", default="localhost", help="host the client addresses, e.g. us-east-1.localhost"
+    )
+    e.add_argument("--config")
+    e.set_defaults(func=cmd_route_explain)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""One error type for every refusal, split by fault (like h11's Local/RemoteProtocolError).
+
+``ClientError`` (4xx): the caller asked for something wrong or not allowed. ``GatewayError`` (503): we cannot
+serve it now (capacity, region down). ``UpstreamError`` (502/504): a backend failed after we chose it.
+Each carries what both protocol adapters need: HTTP status, OpenAI ``type``/``code``, a message that says
+what to do, and an optional retry hint. The gRPC adapter maps ``status`` to a status code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _names(items: Sequence[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
+class RouteError(Exception):
+    status: int = 400
+    type: str = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status: int | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    # --- client faults -------------------------------------------------------------------------------
+    @classmethod
+    def unknown_region(
+        cls, label: str, regions: Sequence[str], zones: Sequence[str], base: str
+    ) -> RouteError:
+        return ClientError(
+            f"'{label}.{base}' names no region or data zone. Regions: {_names(regions)}; zones: "
+            f"{_names(zones)}. Use '{base}' for the global endpoint.",
+            code="unknown_region",
+            status=404,
+        )
+
+    @classmethod
+    def unknown_host(cls, host: str, bases: Sequence[str]) -> RouteError:
+        return ClientError(
+            f"Host '{host}' is not served here; use one of {_names(bases)} or '<region>.<base>'.",
+            code="unknown_host",
+            status=404,
+        )
+
+    @classmethod
+    def model_not_found(cls, model: str, where: str, offering: Sequence[str]) -> RouteError:
+        hint = (
+            f" It is offered in: {_names(offering)}; use the global endpoint or one of those regions."
+            if offering
+            else ""
+        )
+        return ClientError(
+            f"The model '{model}' does not exist or is not available {where}.{hint}",
+            code="model_not_found",
+            status=404,
+            param="model",
+        )
+
+    @classmethod
+    def region_not_allowed(cls, where: str, allowed: str) -> RouteError:
+        return ClientError(
+            f"This API key may only be served in {allowed}; {where} is outside it.",
+            code="region_not_allowed",
+            status=403,
+            type="permission_error",
+        )
+
+    # --- gateway faults ------------------------------------------------------------------------------
+    @classmethod
+    def region_unavailable(
+        cls, where: str, model: str, why: str, could_serve: Sequence[str], retry_after: float
+    ) -> RouteError:
+        alt = (
+            f" Regions that could serve '{model}' right now: {_names(could_serve)}."
+            if could_serve
+            else f" No region can serve '{model}' right now."
+        )
+        return GatewayError(
+            f"{where} cannot take this request ({why}); it is not sent elsewhere.{alt} "
+            f"Retry after {retry_after:g}s.",
+            code="region_unavailable",
+            retry_after=retry_after,
+        )
+
+    @classmethod
+    def capacity_exhausted(cls, model: str, regions: Sequence[str], retry_after: float) -> RouteError:
+        return GatewayError(
+            f"Every region offering '{model}' ({_names(regions)}) is at capacity or unhealthy. "
+            f"Retry after {retry_after:g}s.",
+            code="capacity_exhausted",
+            retry_after=retry_after,
+        )
+
+
+class ClientError(RouteError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class GatewayError(RouteError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamError(RouteError):
+    status = 502
+    type = "upstream_error"

@@ -1,0 +1,44 @@
+"""Distance on the globe and the network round-trip time it implies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    lat: float
+    lon: float
+
+
+EARTH_RADIUS_KM = 6371.0
+# Light in fibre covers ~200 km per ms one way; real paths are ~1.5x the great circle, so a round trip
+# costs ~1 ms per 67 km. A small constant covers the last mile and switching.
+RTT_MS_PER_KM = 2 * 1.5 / 200.0
+RTT_BASE_MS = 2.0
+
+
+def great_circle_km(a: Location, b: Location) -> float:
+    """Haversine distance in kilometres."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def rtt_from_distance_ms(a: Location, b: Location) -> float:
+    return RTT_BASE_MS + great_circle_km(a, b) * RTT_MS_PER_KM
+
+
+def parse_location(text: str) -> Location | None:
+    """Parse ``"<lat>,<lon>"``; None when malformed or out of range."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or math.isnan(lat) or math.isnan(lon):
+        return None
+    return Location(lat, lon)

@@ -1,0 +1,42 @@
+"""The facts about one request that routing needs, and the caller's access (team grants, key fences)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from regiongate.core.endpoint import GLOBAL, Endpoint
+from regiongate.core.world import Location
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Permission to use ``model`` ('*' for all) in ``region`` (None for every region)."""
+
+    model: str
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the calling key may reach. The defaults allow everything."""
+
+    team: str = ""
+    grants: tuple[Grant, ...] | None = None  # None: every model in every region
+    zone: str | None = None  # key fenced to one data zone
+    spill_budget_ms: float | None = None  # global spillover only within this much of the best estimate
+
+    def permits(self, model: str, region: str) -> bool:
+        if self.grants is None:
+            return True
+        return any(g.model in ("*", model) and g.region in (None, region) for g in self.grants)
+
+
+ALL_ACCESS = Access()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    model: str
+    endpoint: Endpoint = GLOBAL
+    client_location: Location | None = None
+    access: Access = ALL_ACCESS

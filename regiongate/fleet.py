@@ -1,0 +1,114 @@
+"""The live fleet: regions, deployments and backends with their measured state, and the snapshots of it
+that the policy reads. Mutable state lives here and only here; the policy sees frozen copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from regiongate.capacity import CapacityStore, deployment_key
+from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
+from regiongate.health import Ewma, Outlier
+from regiongate.upstream.base import Upstream
+
+
+@dataclass(slots=True)
+class Backend:
+    id: str
+    upstream: Upstream
+    upstream_model: str | None = None  # model name to send upstream, when it differs
+    outlier: Outlier = field(default_factory=Outlier)
+    in_flight: int = 0
+    rtt: Ewma | None = None  # filled by active probes
+
+    def state(self, now: float) -> BackendState:
+        rtt = self.rtt.value if self.rtt is not None else None
+        return BackendState(self.id, not self.outlier.ejected(now), self.in_flight, rtt)
+
+
+@dataclass(slots=True)
+class Deployment:
+    model: str
+    region: str
+    limit: int
+    backends: list[Backend]
+    ttft: Ewma
+    key: str = ""
+    queue_depth: int = 0
+    reported_free: int | None = None
+
+    def __post_init__(self) -> None:
+        self.key = deployment_key(self.model, self.region)
+
+
+class Fleet:
+    def __init__(
+        self,
+        regions: Iterable[Region],
+        deployments: Iterable[Deployment],
+        gateway_location: Location,
+        capacity: CapacityStore,
+        clock: Callable[[], float],
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self.regions = {r.id: r for r in regions}
+        self.deployments = {(d.model, d.region): d for d in deployments}
+        self.capacity = capacity
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+        self.by_model: dict[str, list[Deployment]] = {}
+        for d in self.deployments.values():
+            self.by_model.setdefault(d.model, []).append(d)
+        self.backends = {b.id: b for d in self.deployments.values() for b in d.backends}
+        # Static parts of every snapshot, computed once.
+        self._base = WorldSnapshot.build(self.regions, {}, gateway_location, retry_after_s)
+
+    def _state(self, d: Deployment, now: float) -> DeploymentState:
+        return DeploymentState(
+            model=d.model,
+            region=d.region,
+            limit=d.limit,
+            in_use=self.capacity.in_use(d.key),
+            backends=tuple(b.state(now) for b in d.backends),
+            ttft_ms=d.ttft.value or 0.0,
+            queue_depth=d.queue_depth,
+            reported_free=d.reported_free,
+        )
+
+    def _snapshot(self, deps: Iterable[Deployment]) -> WorldSnapshot:
+        now = self.clock()
+        states = {(d.model, d.region): self._state(d, now) for d in deps}
+        by_model: dict[str, tuple[DeploymentState, ...]] = {}
+        for s in states.values():
+            by_model[s.model] = (*by_model.get(s.model, ()), s)
+        base = self._base
+        return WorldSnapshot(
+            regions=base.regions,
+            deployments=states,
+            gateway_location=base.gateway_location,
+            zones=base.zones,
+            by_model=by_model,
+            gateway_rtt_ms=base.gateway_rtt_ms,
+            retry_after_s=base.retry_after_s,
+        )
+
+    def snapshot_for(self, model: str) -> WorldSnapshot:
+        """Only the deployments of ``model``: all that one routing decision reads, at a cost bounded by the
+        number of regions, not the size of the catalogue."""
+        return self._snapshot(self.by_model.get(model, ()))
+
+    def snapshot(self) -> WorldSnapshot:
+        return self._snapshot(self.deployments.values())
+
+    def record_ttft(self, d: Deployment, ttft_ms: float) -> None:
+        d.ttft.add(ttft_ms, self.clock())
+
+    def record_success(self, b: Backend) -> None:
+        b.outlier.success()
+
+    def record_failure(self, b: Backend) -> bool:
+        return b.outlier.failure(self.clock())
+
+    async def aclose(self) -> None:
+        for b in self.backends.values():
+            await b.upstream.aclose()

@@ -1,0 +1,89 @@
+"""Prometheus metrics, in a registry owned by the app (no module-level state).
+
+Per-request work is one counter increment and, for streams, one histogram observation; fleet gauges
+(capacity in use, health, smoothed TTFT) are read from the fleet only when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from regiongate.fleet import Fleet
+
+
+class _FleetCollector(Collector):
+    def __init__(self) -> None:
+        self.fleet: Fleet | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        fleet = self.fleet
+        if fleet is None:
+            return
+        in_use = GaugeMetricFamily("regiongate_capacity_in_use", "Leases held", labels=["model", "region"])
+        limit = GaugeMetricFamily(
+            "regiongate_capacity_limit", "Concurrency limit", labels=["model", "region"]
+        )
+        ttft = GaugeMetricFamily(
+            "regiongate_ttft_smoothed_ms", "Smoothed time to first token", labels=["model", "region"]
+        )
+        healthy = GaugeMetricFamily(
+            "regiongate_backend_healthy", "1 unless ejected", labels=["backend", "region"]
+        )
+        inflight = GaugeMetricFamily(
+            "regiongate_backend_in_flight", "Requests in flight", labels=["backend", "region"]
+        )
+        now = fleet.clock()
+        for d in fleet.deployments.values():
+            labels = [d.model, d.region]
+            in_use.add_metric(labels, fleet.capacity.in_use(d.key))
+            limit.add_metric(labels, d.limit)
+            ttft.add_metric(labels, d.ttft.value or 0.0)
+            for b in d.backends:
+                healthy.add_metric([b.id, d.region], 0.0 if b.outlier.ejected(now) else 1.0)
+                inflight.add_metric([b.id, d.region], b.in_flight)
+        yield from (in_use, limit, ttft, healthy, inflight)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "regiongate_requests",
+            "Routed requests by where they ran and how they ended",
+            ["model", "region", "route", "status"],
+            registry=self.registry,
+        )
+        self._ttft = Histogram(
+            "regiongate_ttft_seconds",
+            "Time to first byte from the backend",
+            ["region"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self._fleet = _FleetCollector()
+        self.registry.register(self._fleet)
+        self._children: dict[tuple[str, str, str, int], Counter] = {}
+
+    def watch(self, fleet: Fleet) -> None:
+        self._fleet.fleet = fleet
+
+    def request(self, model: str, region: str, route: str, status: int) -> None:
+        key = (model, region, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._requests.labels(
+                model, region or "none", route or "none", str(status)
+            )
+        child.inc()
+
+    def ttft(self, region: str, ms: float) -> None:
+        self._ttft.labels(region).observe(ms / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

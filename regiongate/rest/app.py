@@ -1,0 +1,316 @@
+"""The OpenAI-compatible REST listener: a raw ASGI app over the shared gateway.
+
+Listener -> authentication -> endpoint resolution (Host) -> parse only what routing needs -> gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+
+from regiongate.auth import Principal, bearer_token
+from regiongate.catalog import offering, region_views, visible_models
+from regiongate.core import Endpoint, Location, RouteError, parse_location, resolve_endpoint
+from regiongate.gateway import Inbound
+from regiongate.rest.http import (
+    JSON,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    client_error,
+    error_headers,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+    stream_response,
+)
+from regiongate.runtime import Runtime
+
+log = logging.getLogger("regiongate.access")
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+CLIENT_LOCATION = b"x-regiongate-client-location"
+
+
+class TrustedProxies:
+    def __init__(self, networks: list[str]) -> None:
+        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, addr: str) -> bool:
+        hit = self._cache.get(addr)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(addr)
+                hit = any(ip in n for n in self._nets)
+            except ValueError:
+                hit = False
+            if len(self._cache) < 4096:
+                self._cache[addr] = hit
+        return hit
+
+
+def _new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+class RestApp:
+    def __init__(self, runtime: Runtime, access_log: bool = False) -> None:
+        self.rt = runtime
+        cfg = runtime.config
+        self.base_domains = list(cfg.gateway.base_domains)
+        self.region_ids = frozenset(runtime.fleet.regions)
+        self.zones = frozenset(r.zone for r in runtime.fleet.regions.values())
+        self.max_body = cfg.gateway.max_body_bytes
+        self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
+        self.access_log = access_log
+        self.ready = True
+        self._endpoints: dict[str, Endpoint | RouteError] = {}
+
+    # --- ASGI entry ----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                self.ready = False
+                await self.rt.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or _new_request_id()
+        started = time.monotonic()
+        status = 0
+        try:
+            if path.startswith("/v1/"):
+                status = await self._api(scope, receive, send, method, path, headers, rid)
+            elif path == "/healthz":
+                status = 200
+                await send_json(send, 200, {"status": "ok"})
+            elif path == "/readyz":
+                status = 200 if self.ready else 503
+                await send_json(send, status, {"status": "ready" if self.ready else "draining"})
+            elif path == "/metrics":
+                status = 200
+                await send_bytes(
+                    send, 200, self.rt.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8"
+                )
+            else:
+                raise client_error(
+                    404, f"Unknown path {method} {path}. See /v1/chat/completions.", "unknown_url"
+                )
+        except RouteError as e:
+            status = e.status
+            await send_error(send, e, rid)
+        except BodyTooLarge:
+            status = 413
+            err = client_error(
+                413, f"Request body exceeds the limit of {self.max_body} bytes.", "request_too_large"
+            )
+            await send_error(send, err, rid)
+        except ConnectionError:
+            status = 499
+        if self.access_log:
+            log.info(
+                "request",
+                extra={
+                    "request_id": rid,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "ms": round((time.monotonic() - started) * 1000, 2),
+                },
+            )
+
+    # --- /v1 ---------------------------------------------------------------------------------------
+    def _endpoint(self, headers: dict[bytes, bytes]) -> Endpoint:
+        host = headers.get(b"host", b"").decode("latin-1")
+        hit = self._endpoints.get(host)
+        if hit is None:
+            try:
+                hit = resolve_endpoint(host, self.base_domains, self.region_ids, self.zones)
+            except RouteError as e:
+                hit = e
+            if len(self._endpoints) < 4096:
+                self._endpoints[host] = hit
+        if isinstance(hit, RouteError):
+            raise hit
+        return hit
+
+    def _principal(self, headers: dict[bytes, bytes]) -> Principal:
+        raw = headers.get(b"authorization")
+        key = bearer_token(raw.decode("latin-1") if raw else None)
+        principal = self.rt.keys.lookup(key) if key else None
+        if principal is None:
+            what = (
+                "Incorrect API key provided."
+                if key
+                else "No API key provided: send 'Authorization: Bearer <key>'."
+            )
+            raise client_error(401, what, "invalid_api_key", type="authentication_error")
+        return principal
+
+    def _client_location(self, scope: Scope, headers: dict[bytes, bytes]) -> Location | None:
+        raw = headers.get(CLIENT_LOCATION)
+        if raw is None:
+            return None
+        client = scope.get("client")
+        if not client or client[0] not in self.trusted:
+            return None  # only trusted proxies may say where the client is
+        loc = parse_location(raw.decode("latin-1"))
+        if loc is None:
+            raise client_error(
+                400,
+                "x-regiongate-client-location must be '<lat>,<lon>' in degrees.",
+                "invalid_client_location",
+                param="x-regiongate-client-location",
+            )
+        return loc
+
+    async def _api(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        path: str,
+        headers: dict[bytes, bytes],
+        rid: str,
+    ) -> int:
+        principal = self._principal(headers)
+        endpoint = self._endpoint(headers)
+        if method == "POST":
+            return await self._proxy(scope, receive, send, path[3:], headers, principal, endpoint, rid)
+        if method != "GET":
+            raise client_error(405, f"Method {method} is not allowed on {path}.", "method_not_allowed")
+        if path == "/v1/models":
+            infos = self.rt.config.models
+            data = [
+                {
+                    "id": m.id,
+                    "object": "model",
+                    "created": m.info.created,
+                    "owned_by": m.info.owned_by,
+                    "regions": list(m.regions),
+                }
+                for m in visible_models(self.rt.fleet, endpoint, principal.access, infos)
+            ]
+            await send_json(send, 200, {"object": "list", "data": data})
+            return 200
+        if path.startswith("/v1/models/"):
+            model_id = path[len("/v1/models/") :]
+            for m in visible_models(self.rt.fleet, endpoint, principal.access, self.rt.config.models):
+                if m.id == model_id:
+                    obj = {
+                        "id": m.id,
+                        "object": "model",
+                        "created": m.info.created,
+                        "owned_by": m.info.owned_by,
+                        "regions": list(m.regions),
+                    }
+                    await send_json(send, 200, obj)
+                    return 200
+            where = "here" if endpoint.kind.value == "global" else f"on {endpoint}"
+            raise RouteError.model_not_found(
+                model_id, where, offering(self.rt.fleet, model_id, principal.access)
+            )
+        if path == "/v1/regions":
+            await send_json(
+                send, 200, {"object": "list", "data": region_views(self.rt.fleet, principal.access)}
+            )
+            return 200
+        if path == "/v1/usage":
+            await send_json(send, 200, {"object": "list", "data": self.rt.usage.for_team(principal.team)})
+            return 200
+        raise client_error(404, f"Unknown path GET {path}.", "unknown_url")
+
+    async def _proxy(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        subpath: str,
+        headers: dict[bytes, bytes],
+        principal: Principal,
+        endpoint: Endpoint,
+        rid: str,
+    ) -> int:
+        declared = headers.get(b"content-length")
+        body = await read_body(
+            receive, self.max_body, int(declared) if declared and declared.isdigit() else None
+        )
+        payload = _parse(body)
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise client_error(
+                400, "Field 'model' is required and must be a non-empty string.", "invalid_value", "model"
+            )
+        stream = payload.get("stream", False)
+        if not isinstance(stream, bool):
+            raise client_error(400, "Field 'stream' must be a boolean.", "invalid_type", "stream")
+        for name in ("max_tokens", "max_completion_tokens", "n"):
+            v = payload.get(name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise client_error(400, f"Field '{name}' must be a positive integer.", "invalid_value", name)
+        if subpath == "/chat/completions":
+            msgs = payload.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise client_error(
+                    400, "Field 'messages' must be a non-empty array.", "invalid_value", "messages"
+                )
+        inbound = Inbound(
+            subpath,
+            payload,
+            body,
+            model,
+            stream,
+            endpoint,
+            principal,
+            rid,
+            self._client_location(scope, headers),
+        )
+        routed = await self.rt.gateway.dispatch(inbound)
+        extra = [
+            (b"x-regiongate-region", routed.region.encode()),
+            (b"x-regiongate-route", routed.route.encode()),
+            (b"x-request-id", rid.encode()),
+        ]
+        extra.extend((k.encode(), v.encode()) for k, v in routed.headers)
+        if routed.chunks is None:
+            await send_bytes(send, routed.status, routed.body, routed.content_type.encode() or JSON, extra)
+            return routed.status
+        await stream_response(receive, send, SSE_HEADERS + extra, routed.chunks, routed.aclose)
+        return 200
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise client_error(400, "Request body is empty; send a JSON object.", "invalid_json")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise client_error(400, f"Request body is not valid JSON: {e}.", "invalid_json") from None
+    if not isinstance(payload, dict):
+        raise client_error(400, "Request body must be a JSON object.", "invalid_json")
+    return payload
+
+
+__all__ = ["RestApp", "error_headers"]

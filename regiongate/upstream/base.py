@@ -1,0 +1,59 @@
+"""The upstream seam: one protocol that every backend kind implements (like httpx's transports).
+
+The gateway hands a backend an ``UpstreamCall`` (OpenAI-shaped JSON, the lingua franca inside) and gets an
+``UpstreamResponse`` back once the backend has answered with a status. A failure the gateway may fail over
+(refused, timed out, 5xx, 429) raises ``UpstreamFailure``; any other non-2xx is a final answer to relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class UpstreamFailure(Exception):
+    """The backend did not answer usefully before its first byte; another candidate may be tried."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"{backend}: {reason}")
+        self.backend = backend
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    path: str  # below /v1, e.g. "/chat/completions"
+    body: bytes  # the JSON body to send as is
+    payload: dict[str, Any]  # the same body parsed (the simulated engine reads it; HTTP forwards ``body``)
+    stream: bool
+    request_id: str
+    headers: list[tuple[str, str]] = field(default_factory=list)  # extra headers worth forwarding
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    content_type: str
+    body: bytes = b""  # non-streaming answer
+    chunks: AsyncIterator[bytes] | None = None  # streaming answer: raw SSE bytes as they arrive
+    closer: Any = None  # awaitable factory that frees the upstream connection
+
+    async def aclose(self) -> None:
+        if self.chunks is not None:
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if self.closer is not None:
+            closer, self.closer = self.closer, None
+            await closer()
+
+
+class Upstream(Protocol):
+    id: str
+    first_byte_timeout_s: float
+    idle_timeout_s: float
+
+    async def send(self, call: UpstreamCall) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...

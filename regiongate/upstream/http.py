@@ -1,0 +1,100 @@
+"""An OpenAI-compatible HTTP backend (vLLM, SGLang, llama.cpp, Ollama, TGI, a provider's regional API).
+
+One pooled keep-alive aiohttp session per backend. Bytes are forwarded as they are: the request body
+the gateway built and, for streams, the SSE bytes as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+
+# Statuses that mean "this backend cannot serve it now": try the next candidate.
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+class HttpUpstream:
+    def __init__(
+        self,
+        id: str,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        connect_timeout_s: float = 2.0,
+        first_byte_timeout_s: float = 30.0,
+        idle_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
+    ) -> None:
+        self.id = id
+        self.base_url = base_url.rstrip("/")
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout_s, sock_connect=connect_timeout_s, connect=connect_timeout_s
+        )
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily: a session must be made inside the running loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def send(self, call: UpstreamCall) -> UpstreamResponse:
+        headers = dict(self._headers)
+        headers["x-request-id"] = call.request_id
+        for k, v in call.headers:
+            headers[k] = v
+        try:
+            resp = await asyncio.wait_for(
+                self._client().post(self.base_url + call.path, data=call.body, headers=headers),
+                self.first_byte_timeout_s,
+            )
+        except TimeoutError:
+            raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamFailure(self.id, f"connection failed: {type(e).__name__}: {e}") from None
+        ctype = resp.headers.get("content-type", "application/json")
+        if resp.status in RETRYABLE:
+            resp.release()
+            raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
+        if call.stream and resp.status == 200:
+            return UpstreamResponse(200, ctype, chunks=self._relay(resp), closer=self._closer(resp))
+        try:
+            body = await asyncio.wait_for(resp.read(), self.first_byte_timeout_s)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            resp.close()
+            raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
+        return UpstreamResponse(resp.status, ctype, body=body)
+
+    @staticmethod
+    def _closer(resp: aiohttp.ClientResponse):  # type: ignore[no-untyped-def]
+        async def close() -> None:
+            resp.close()
+
+        return close
+
+    async def _relay(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.content.iter_any():
+                yield chunk
+        finally:
+            resp.release()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

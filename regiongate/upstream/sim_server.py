@@ -1,0 +1,106 @@
+"""``regiongate sim-backend``: one simulated regional cluster served over HTTP as an OpenAI-compatible
+server, so tests and benchmarks go through the real upstream path. ``mode`` injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from regiongate.rest.http import Receive, Scope, Send, read_body, send_bytes, send_json, stream_response
+from regiongate.upstream.simulated import SimulatedEngine
+
+MODES = ("ok", "hang", "error500", "garbage", "hang-stream")
+
+
+async def _silent() -> AsyncGenerator[bytes, None]:
+    await asyncio.Event().wait()  # headers sent, then nothing: a stream that never yields its first byte
+    yield b""
+
+
+class SimServer:
+    def __init__(self, engine: SimulatedEngine, models: list[str] | None = None, mode: str = "ok") -> None:
+        self.engine = engine
+        self.models = models or []
+        self.mode = mode
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path in ("/health", "/v1/health"):
+            await send_json(send, 200, {"status": "ok", "region": self.engine.region})
+        elif method == "GET" and path == "/metrics":
+            text = "".join(self.engine.metrics_text(m) for m in (self.models or ["sim"]))
+            await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4")
+        elif method == "GET" and path == "/v1/models":
+            await send_json(
+                send, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+            )
+        elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            await self._complete(path[3:], receive, send)
+        else:
+            await send_json(
+                send,
+                404,
+                {
+                    "error": {
+                        "message": f"no route {method} {path}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+
+    async def _complete(self, path: str, receive: Receive, send: Send) -> None:
+        body = await read_body(receive, 64 * 1024 * 1024, None)
+        if self.mode in ("hang",):
+            await asyncio.Event().wait()  # accept and never answer
+        if self.mode == "error500":
+            await send_json(
+                send,
+                500,
+                {
+                    "error": {
+                        "message": "simulated failure",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+            return
+        if self.mode == "garbage":
+            await send_bytes(send, 200, b"\x00not json at all", b"application/json")
+            return
+        try:
+            payload: dict[str, Any] = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            await send_json(
+                send,
+                400,
+                {
+                    "error": {
+                        "message": "invalid JSON",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+            return
+        if payload.get("stream") is True:
+            gen = self.engine.stream(payload)
+            if self.mode == "hang-stream":
+                gen = _silent()
+            await stream_response(receive, send, [(b"content-type", b"text/event-stream")], gen, gen.aclose)
+        else:
+            await send_json(send, 200, await self.engine.complete(payload))

@@ -1,0 +1,80 @@
+"""Usage metering: one record per routed request, handed off the hot path to a sink.
+
+``MemoryUsage`` keeps aggregates in process (the embedded default); the control plane's store writes the
+same records to SQLite or PostgreSQL in batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    team: str
+    key_id: str
+    model: str
+    endpoint: str
+    region: str
+    route: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None
+    total_ms: float
+    at: float  # unix seconds
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class UsageSink(Protocol):
+    def record(self, rec: UsageRecord) -> None:
+        """Accept a record without blocking; persisting happens elsewhere."""
+
+    async def aclose(self) -> None:
+        """Flush everything accepted so far."""
+
+
+class MemoryUsage:
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str, str, str], UsageTotals] = defaultdict(UsageTotals)
+        self.count = 0
+
+    def record(self, rec: UsageRecord) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime(rec.at))
+        t = self.totals[(rec.team, day, rec.model, rec.region)]
+        t.requests += 1
+        t.errors += rec.status >= 400
+        t.prompt_tokens += rec.prompt_tokens
+        t.completion_tokens += rec.completion_tokens
+        self.count += 1
+
+    def for_team(self, team: str) -> list[dict[str, object]]:
+        rows = []
+        for (t, day, model, region), v in sorted(self.totals.items()):
+            if t == team:
+                rows.append(
+                    {
+                        "day": day,
+                        "model": model,
+                        "region": region,
+                        "requests": v.requests,
+                        "errors": v.errors,
+                        "prompt_tokens": v.prompt_tokens,
+                        "completion_tokens": v.completion_tokens,
+                    }
+                )
+        return rows
+
+    async def aclose(self) -> None:
+        return None
