@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -82,11 +82,26 @@ class _Attempt:
     started: float
 
 
+class Hook(Protocol):
+    """Cross-cutting steps around every routed request (rate limits, receipts, ...), shared by all
+    protocol adapters. ``before`` may refuse with a RouteError; ``after`` may add response headers;
+    ``settled`` sees the final usage record (after a stream ends)."""
+
+    async def before(self, inbound: Inbound) -> None: ...
+
+    def after(self, inbound: Inbound, routed: Routed) -> None: ...
+
+    def settled(self, inbound: Inbound, record: UsageRecord) -> None: ...
+
+
 class Gateway:
-    def __init__(self, fleet: Fleet, usage: UsageSink, metrics: Metrics) -> None:
+    def __init__(
+        self, fleet: Fleet, usage: UsageSink, metrics: Metrics, hooks: list[Hook] | None = None
+    ) -> None:
         self.fleet = fleet
         self.usage = usage
         self.metrics = metrics
+        self.hooks: list[Hook] = list(hooks or [])
 
     def plan(self, inbound: Inbound) -> Plan | RouteError:
         request = RouteRequest(
@@ -96,6 +111,14 @@ class Gateway:
 
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
+        for hook in self.hooks:
+            await hook.before(inbound)
+        routed = await self._dispatch(inbound, started)
+        for hook in self.hooks:
+            hook.after(inbound, routed)
+        return routed
+
+    async def _dispatch(self, inbound: Inbound, started: float) -> Routed:
         plan = self.plan(inbound)
         if isinstance(plan, RouteError):
             self._record(inbound, "", "", plan.status, None, None, started)
@@ -320,20 +343,21 @@ class Gateway:
             completion = c if isinstance(c, int) else 0
         now = time.monotonic()
         self.metrics.request(inbound.model, region, route, status)
-        self.usage.record(
-            UsageRecord(
-                request_id=inbound.request_id,
-                team=inbound.principal.team,
-                key_id=inbound.principal.key_id,
-                model=inbound.model,
-                endpoint=str(inbound.endpoint),
-                region=region,
-                route=route,
-                status=status,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                ttft_ms=ttft_ms,
-                total_ms=(now - started) * 1000.0,
-                at=time.time(),
-            )
+        record = UsageRecord(
+            request_id=inbound.request_id,
+            team=inbound.principal.team,
+            key_id=inbound.principal.key_id,
+            model=inbound.model,
+            endpoint=str(inbound.endpoint),
+            region=region,
+            route=route,
+            status=status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            ttft_ms=ttft_ms,
+            total_ms=(now - started) * 1000.0,
+            at=time.time(),
         )
+        self.usage.record(record)
+        for hook in self.hooks:
+            hook.settled(inbound, record)

@@ -28,6 +28,7 @@ class RouteError(Exception):
         type: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +39,7 @@ class RouteError(Exception):
             self.type = type
         self.param = param
         self.retry_after = retry_after
+        self.headers = headers  # extra response headers / trailing metadata (e.g. x-ratelimit-*)
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -19,6 +19,7 @@ from regiongate.core import Endpoint, Location, RouteError, parse_location, reso
 from regiongate.gateway import Inbound
 from regiongate.rest.http import (
     JSON,
+    ASGIApp,
     BodyTooLarge,
     Receive,
     Scope,
@@ -72,6 +73,8 @@ class RestApp:
         self.access_log = access_log
         self.ready = True
         self._endpoints: dict[str, Endpoint | RouteError] = {}
+        # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
+        self.mounts: list[tuple[str, ASGIApp]] = []
 
     # --- ASGI entry ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,6 +15,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
 
@@ -76,6 +77,7 @@ async def send_json(
 
 def error_headers(err: RouteError, request_id: str) -> list[tuple[bytes, bytes]]:
     extra = [(b"x-request-id", request_id.encode())]
+    extra.extend((k.encode(), v.encode()) for k, v in err.headers)
     if err.retry_after is not None:
         secs = max(1, round(err.retry_after))
         extra.append((b"retry-after", str(secs).encode()))
