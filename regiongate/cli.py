@@ -52,7 +52,7 @@ def cmd_sim_backend(args: argparse.Namespace) -> int:
         slots=args.slots,
         rtt_ms=args.rtt_ms,
     )
-    app = SimServer(engine, args.model or [], args.mode)
+    app = SimServer(engine, args.model or [], args.mode, hold=args.hold)
     uvicorn.run(
         app,
         host=args.host,
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--slots", type=int, default=8)
     b.add_argument("--rtt-ms", type=float, default=0.0)
     b.add_argument("--mode", default="ok", choices=["ok", "hang", "error500", "garbage", "hang-stream"])
+    b.add_argument(
+        "--hold", action="store_true", help="hold requests before their first byte until POST /sim/release"
+    )
     b.set_defaults(func=cmd_sim_backend)
 
     c = sub.add_parser("check-config", help="validate a config file")

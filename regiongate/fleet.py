@@ -20,10 +20,14 @@ class Backend:
     outlier: Outlier = field(default_factory=Outlier)
     in_flight: int = 0
     rtt: Ewma | None = None  # filled by active probes
+    probe_healthy: bool = True  # False after failed active probes (regiongate.probes)
+
+    def healthy(self, now: float) -> bool:
+        return self.probe_healthy and not self.outlier.ejected(now)
 
     def state(self, now: float) -> BackendState:
         rtt = self.rtt.value if self.rtt is not None else None
-        return BackendState(self.id, not self.outlier.ejected(now), self.in_flight, rtt)
+        return BackendState(self.id, self.healthy(now), self.in_flight, rtt)
 
 
 @dataclass(slots=True)
@@ -39,6 +43,13 @@ class Deployment:
 
     def __post_init__(self) -> None:
         self.key = deployment_key(self.model, self.region)
+
+
+def _prior(deps: list[Deployment]) -> float:
+    """TTFT assumed for a deployment that has no measurement yet: the median of its model's measured
+    deployments, so an idle region is not ranked ahead of a busy one merely for lacking samples."""
+    measured = sorted(d.ttft.value for d in deps if d.ttft.value is not None)
+    return measured[len(measured) // 2] if measured else 0.0
 
 
 class Fleet:
@@ -63,21 +74,23 @@ class Fleet:
         # Static parts of every snapshot, computed once.
         self._base = WorldSnapshot.build(self.regions, {}, gateway_location, retry_after_s)
 
-    def _state(self, d: Deployment, now: float) -> DeploymentState:
+    def _state(self, d: Deployment, now: float, ttft_prior: float) -> DeploymentState:
         return DeploymentState(
             model=d.model,
             region=d.region,
             limit=d.limit,
             in_use=self.capacity.in_use(d.key),
             backends=tuple(b.state(now) for b in d.backends),
-            ttft_ms=d.ttft.value or 0.0,
+            ttft_ms=d.ttft.value if d.ttft.value is not None else ttft_prior,
             queue_depth=d.queue_depth,
             reported_free=d.reported_free,
         )
 
     def _snapshot(self, deps: Iterable[Deployment]) -> WorldSnapshot:
         now = self.clock()
-        states = {(d.model, d.region): self._state(d, now) for d in deps}
+        deps = list(deps)
+        prior = _prior(deps)
+        states = {(d.model, d.region): self._state(d, now, prior) for d in deps}
         by_model: dict[str, tuple[DeploymentState, ...]] = {}
         for s in states.values():
             by_model[s.model] = (*by_model.get(s.model, ()), s)

@@ -103,11 +103,11 @@ class Gateway:
         self.metrics = metrics
         self.hooks: list[Hook] = list(hooks or [])
 
-    def plan(self, inbound: Inbound) -> Plan | RouteError:
+    def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
         request = RouteRequest(
             inbound.model, inbound.endpoint, inbound.client_location, inbound.principal.access
         )
-        return decide(self.fleet.snapshot_for(inbound.model), request)
+        return decide((fleet or self.fleet).snapshot_for(inbound.model), request)
 
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
@@ -119,15 +119,16 @@ class Gateway:
         return routed
 
     async def _dispatch(self, inbound: Inbound, started: float) -> Routed:
-        plan = self.plan(inbound)
+        fleet = self.fleet  # one fleet for the whole request, even when a reload swaps it meanwhile
+        plan = self.plan(inbound, fleet)
         if isinstance(plan, RouteError):
             self._record(inbound, "", "", plan.status, None, None, started)
             raise plan
         failures: list[str] = []
         moved = False
-        capacity = self.fleet.capacity
+        capacity = fleet.capacity
         for cand in plan.candidates:
-            dep = self.fleet.deployments[(inbound.model, cand.region)]
+            dep = fleet.deployments[(inbound.model, cand.region)]
             lease = await capacity.acquire(dep.key, dep.limit)
             if lease is None:  # taken between snapshot and acquire (another replica or request)
                 failures.append(f"{cand.region}: full")
@@ -135,15 +136,17 @@ class Gateway:
             owned = False
             try:
                 for bid in cand.backends:
-                    backend = self.fleet.backends[bid]
-                    route = "failover" if moved else cand.route
+                    backend = fleet.backends[bid]
+                    # A global request that moved after a failure says so; regional and zone requests keep
+                    # their label, which states where the data may be processed.
+                    route = "failover" if moved and cand.route in ("nearest", "spillover") else cand.route
                     attempt = _Attempt(inbound, dep, backend, lease, route, started)
                     try:
                         routed = await self._try(attempt)
                     except UpstreamFailure as e:
                         failures.append(f"{cand.region}/{e}")
                         moved = True
-                        if self.fleet.record_failure(backend):
+                        if fleet.record_failure(backend):
                             log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
                         continue
                     owned = routed.chunks is not None  # the stream now owns the lease
@@ -297,7 +300,11 @@ class Gateway:
             rest = relay.flush()
             if rest:
                 yield rest
-            status = 502 if relay.errored else 200
+            if not relay.done:  # the connection ended without [DONE]: the backend died mid-answer
+                status = 502
+                yield self._stream_error(a, f"the backend in {a.deployment.region} closed the stream early")
+            else:
+                status = 502 if relay.errored else 200
         except TimeoutError:
             status = 504
             yield self._stream_error(a, f"the backend in {a.deployment.region} went silent for {idle:g}s")

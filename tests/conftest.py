@@ -25,11 +25,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
+            out = log.read_text() if log else ""
             raise RuntimeError(f"process exited with {proc.returncode}:\n{out}")
         try:
             if httpx.get(url, timeout=1.0).status_code < 500:
@@ -44,6 +46,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) ->
 class Proc:
     proc: subprocess.Popen[bytes]
     port: int
+    log: Path
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -60,19 +63,21 @@ class Proc:
                 self.proc.wait(5)
 
     def output(self) -> str:
-        self.stop()
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+        """Everything the process printed so far (stdout and stderr)."""
+        return self.log.read_text()
 
 
-def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "regiongate.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=full_env,
-    )
+    # Output goes to a file: a pipe nobody reads would block a chatty process once full.
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "regiongate.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
 
 
 @pytest.fixture
@@ -81,7 +86,11 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     procs: list[Proc] = []
 
     def start(
-        config: str | None = None, *, key: str = DEMO_KEY, args: list[str] | None = None, env: dict[str, str] | None = None
+        config: str | None = None,
+        *,
+        key: str = DEMO_KEY,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
         path = tmp_path / f"gateway-{len(procs)}.toml"
         path.write_text(config if config is not None else demo_config_text())
@@ -89,9 +98,10 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         cmd = ["serve", "--config", str(path), "--port", str(port), *(args or [])]
         if "--grpc-port" not in cmd:
             cmd += ["--grpc-port", "0"]
-        p = Proc(_spawn(cmd, {"REGIONGATE_DEMO_API_KEY": key, **(env or {})}), port)
+        log = tmp_path / f"gateway-{len(procs)}.log"
+        p = Proc(_spawn(cmd, log, {"REGIONGATE_DEMO_API_KEY": key, **(env or {})}), port, log)
         procs.append(p)
-        wait_http(p.url + "/healthz", p.proc)
+        wait_http(p.url + "/healthz", p.proc, log=log)
         return p
 
     yield start
@@ -100,15 +110,16 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 
 @pytest.fixture
-def start_sim_backend() -> Iterator[Callable[..., Proc]]:
+def start_sim_backend(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """Start ``regiongate sim-backend`` (an OpenAI-compatible simulated cluster) on a free port."""
     procs: list[Proc] = []
 
     def start(region: str, *extra: str) -> Proc:
         port = free_port()
-        p = Proc(_spawn(["sim-backend", "--region", region, "--port", str(port), *extra]), port)
+        log = tmp_path / f"sim-{len(procs)}.log"
+        p = Proc(_spawn(["sim-backend", "--region", region, "--port", str(port), *extra], log), port, log)
         procs.append(p)
-        wait_http(p.url + "/health", p.proc)
+        wait_http(p.url + "/health", p.proc, log=log)
         return p
 
     yield start

@@ -10,11 +10,20 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 
 # Statuses that mean "this backend cannot serve it now": try the next candidate.
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+def _is_json_object(body: bytes) -> bool:
+    # A 200 the client could not parse must not be relayed as a success: fail over instead.
+    try:
+        return isinstance(orjson.loads(body), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 class HttpUpstream:
@@ -72,12 +81,17 @@ class HttpUpstream:
             resp.release()
             raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
         if call.stream and resp.status == 200:
-            return UpstreamResponse(200, ctype, chunks=self._relay(resp), closer=self._closer(resp))
+            if ctype.startswith("text/event-stream"):
+                return UpstreamResponse(200, ctype, chunks=self._relay(resp), closer=self._closer(resp))
+            resp.close()  # a 200 that is not an event stream is garbage for a stream request
+            raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
         try:
             body = await asyncio.wait_for(resp.read(), self.first_byte_timeout_s)
         except (TimeoutError, aiohttp.ClientError) as e:
             resp.close()
             raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
+        if resp.status == 200 and not _is_json_object(body):
+            raise UpstreamFailure(self.id, "answered 200 with a body that is not a JSON object")
         return UpstreamResponse(resp.status, ctype, body=body)
 
     @staticmethod
@@ -93,6 +107,17 @@ class HttpUpstream:
                 yield chunk
         finally:
             resp.release()
+
+    async def probe(self, path: str, timeout_s: float) -> bool:
+        """GET ``<base_url><path>`` on the pooled connection; True for any answer below 500."""
+        headers = {k: v for k, v in self._headers.items() if k == "authorization"}
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._client().get(self.base_url + path, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status < 500
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -21,10 +21,18 @@ async def _silent() -> AsyncGenerator[bytes, None]:
 
 
 class SimServer:
-    def __init__(self, engine: SimulatedEngine, models: list[str] | None = None, mode: str = "ok") -> None:
+    def __init__(
+        self, engine: SimulatedEngine, models: list[str] | None = None, mode: str = "ok", hold: bool = False
+    ) -> None:
         self.engine = engine
         self.models = models or []
         self.mode = mode
+        # With ``hold``, requests wait before their first byte until POST /sim/release: tests make every
+        # routing decision before any answer exists, so no timing can reorder them.
+        self.gate = asyncio.Event()
+        if not hold:
+            self.gate.set()
+        self.held = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -39,13 +47,23 @@ class SimServer:
             await send_json(send, 200, {"status": "ok", "region": self.engine.region})
         elif method == "GET" and path == "/metrics":
             text = "".join(self.engine.metrics_text(m) for m in (self.models or ["sim"]))
+            text += (
+                f"regiongate_sim_held {self.held}\nregiongate_sim_peak_running {self.engine.peak_running}\n"
+            )
             await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4")
         elif method == "GET" and path == "/v1/models":
+            await asyncio.sleep(self.engine.rtt_s)  # emulated network round trip, as probes measure it
             await send_json(
                 send, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
             )
         elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             await self._complete(path[3:], receive, send)
+        elif method == "POST" and path == "/v1/embeddings":
+            payload = orjson.loads(await read_body(receive, 64 * 1024 * 1024, None))
+            await send_json(send, 200, self.engine.embed(payload))
+        elif method == "POST" and path == "/sim/release":
+            self.gate.set()
+            await send_json(send, 200, {"released": self.held})
         else:
             await send_json(
                 send,
@@ -62,6 +80,12 @@ class SimServer:
 
     async def _complete(self, path: str, receive: Receive, send: Send) -> None:
         body = await read_body(receive, 64 * 1024 * 1024, None)
+        if not self.gate.is_set():
+            self.held += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.held -= 1
         if self.mode in ("hang",):
             await asyncio.Event().wait()  # accept and never answer
         if self.mode == "error500":

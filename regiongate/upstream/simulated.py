@@ -149,6 +149,9 @@ class SimulatedEngine:
 
     # --- the Upstream protocol ---------------------------------------------------------------------
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
+        if call.path == "/embeddings":
+            await asyncio.sleep(self.rtt_s)
+            return UpstreamResponse(200, "application/json", body=orjson.dumps(self.embed(call.payload)))
         if call.path not in ("/chat/completions", "/completions"):
             body = orjson.dumps(
                 {
@@ -242,6 +245,24 @@ class SimulatedEngine:
             yield b"data: [DONE]\n\n"
         finally:
             self._leave()
+
+    def embed(self, payload: dict[str, Any], dims: int = 16) -> dict[str, Any]:
+        """Deterministic unit vectors derived from each input's hash (no model runs)."""
+        raw = payload.get("input")
+        inputs = raw if isinstance(raw, list) else [raw]
+        data = []
+        for i, text in enumerate(inputs):
+            seed = zlib.crc32(orjson.dumps(text))
+            vec = [((seed >> (k % 32)) & 0xFF) / 255.0 - 0.5 for k in range(dims)]
+            norm = sum(v * v for v in vec) ** 0.5 or 1.0
+            data.append({"object": "embedding", "index": i, "embedding": [v / norm for v in vec]})
+        tokens = sum(max(1, len(str(t)) // 4) for t in inputs)
+        return {
+            "object": "list",
+            "data": data,
+            "model": str(payload.get("model", "")),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     def metrics_text(self, model: str) -> str:
         """vLLM-named gauges, so the gateway scrapes a simulated cluster exactly as a real one."""

@@ -1,0 +1,244 @@
+"""Global, regional and zone routing through real HTTP with the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import DEMO_KEY, Proc
+from tests.worlds import GROK4_REGIONS, http_backend, world
+
+MSG = [{"role": "user", "content": "What is the meaning of life?"}]
+
+
+def client(gw: Proc, host: str | None = None, **kw: object) -> openai.OpenAI:
+    headers = {"Host": host} if host else None
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, default_headers=headers, **kw)  # type: ignore[arg-type]
+
+
+def aclient(gw: Proc, host: str | None = None) -> openai.AsyncOpenAI:
+    headers = {"Host": host} if host else None
+    return openai.AsyncOpenAI(
+        base_url=gw.url + "/v1", api_key=DEMO_KEY, default_headers=headers, max_retries=0
+    )
+
+
+def in_use(gw: Proc, model: str = "grok-4") -> dict[str, int]:
+    regions = httpx.get(gw.url + "/v1/regions", headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()[
+        "data"
+    ]
+    return {r["id"]: m["capacity"]["in_use"] for r in regions for m in r["models"] if m["id"] == model}
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def sim_gauge(sim: Proc, name: str) -> float:
+    for line in httpx.get(sim.url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def test_demo_world_serves_the_product_page_request(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    raw = client(gw, "us-east-1.localhost").chat.completions.with_raw_response.create(
+        model="grok-4", messages=MSG
+    )
+    completion = raw.parse()
+    assert raw.headers["x-regiongate-region"] == "us-east-1"
+    assert raw.headers["x-regiongate-route"] == "pinned"
+    assert raw.headers["x-request-id"]
+    assert (
+        "simulated" in completion.choices[0].message.content
+        and "us-east-1" in completion.choices[0].message.content
+    )
+    assert completion.usage is not None and completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+
+
+def test_client_in_tokyo_is_served_in_tokyo(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="grok-4", messages=MSG, extra_headers={"x-regiongate-client-location": "35.68,139.69"}
+    )
+    assert raw.headers["x-regiongate-region"] == "ap-northeast-1"
+    assert raw.headers["x-regiongate-route"] == "nearest"
+    assert "ap-northeast-1" in raw.parse().choices[0].message.content
+
+
+def test_client_location_from_an_untrusted_peer_is_ignored(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway(
+        world(
+            {r: ['{ kind = "simulated", ttft_ms = 1, tokens_per_s = 5000 }'] for r in GROK4_REGIONS},
+            gateway="trusted_proxies = []",
+        )
+    )
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="grok-4", messages=MSG, extra_headers={"x-regiongate-client-location": "35.68,139.69"}
+    )
+    assert raw.headers["x-regiongate-region"] == "us-east-1"
+
+
+def test_zone_endpoint_serves_inside_the_zone(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    raw = client(gw, "eu.localhost").chat.completions.with_raw_response.create(model="grok-4", messages=MSG)
+    assert raw.headers["x-regiongate-region"] == "eu-west-1"
+    assert raw.headers["x-regiongate-route"] == "zone"
+
+
+def test_model_missing_in_region_is_404_naming_where_it_is(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    with pytest.raises(openai.NotFoundError) as e:
+        client(gw, "ap-southeast-2.localhost").chat.completions.create(model="grok-4", messages=MSG)
+    assert e.value.code == "model_not_found"
+    for r in GROK4_REGIONS:
+        assert r in e.value.message
+
+
+def test_unknown_region_label_is_404_not_global(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    with pytest.raises(openai.NotFoundError) as e:
+        client(gw, "us-east-2.localhost").chat.completions.create(model="grok-4", messages=MSG)
+    assert e.value.code == "unknown_region"
+
+
+def _long_stream_world(sim: Proc, **gateway: str) -> str:
+    return world({r: [http_backend(sim.url + "/v1")] for r in GROK4_REGIONS})
+
+
+async def _open_streams(
+    gw: Proc,
+    host: str | None,
+    n: int,
+    release: Callable[[], None],
+    opened: asyncio.Event,
+    close: asyncio.Event,
+) -> list[object]:
+    """Open ``n`` long streams at once; each records its headers (or error) and stays open until ``close``."""
+    api = aclient(gw, host)
+    results: list[object] = []
+
+    async def one() -> None:
+        try:
+            async with api.chat.completions.with_streaming_response.create(
+                model="grok-4", messages=MSG, stream=True, max_tokens=100000
+            ) as resp:
+                results.append((resp.headers["x-regiongate-region"], resp.headers["x-regiongate-route"]))
+                if len(results) == n:
+                    opened.set()
+                await close.wait()
+        except openai.APIStatusError as e:
+            results.append(e)
+            if len(results) == n:
+                opened.set()
+
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    await asyncio.to_thread(release)
+    await asyncio.wait_for(opened.wait(), 60)
+    return [results, tasks, api]  # type: ignore[list-item]
+
+
+def test_global_spillover_fills_regions_in_order(
+    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
+) -> None:
+    sim = start_sim_backend("shared", "--hold", "--slots", "100", "--ttft-ms", "1")
+    gw = start_gateway(_long_stream_world(sim))
+
+    async def scenario() -> None:
+        opened, close = asyncio.Event(), asyncio.Event()
+
+        def release() -> None:
+            # Every request is routed before any backend answers: no timing can reorder the decisions.
+            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == 24)
+            assert in_use(gw) == {
+                "us-east-1": 8,
+                "us-west-2": 8,
+                "eu-west-1": 8,
+                "eu-central-1": 0,
+                "ap-northeast-1": 0,
+            }
+            httpx.post(sim.url + "/sim/release")
+
+        results, tasks, api = await _open_streams(gw, None, 24, release, opened, close)
+        regions = Counter(r for r, _ in results)
+        assert regions == {"us-east-1": 8, "us-west-2": 8, "eu-west-1": 8}
+        routes = Counter((r, route) for r, route in results)
+        assert routes == {
+            ("us-east-1", "nearest"): 8,
+            ("us-west-2", "spillover"): 8,
+            ("eu-west-1", "spillover"): 8,
+        }
+        close.set()
+        await asyncio.gather(*tasks)
+        await api.close()
+
+    asyncio.run(scenario())
+    # Clients that went away mid-stream gave their leases back.
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+def test_regional_endpoint_never_spills(
+    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
+) -> None:
+    sim = start_sim_backend("shared", "--hold", "--slots", "100", "--ttft-ms", "1")
+    gw = start_gateway(_long_stream_world(sim))
+
+    async def scenario() -> None:
+        opened, close = asyncio.Event(), asyncio.Event()
+
+        def release() -> None:
+            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == 8)
+            httpx.post(sim.url + "/sim/release")
+
+        results, tasks, api = await _open_streams(gw, "us-east-1.localhost", 24, release, opened, close)
+        served = [r for r in results if isinstance(r, tuple)]
+        refused = [r for r in results if isinstance(r, openai.APIStatusError)]
+        assert served == [("us-east-1", "pinned")] * 8
+        assert len(refused) == 16
+        for e in refused:
+            assert e.status_code == 503 and e.code == "region_unavailable"
+            assert e.response.headers["retry-after"]
+            assert "us-west-2" in e.message  # names who could serve it right now
+        assert in_use(gw)["us-east-1"] == 8 and sum(in_use(gw).values()) == 8
+        close.set()
+        await asyncio.gather(*tasks)
+        await api.close()
+
+    asyncio.run(scenario())
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+def test_all_regions_full_is_capacity_exhausted(
+    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
+) -> None:
+    sim = start_sim_backend("shared", "--hold", "--slots", "100", "--ttft-ms", "1")
+    gw = start_gateway(world({"us-east-1": [http_backend(sim.url + "/v1")]}, limit=2))
+
+    async def scenario() -> None:
+        opened, close = asyncio.Event(), asyncio.Event()
+
+        def release() -> None:
+            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == 2)
+            httpx.post(sim.url + "/sim/release")
+
+        results, tasks, api = await _open_streams(gw, None, 3, release, opened, close)
+        refused = [r for r in results if isinstance(r, openai.APIStatusError)]
+        assert len(refused) == 1 and refused[0].status_code == 503 and refused[0].code == "capacity_exhausted"
+        close.set()
+        await asyncio.gather(*tasks)
+        await api.close()
+
+    asyncio.run(scenario())

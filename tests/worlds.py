@@ -1,0 +1,59 @@
+"""Config texts for tests: the demo geography with chosen backends."""
+
+from __future__ import annotations
+
+from regiongate.config import demo_config_text
+
+DEMO_REGIONS = {
+    "us-east-1": ("Ashburn", 39.04, -77.49, "us"),
+    "us-west-2": ("Oregon", 45.84, -119.70, "us"),
+    "eu-west-1": ("Dublin", 53.35, -6.26, "eu"),
+    "eu-central-1": ("Frankfurt", 50.11, 8.68, "eu"),
+    "ap-northeast-1": ("Tokyo", 35.68, 139.69, "apac"),
+    "ap-southeast-2": ("Sydney", -33.87, 151.21, "apac"),
+}
+GROK4_REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1"]
+
+
+def http_backend(url: str, **timeouts: float) -> str:
+    t = ""
+    if timeouts:
+        t = ", timeouts = { " + ", ".join(f"{k} = {v}" for k, v in timeouts.items()) + " }"
+    return f'{{ kind = "http", url = "{url}"{t} }}'
+
+
+def world(
+    backends: dict[str, list[str]],
+    *,
+    model: str = "grok-4",
+    limit: int = 8,
+    gateway: str = "",
+    extra: str = "",
+) -> str:
+    """Demo regions; ``backends`` maps region -> backend specs (TOML inline tables) for ``model``."""
+    out = ["[gateway]", "lat = 39.04", "lon = -77.49", gateway, ""]
+    for rid, (name, lat, lon, zone) in DEMO_REGIONS.items():
+        out += [
+            "[[regions]]",
+            f'id = "{rid}"',
+            f'name = "{name}"',
+            f"lat = {lat}",
+            f"lon = {lon}",
+            f'zone = "{zone}"',
+            "",
+        ]
+    for rid, specs in backends.items():
+        out += [
+            "[[deployments]]",
+            f'region = "{rid}"',
+            f'models = ["{model}"]',
+            f"limit = {limit}",
+            f"backends = [{', '.join(specs)}]",
+            "",
+        ]
+    out += ["[[teams]]", 'name = "demo"', 'keys = [{ id = "demo", env = "REGIONGATE_DEMO_API_KEY" }]', extra]
+    return "\n".join(out)
+
+
+def demo() -> str:
+    return demo_config_text()
