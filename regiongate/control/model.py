@@ -1,0 +1,165 @@
+"""The control plane's values (teams, keys, usage rows) and its one error tree.
+
+``ControlError`` is split by what went wrong, each with the HTTP status the admin API answers with:
+``Invalid`` (400, a malformed name or value), ``NotFound`` (404, unknown team or key), ``Conflict``
+(409, a duplicate name or an already revoked key), ``StoreUnavailable`` (503, the database cannot be
+reached). Messages name the offending field and say what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from regiongate.auth import Principal
+from regiongate.core import Grant
+
+# Team names appear in URLs, CLI arguments and receipts: keep them to a safe, readable alphabet.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+KEY_ID_RE = re.compile(r"^key_[0-9a-f]{8,32}$")
+LABEL_MAX = 128
+
+
+class ControlError(Exception):
+    status = 400
+    code = "invalid_value"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class Invalid(ControlError):
+    status = 400
+    code = "invalid_value"
+
+
+class NotFound(ControlError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ControlError):
+    status = 409
+    code = "conflict"
+
+
+class StoreUnavailable(ControlError):
+    status = 503
+    code = "store_unavailable"
+
+
+def check_name(name: object, what: str = "team") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        shown = repr(name) if not isinstance(name, str) else repr(name[:80])
+        raise Invalid(f"Invalid {what} name {shown}: use {NAME_RULE}.", param="name")
+    return name
+
+
+def check_label(label: object) -> str:
+    if label is None:
+        return ""
+    if not isinstance(label, str) or len(label) > LABEL_MAX or not label.isprintable():
+        raise Invalid(f"Key name must be printable text of at most {LABEL_MAX} characters.", param="name")
+    return label
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    grants: tuple[Grant, ...] | None  # None: every model in every region
+    created_at: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "grants": grants_json(self.grants),
+            "created_at": round(self.created_at, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as listed: never the secret, only its id, a short hint and its fences."""
+
+    id: str
+    team: str
+    name: str
+    hint: str  # the first characters of the key, e.g. "rg-AbCd"
+    zone: str | None
+    spill_budget_ms: float | None
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "team": self.team,
+            "name": self.name,
+            "hint": self.hint + "…",
+            "zone": self.zone,
+            "spill_budget_ms": self.spill_budget_ms,
+            "created_at": round(self.created_at, 3),
+            "revoked_at": round(self.revoked_at, 3) if self.revoked_at is not None else None,
+            "active": self.active,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """What the store keeps of a freshly generated key (the secret itself is never stored)."""
+
+    id: str
+    key_hash: str
+    hint: str
+    name: str = ""
+    zone: str | None = None
+    spill_budget_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: str
+    model: str
+    region: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    avg_ttft_ms: float | None
+    avg_total_ms: float | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "day": self.day,
+            "model": self.model,
+            "region": self.region,
+            "requests": self.requests,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "avg_ttft_ms": None if self.avg_ttft_ms is None else round(self.avg_ttft_ms, 1),
+            "avg_total_ms": None if self.avg_total_ms is None else round(self.avg_total_ms, 1),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSnapshot:
+    """Everything the hot path needs from the store, loaded in one read: active keys by hash and the
+    receipt public keys every gateway publishes."""
+
+    revision: int
+    by_hash: dict[str, Principal] = field(default_factory=dict)
+    signing_keys: tuple[dict[str, str], ...] = ()
+
+
+def grants_json(grants: tuple[Grant, ...] | None) -> list[dict[str, str | None]] | None:
+    if grants is None:
+        return None
+    return [{"model": g.model, "region": g.region} for g in grants]

@@ -1,0 +1,127 @@
+"""The control plane as the runtime sees it: built without I/O (``build_control``), started before the
+listeners accept traffic (``start``: migrate, load keys, load or create the receipt key, start the
+refresher and the usage writer), closed after they drain (``aclose``: flush usage, close the store)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from regiongate.config import Config
+from regiongate.control.keys import CachedKeys, ControlKeys
+from regiongate.control.metering import BatchUsageWriter
+from regiongate.control.model import AccessSnapshot, ControlError
+from regiongate.control.ops import Operations
+from regiongate.control.settings import Resolved, resolve
+from regiongate.control.store import ControlStore, open_store
+from regiongate.core import GatewayError
+from regiongate.receipts import KeyRing, ReceiptHook, jwk_set
+
+if TYPE_CHECKING:
+    from regiongate.gateway import Gateway
+    from regiongate.runtime import Runtime
+
+log = logging.getLogger("regiongate.control")
+
+
+class ControlPlane:
+    def __init__(self, cfg: Config, resolved: Resolved, zones: dict[str, str]) -> None:
+        assert resolved.store_url is not None
+        c = cfg.control
+        self.cfg = cfg
+        self.resolved = resolved
+        self.store: ControlStore = open_store(resolved.store_url)
+        self.keys = CachedKeys(self.store, c.refresh_s)
+        self.writer = BatchUsageWriter(self.store, c.usage_flush_s, c.usage_batch)
+        self.ops = Operations(self.store, cfg, changed=lambda: self.keys.refresh())
+        self.ring = KeyRing(resolved.receipt_key_dir) if c.receipts else None
+        self.receipts: ReceiptHook | None = None
+        self.zones = zones
+        self.admin_key_hash = resolved.admin_key_hash
+        self._local_jwks: list[dict[str, str]] = []
+        self.started = False
+
+    def attach(self, rt: Runtime) -> None:
+        """Wrap the runtime's key store, mount the HTTP surfaces, follow config reloads."""
+        from regiongate.console import ConsoleApp
+        from regiongate.rest.admin import AdminApi, WellKnown
+
+        rt.keys = ControlKeys(rt.keys, self.keys)
+        rt.mounts.append(("/admin", AdminApi(self)))
+        rt.mounts.append(("/.well-known", WellKnown(self)))
+        if self.cfg.control.console:
+            rt.mounts.append(("/console", ConsoleApp(rt)))
+        rt.on_reload.append(self._reloaded)
+
+    def _reloaded(self, rt: Runtime) -> None:
+        if not isinstance(rt.keys, ControlKeys):  # the reload rebuilt the config keys: chain the store again
+            rt.keys = ControlKeys(rt.keys, self.keys)
+        self.cfg = rt.config
+        self.ops.reconfigure(rt.config)
+        self.zones.clear()
+        self.zones.update({r.id: r.zone for r in rt.config.regions})
+
+    async def start(self, gateway: Gateway) -> None:
+        if self.started:
+            return
+        version = await self.store.migrate()
+        await self.keys.start()
+        if self.ring is not None:
+            key = self.ring.load_or_create()
+            await self.store.publish_signing_key(key.kid, key.jwk)
+            self._local_jwks = self.ring.public_keys()
+            self.receipts = ReceiptHook(key, self.zones)
+            gateway.hooks.append(self.receipts)
+            self.keys.on_reload.append(self._maybe_rotated)
+        await self.writer.start()
+        self.started = True
+        log.info(
+            "control plane ready",
+            extra={
+                "store": self.store.description,
+                "schema": version,
+                "keys": len(self.keys.snapshot.by_hash),
+                "receipt_kid": self.receipts.key.kid if self.receipts else None,
+                "admin_api": self.admin_key_hash is not None,
+            },
+        )
+
+    def _maybe_rotated(self, _snapshot: AccessSnapshot) -> None:
+        """A rotation publishes the new public key, which bumps the revision: pick up the new key."""
+        if self.ring is None or self.receipts is None:
+            return
+        self._local_jwks = self.ring.public_keys()
+        kid = self.ring.current_kid()
+        if kid and kid != self.receipts.key.kid:
+            try:
+                self.receipts.key = self.ring.load_or_create()
+                log.info("receipt signing key rotated", extra={"kid": kid})
+            except Exception as e:  # keep signing with the old key; it is still published
+                log.warning("cannot load rotated receipt key", extra={"error": str(e)[:200]})
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return jwk_set(self._local_jwks, self.keys.snapshot.signing_keys)
+
+    async def usage_for(self, team: str, days: int = 30) -> list[dict[str, object]]:
+        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days - 1) * 86400))
+        try:
+            rows = await self.store.usage(team, since)
+        except ControlError as e:
+            raise GatewayError(e.message, code="store_unavailable", status=503, retry_after=1.0) from None
+        return [r.to_json() for r in rows]
+
+    async def aclose(self) -> None:
+        if not self.started:
+            return  # nothing was opened
+        self.started = False
+        await self.writer.aclose()
+        await self.keys.aclose()
+        await self.store.aclose()
+
+
+def build_control(cfg: Config, env: dict[str, str], zones: dict[str, str]) -> ControlPlane | None:
+    resolved = resolve(cfg.control, env)
+    if resolved.store_url is None:
+        return None
+    return ControlPlane(cfg, resolved, zones)

@@ -1,0 +1,104 @@
+"""The ControlStore interface and ``open_store(url)``, which picks the implementation from the URL.
+
+Two implementations share one SQL body (``sqlstore.SqlStore``) and differ only in their dialect:
+SQLite (``sqlite:///path.db``, the embedded default) and PostgreSQL (``postgresql://...``, for several
+gateways sharing one control plane). The same contract suite runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from regiongate.control.model import AccessSnapshot, ApiKey, Invalid, NewKey, Team, UsageRow
+from regiongate.core import Grant
+from regiongate.usage import UsageRecord
+
+
+class ControlStore(Protocol):
+    """Teams, grants, keys, usage and receipt public keys. Every method is a short transaction;
+    mutations bump one revision counter that caches poll."""
+
+    @property
+    def description(self) -> str:
+        """Where the store lives, without credentials (for logs and messages)."""
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+
+    async def schema_version(self) -> int: ...
+
+    async def revision(self) -> int: ...
+
+    async def create_team(self, name: str, grants: Sequence[Grant] | None = None) -> Team: ...
+
+    async def get_team(self, name: str) -> Team: ...
+
+    async def list_teams(self) -> list[Team]: ...
+
+    async def set_grants(self, name: str, grants: Sequence[Grant] | None) -> Team: ...
+
+    async def delete_team(self, name: str) -> None: ...
+
+    async def add_key(self, team: str, key: NewKey) -> ApiKey: ...
+
+    async def list_keys(self, team: str | None = None) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> ApiKey: ...
+
+    async def load_access(self) -> AccessSnapshot:
+        """Active keys by hash with their team's grants, and the published signing keys."""
+
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None: ...
+
+    async def usage(self, team: str, since_day: str | None = None) -> list[UsageRow]:
+        """Usage of ``team`` aggregated by day (UTC), model and region, oldest first."""
+
+    async def publish_signing_key(self, kid: str, jwk: dict[str, str]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def redact(url: str) -> str:
+    """``url`` without a password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs.db`` -> ``/abs.db``; ``sqlite://:memory:``."""
+    rest = url[len("sqlite:") :]
+    if rest.startswith("///"):
+        return rest[3:]
+    if rest.startswith("//"):
+        return rest[2:]
+    return rest
+
+
+def split_pg_url(url: str) -> tuple[str, str]:
+    """The libpq URL without our ``schema`` parameter, and that schema (default ``public``)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), "public")
+    rest = [(k, v) for k, v in query if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+def open_store(url: str) -> ControlStore:
+    """A store for ``url``; nothing is opened until its first call."""
+    if url.startswith("sqlite:"):
+        from regiongate.control.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        from regiongate.control.postgres import PostgresStore
+
+        dsn, schema = split_pg_url(url)
+        return PostgresStore(dsn, schema)
+    raise Invalid(
+        f"Unsupported control store URL {redact(url)!r}: use 'sqlite:///path.db' or 'postgresql://...'."
+    )

@@ -1,0 +1,251 @@
+"""Verifiable processing receipts: every routed response carries ``x-regiongate-receipt``, a JWS in compact
+form (RFC 7515) signed with Ed25519 (``alg: EdDSA``, RFC 8037), stating which request was served where:
+
+    {"iss": "regiongate", "rid": request id, "team": ..., "key": key id, "model": ...,
+     "endpoint": "global" | "zone:eu" | "region:eu-west-1", "region": served region, "zone": its data zone,
+     "route": nearest | spillover | pinned | zone | failover, "iat": unix seconds, "time": ISO-8601 UTC}
+
+Public keys are published as a JWK Set (``/.well-known/regiongate-keys.json``); ``kid`` is the key's
+RFC 7638 thumbprint. Keys live in a directory: ``<kid>.key`` (private, PEM, mode 0600) for the signing key,
+``<kid>.jwk`` (public) for every key ever used, and ``current`` naming the signing one. Rotation writes a
+new key, points ``current`` at it and deletes the old private key; the old public key stays in the set,
+so receipts signed before the rotation still verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+if TYPE_CHECKING:
+    from regiongate.gateway import Inbound, Routed
+    from regiongate.usage import UsageRecord
+
+HEADER = "x-regiongate-receipt"
+JWKS_PATH = "/.well-known/regiongate-keys.json"
+TYP = "regiongate-receipt+jwt"
+
+
+class ReceiptError(ValueError):
+    """The token is malformed, signed by an unknown key, or its signature does not match."""
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as e:
+        raise ReceiptError(f"not base64url: {e}") from None
+
+
+def public_jwk(public: Ed25519PublicKey) -> dict[str, str]:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    x = b64url(raw)
+    members = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    kid = b64url(hashlib.sha256(members.encode()).digest())  # RFC 7638 thumbprint
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig", "alg": "EdDSA"}
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private: Ed25519PrivateKey
+    jwk: dict[str, str]
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        private = Ed25519PrivateKey.generate()
+        jwk = public_jwk(private.public_key())
+        return cls(jwk["kid"], private, jwk)
+
+
+def sign(key: SigningKey, claims: dict[str, Any]) -> str:
+    header = b64url(orjson.dumps({"alg": "EdDSA", "kid": key.kid, "typ": TYP}))
+    payload = b64url(orjson.dumps(claims))
+    signing_input = f"{header}.{payload}".encode("ascii")
+    return f"{header}.{payload}.{b64url(key.private.sign(signing_input))}"
+
+
+def _keys_by_kid(jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = jwks.get("keys", []) if isinstance(jwks, dict) else jwks
+    return {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise ReceiptError("a receipt has three dot-separated parts (header.payload.signature)")
+    try:
+        claims = json.loads(b64url_decode(parts[1]))
+    except ValueError:
+        raise ReceiptError("the payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise ReceiptError("the payload is not a JSON object")
+    return claims
+
+
+def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """The receipt's claims if ``token`` is signed by a key in ``jwks``; raises ReceiptError otherwise."""
+    token = token.strip()
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ReceiptError("a receipt has three dot-separated parts (header.payload.signature)")
+    try:
+        header = json.loads(b64url_decode(parts[0]))
+    except ValueError:
+        raise ReceiptError("the header is not JSON") from None
+    if not isinstance(header, dict) or header.get("alg") != "EdDSA":
+        raise ReceiptError("the header must say alg EdDSA")
+    kid = header.get("kid")
+    jwk = _keys_by_kid(jwks).get(kid) if isinstance(kid, str) else None
+    if jwk is None:
+        raise ReceiptError(f"signed by an unknown key (kid {kid!r}); fetch the current {JWKS_PATH}")
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
+        raise ReceiptError(f"key {kid} is not an Ed25519 key")
+    try:
+        public = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+        public.verify(b64url_decode(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
+    except (InvalidSignature, ValueError):
+        raise ReceiptError("the signature does not match: the receipt was altered or forged") from None
+    return unverified_claims(token)
+
+
+class KeyRing:
+    """The signing keys in one directory (see the module docstring for the layout)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+
+    def current_kid(self) -> str | None:
+        try:
+            return (self.dir / "current").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _write_key(self, key: SigningKey) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = key.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(self.dir / f"{key.kid}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        (self.dir / f"{key.kid}.jwk").write_text(json.dumps(key.jwk, sort_keys=True))
+
+    def _load(self, kid: str) -> SigningKey:
+        path = self.dir / f"{kid}.key"
+        try:
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except FileNotFoundError:
+            raise ReceiptError(f"{path} is missing: the key named in {self.dir / 'current'}") from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ReceiptError(f"{path} is not an Ed25519 private key")
+        return SigningKey(kid, private, public_jwk(private.public_key()))
+
+    def _point_current(self, kid: str, replace: bool) -> bool:
+        tmp = self.dir / f".current.{os.getpid()}.{time.monotonic_ns()}"
+        tmp.write_text(kid + "\n")
+        try:
+            if replace:
+                os.replace(tmp, self.dir / "current")
+                return True
+            try:
+                os.link(tmp, self.dir / "current")  # fails if another process got there first
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def load_or_create(self) -> SigningKey:
+        kid = self.current_kid()
+        if kid is not None:
+            return self._load(kid)
+        key = SigningKey.generate()
+        self._write_key(key)
+        if self._point_current(key.kid, replace=False):
+            return key
+        (self.dir / f"{key.kid}.key").unlink()  # lost the race: use the winner's key
+        (self.dir / f"{key.kid}.jwk").unlink()
+        return self._load(self.current_kid() or "")
+
+    def rotate(self) -> SigningKey:
+        old = self.current_kid()
+        key = SigningKey.generate()
+        self._write_key(key)
+        self._point_current(key.kid, replace=True)
+        if old is not None and old != key.kid:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f"{old}.key").unlink()  # its public half stays in <old>.jwk
+        return key
+
+    def public_keys(self) -> list[dict[str, str]]:
+        keys = []
+        for path in sorted(self.dir.glob("*.jwk"), key=lambda p: p.stat().st_mtime):
+            try:
+                jwk = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
+                keys.append(jwk)
+        return keys
+
+
+def jwk_set(*groups: list[dict[str, str]] | tuple[dict[str, str], ...]) -> dict[str, list[dict[str, str]]]:
+    seen: dict[str, dict[str, str]] = {}
+    for group in groups:
+        for k in group:
+            seen.setdefault(k["kid"], k)
+    return {"keys": list(seen.values())}
+
+
+def iso_time(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+
+
+class ReceiptHook:
+    """The gateway hook that signs a receipt for every routed response (REST header, gRPC metadata)."""
+
+    def __init__(self, key: SigningKey, zones: dict[str, str], issuer: str = "regiongate") -> None:
+        self.key = key  # swapped in place when the key ring rotates
+        self.zones = zones
+        self.issuer = issuer
+
+    async def before(self, inbound: Inbound) -> None:
+        return None
+
+    def after(self, inbound: Inbound, routed: Routed) -> None:
+        now = time.time()
+        claims = {
+            "iss": self.issuer,
+            "rid": inbound.request_id,
+            "team": inbound.principal.team,
+            "key": inbound.principal.key_id,
+            "model": inbound.model,
+            "endpoint": str(inbound.endpoint),
+            "region": routed.region,
+            "zone": self.zones.get(routed.region),
+            "route": routed.route,
+            "iat": int(now),
+            "time": iso_time(now),
+        }
+        routed.headers.append((HEADER, sign(self.key, claims)))
+
+    def settled(self, inbound: Inbound, record: UsageRecord) -> None:
+        return None

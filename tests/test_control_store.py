@@ -1,0 +1,320 @@
+"""The ControlStore contract, run against SQLite and PostgreSQL alike; plus the key cache and the batched
+usage writer over a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from regiongate.auth import Principal, hash_key
+from regiongate.control.keys import CachedKeys
+from regiongate.control.metering import BatchUsageWriter
+from regiongate.control.migrations import LATEST, MIGRATIONS
+from regiongate.control.model import AccessSnapshot, Conflict, Invalid, NewKey, NotFound, StoreUnavailable
+from regiongate.control.store import ControlStore, open_store, redact, split_pg_url
+from regiongate.core import Access, Grant
+from regiongate.usage import UsageRecord
+from tests.control_support import drop_schema, new_schema, pg_url, require_pg
+
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/control.db"
+        return
+    require_pg()
+    schema = new_schema()
+    yield pg_url(schema)
+    drop_schema(schema)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[ControlStore]:
+    s = open_store(store_url)
+    await s.migrate()
+    yield s
+    await s.aclose()
+
+
+def key(n: int, zone: str | None = None, budget: float | None = None, name: str = "") -> NewKey:
+    return NewKey(f"key_{n:012x}", hash_key(f"rg-secret-{n}"), "rg-sec", name, zone, budget)
+
+
+def record(
+    team: str, at: float, model: str = "grok-4", region: str = "us-east-1", status: int = 200
+) -> UsageRecord:
+    return UsageRecord(
+        request_id=f"req_{at}",
+        team=team,
+        key_id="key_x",
+        model=model,
+        endpoint="global",
+        region=region,
+        route="nearest",
+        status=status,
+        prompt_tokens=10,
+        completion_tokens=5,
+        ttft_ms=80.0 if status == 200 else None,
+        total_ms=120.0,
+        at=at,
+    )
+
+
+async def test_migrations_are_versioned_and_idempotent(store_url: str) -> None:
+    a, b = open_store(store_url), open_store(store_url)
+    try:
+        # Two processes starting together on a fresh database both succeed and migrate once.
+        versions = await asyncio.gather(a.migrate(), b.migrate())
+        assert versions == [LATEST, LATEST]
+        assert await a.migrate() == LATEST
+        assert await b.schema_version() == LATEST == len(MIGRATIONS)
+        assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_teams_create_get_list_grants_delete(store: ControlStore) -> None:
+    rev0 = await store.revision()
+    t = await store.create_team("acme")
+    assert t.name == "acme" and t.grants is None
+    g = (Grant("grok-4", "eu-west-1"), Grant("grok-3-mini"))
+    await store.create_team("eu-team", g)
+    assert {x.name for x in await store.list_teams()} == {"acme", "eu-team"}
+    assert set((await store.get_team("eu-team")).grants or ()) == set(g)
+    assert await store.revision() > rev0
+
+    # Duplicate name: a clear conflict, nothing changes.
+    rev = await store.revision()
+    with pytest.raises(Conflict, match="already exists"):
+        await store.create_team("acme", (Grant("grok-4"),))
+    assert (await store.get_team("acme")).grants is None
+    assert await store.revision() == rev
+
+    # An empty allow-list is "nothing", distinct from None ("everything").
+    assert (await store.set_grants("acme", ())).grants == ()
+    assert (await store.set_grants("acme", None)).grants is None
+
+    with pytest.raises(NotFound, match="Unknown team 'nope'"):
+        await store.get_team("nope")
+    with pytest.raises(NotFound):
+        await store.set_grants("nope", None)
+    with pytest.raises(NotFound):
+        await store.delete_team("nope")
+
+    await store.add_key("eu-team", key(1))
+    await store.delete_team("eu-team")
+    assert [x.name for x in await store.list_teams()] == ["acme"]
+    assert await store.list_keys() == []
+    assert (await store.load_access()).by_hash == {}
+
+
+async def test_sql_special_characters_are_rejected_or_kept_verbatim(store: ControlStore) -> None:
+    for bad in ["x'; DROP TABLE teams; --", 'a"b', "a b", "", "-lead", "x" * 65, "名前", "a%s?"]:
+        with pytest.raises(Invalid, match="Invalid team name"):
+            await store.create_team(bad)
+    assert await store.list_teams() == []
+    # Free text (key labels) and names that arrive from usage go through parameters untouched.
+    await store.create_team("o.k_name-1")
+    label = 'it\'s "quoted"; DROP TABLE api_keys; -- %s ?'
+    k = await store.add_key("o.k_name-1", key(2, name=label))
+    assert k.name == label
+    assert [x.name for x in await store.list_keys("o.k_name-1")] == [label]
+    weird = "team'); DELETE FROM usage_records; --"
+    await store.write_usage([record(weird, time.time())])
+    rows = await store.usage(weird)
+    assert len(rows) == 1 and rows[0].requests == 1
+
+
+async def test_keys_add_list_revoke_and_the_access_snapshot(store: ControlStore) -> None:
+    await store.create_team("acme")
+    await store.create_team("eu-team", (Grant("grok-4", "eu-west-1"),))
+    with pytest.raises(NotFound, match="Unknown team"):
+        await store.add_key("ghost", key(9))
+    k1 = await store.add_key("acme", key(1, name="ci"))
+    k2 = await store.add_key("eu-team", key(2, zone="eu", budget=25.0))
+    assert k1.active and k1.team == "acme" and k1.hint == "rg-sec"
+    with pytest.raises(Conflict):
+        await store.add_key("acme", key(1))  # same id and hash
+    assert [k.id for k in await store.list_keys()] == [k1.id, k2.id]
+    assert [k.id for k in await store.list_keys("eu-team")] == [k2.id]
+
+    snap = await store.load_access()
+    assert set(snap.by_hash) == {hash_key("rg-secret-1"), hash_key("rg-secret-2")}
+    p2 = snap.by_hash[hash_key("rg-secret-2")]
+    assert (p2.team, p2.key_id) == ("eu-team", k2.id)
+    assert p2.access == Access("eu-team", (Grant("grok-4", "eu-west-1"),), "eu", 25.0)
+    assert snap.by_hash[hash_key("rg-secret-1")].access == Access("acme")
+
+    rev = await store.revision()
+    revoked = await store.revoke_key(k1.id)
+    assert not revoked.active and revoked.revoked_at is not None
+    assert await store.revision() == rev + 1
+    with pytest.raises(Conflict, match="already revoked"):
+        await store.revoke_key(k1.id)
+    with pytest.raises(NotFound, match="Unknown key id"):
+        await store.revoke_key("key_000000000000")
+    snap = await store.load_access()
+    assert set(snap.by_hash) == {hash_key("rg-secret-2")}
+    assert snap.revision == await store.revision()
+    assert [k.active for k in await store.list_keys()] == [False, True]  # kept for the record
+
+
+async def test_usage_is_aggregated_by_day_model_and_region(store: ControlStore) -> None:
+    today = time.time()
+    day = time.strftime("%Y-%m-%d", time.gmtime(today))
+    yesterday = time.strftime("%Y-%m-%d", time.gmtime(today - DAY))
+    recs = [
+        record("acme", today),
+        record("acme", today),
+        record("acme", today, status=503, region=""),
+        record("acme", today, model="grok-4-fast", region="eu-west-1"),
+        record("acme", today - DAY),
+        record("other", today),
+    ]
+    await store.write_usage(recs)
+    await store.write_usage([])
+    rows = await store.usage("acme")
+    got = [
+        (r.day, r.model, r.region, r.requests, r.errors, r.prompt_tokens, r.completion_tokens) for r in rows
+    ]
+    assert got == [
+        (yesterday, "grok-4", "us-east-1", 1, 0, 10, 5),
+        (day, "grok-4", "", 1, 1, 10, 5),
+        (day, "grok-4", "us-east-1", 2, 0, 20, 10),
+        (day, "grok-4-fast", "eu-west-1", 1, 0, 10, 5),
+    ]
+    assert rows[2].avg_ttft_ms == pytest.approx(80.0) and rows[1].avg_ttft_ms is None
+    assert [r.day for r in await store.usage("acme", since_day=day)] == [day, day, day]
+    assert await store.usage("nobody") == []
+
+
+async def test_signing_keys_are_published_once(store: ControlStore) -> None:
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "abc", "kid": "k1"}
+    rev = await store.revision()
+    await store.publish_signing_key("k1", jwk)
+    await store.publish_signing_key("k1", jwk)
+    assert await store.revision() == rev + 1
+    assert (await store.load_access()).signing_keys == (jwk,)
+
+
+async def test_cached_keys_follow_revocations_and_grants(store: ControlStore) -> None:
+    await store.create_team("acme")
+    await store.add_key("acme", key(1))
+    cache = CachedKeys(store, refresh_s=0.05)
+    await cache.start()
+    try:
+        assert cache.lookup("rg-secret-1") is not None
+        assert cache.lookup("rg-secret-2") is None
+        assert not await cache.refresh()  # nothing changed: only the revision was read
+        await store.set_grants("acme", (Grant("grok-4"),))
+        await store.revoke_key("key_000000000001")
+        for _ in range(200):  # the background task picks both up
+            if cache.lookup("rg-secret-1") is None:
+                break
+            await asyncio.sleep(0.02)
+        assert cache.lookup("rg-secret-1") is None
+        await store.add_key("acme", key(3))
+        await cache.refresh()
+        p = cache.lookup("rg-secret-3")
+        assert p is not None and p.access.grants == (Grant("grok-4"),)
+    finally:
+        await cache.aclose()
+
+
+async def test_usage_writer_batches_and_flushes_everything_on_close(store: ControlStore) -> None:
+    writer = BatchUsageWriter(store, flush_s=30.0, batch_size=100)
+    await writer.start()
+    now = time.time()
+    for i in range(1050):
+        writer.record(record("acme", now + i * 1e-6))
+    for _ in range(200):  # batch_size reached: written without waiting for flush_s
+        if writer.written >= 1000:
+            break
+        await asyncio.sleep(0.02)
+    assert writer.written >= 1000
+    await writer.aclose()
+    assert writer.pending == 0 and writer.written == 1050
+    assert sum(r.requests for r in await store.usage("acme")) == 1050
+
+
+class _Flaky:
+    """A store whose usage writes fail ``fail`` times, then succeed."""
+
+    description = "flaky"
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.rows: list[UsageRecord] = []
+
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("down")
+        self.rows.extend(records)
+
+
+async def test_usage_writer_keeps_records_while_the_store_is_down() -> None:
+    flaky = _Flaky(fail=2)
+    writer = BatchUsageWriter(flaky, flush_s=0.01, batch_size=10)  # type: ignore[arg-type]
+    await writer.start()
+    for i in range(25):
+        writer.record(record("acme", float(i)))
+    for _ in range(300):
+        if len(flaky.rows) == 25:
+            break
+        await asyncio.sleep(0.01)
+    await writer.aclose()
+    assert [r.at for r in flaky.rows] == [float(i) for i in range(25)]  # none lost, order kept
+
+
+def test_store_urls() -> None:
+    assert redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert split_pg_url("postgresql://h/db?schema=abc&sslmode=disable") == (
+        "postgresql://h/db?sslmode=disable",
+        "abc",
+    )
+    with pytest.raises(Invalid, match="Unsupported control store URL"):
+        open_store("mysql://x")
+    with pytest.raises(Invalid, match="schema"):
+        open_store("postgresql://h/db?schema=Bad-Name")
+
+
+class _Down:
+    """A store that answers once, then is unreachable."""
+
+    description = "down"
+
+    def __init__(self, snapshot: AccessSnapshot) -> None:
+        self.snapshot = snapshot
+        self.calls = 0
+
+    async def revision(self) -> int:
+        self.calls += 1
+        if self.calls > 1:
+            raise StoreUnavailable("The control store (down) is unavailable: connection refused")
+        return self.snapshot.revision
+
+    async def load_access(self) -> AccessSnapshot:
+        return self.snapshot
+
+
+async def test_cached_keys_keep_serving_while_the_store_is_down() -> None:
+    principal = Principal("acme", "key_1", Access("acme"))
+    down = _Down(AccessSnapshot(7, {hash_key("rg-k"): principal}))
+    cache = CachedKeys(down, refresh_s=0.01)  # type: ignore[arg-type]
+    await cache.start()
+    try:
+        for _ in range(300):
+            if cache.failures >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert cache.failures >= 3 and cache.lookup("rg-k") == principal
+    finally:
+        await cache.aclose()
