@@ -1,0 +1,276 @@
+"""Capacity leases shared by every replica through Redis (the ``CapacityStore`` protocol).
+
+Each deployment key is a sorted set ``<prefix>cap:<model@region>`` whose members are lease tokens scored
+by their expiry (Redis server time, ms). Acquire and release are Lua scripts, so "count live leases, add
+one if below the limit" is atomic across replicas. A lease lives ``lease_ttl_s``; this process renews
+the leases it holds every ``heartbeat_s``, so a long stream keeps its slot while a replica that died (or
+lost Redis for longer than the TTL) gives its slots back within the TTL.
+
+``in_use`` never waits: it reads a local view, updated by every acquire/release answer and re-read for
+all known keys every ``refresh_s``.
+
+While Redis is unreachable (see ``RedisLink``) a deployment either fails closed (503) or fails open:
+this replica then admits up to its share of the limit (the limit split over the live replicas), counting
+the leases it already held. When Redis is back, every held lease (including those taken during the
+outage) is written back and the releases that could not be sent are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+
+from regiongate.capacity import Lease
+from regiongate.config_scale import OutageMode
+from regiongate.redis_link import ERRORS, RedisLink, shared_unavailable
+
+log = logging.getLogger("regiongate.capacity")
+
+# Every script also bumps a version counter beside the set (KEYS[2]) and returns it: answers arrive over
+# several connections in any order, and the local view keeps the count with the highest version.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function version(vkey)
+  local v = redis.call('INCR', vkey)
+  redis.call('PEXPIRE', vkey, 86400000)
+  return v
+end
+"""
+
+# KEYS set, version; ARGV limit, ttl_ms, token -> {1 if taken, live count, version}
+ACQUIRE = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) then return {0, n, version(KEYS[2])} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return {1, n + 1, version(KEYS[2])}
+"""
+)
+
+# KEYS set, version; ARGV tokens... -> {live count, version}
+RELEASE = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return {redis.call('ZCARD', KEYS[1]), version(KEYS[2])}
+"""
+)
+
+# KEYS set, version; ARGV ttl_ms, mode ('XX' renews only live leases, 'NX' also re-adds lost ones), tokens...
+RENEW = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[1])
+local args = {}
+for i = 3, #ARGV do
+  args[#args + 1] = now + ttl
+  args[#args + 1] = ARGV[i]
+end
+if #args > 0 then
+  if ARGV[2] == 'XX' then
+    redis.call('ZADD', KEYS[1], 'XX', unpack(args))
+  else
+    redis.call('ZADD', KEYS[1], unpack(args))
+  end
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return {redis.call('ZCARD', KEYS[1]), version(KEYS[2])}
+"""
+)
+
+# KEYS set1, version1, set2, version2, ... -> {count1, version1, count2, version2, ...}
+COUNT = (
+    _NOW
+    + """
+local out = {}
+for i = 1, #KEYS, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  out[i] = redis.call('ZCARD', KEYS[i])
+  out[i + 1] = version(KEYS[i + 1])
+end
+return out
+"""
+)
+
+LOCAL = "local:"  # tokens granted from this replica's share while Redis was down
+
+
+class RedisCapacity:
+    def __init__(
+        self,
+        link: RedisLink,
+        modes: Mapping[str, OutageMode] | None = None,
+        default_mode: OutageMode = "fail-open",
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self.link = link
+        self.ttl_ms = int(link.cfg.lease_ttl_s * 1000)
+        self.retry_after_s = retry_after_s
+        self.modes: dict[str, OutageMode] = dict(modes or {})
+        self.default_mode: OutageMode = default_mode
+        self._held: dict[str, str] = {}  # token -> deployment key: every lease this process holds
+        self._mine: dict[str, int] = {}  # deployment key -> leases held here
+        self._unsent: dict[str, set[str]] = {}  # releases Redis did not get, sent on reconnect
+        self._counts: dict[str, int] = {}  # deployment key -> live leases in Redis, last seen
+        self._versions: dict[str, int] = {}  # deployment key -> version of that count
+        self._limits: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        c = link.client
+        self._acquire = c.register_script(ACQUIRE)
+        self._release = c.register_script(RELEASE)
+        self._renew = c.register_script(RENEW)
+        self._count = c.register_script(COUNT)
+        self._task: asyncio.Task[None] | None = None
+        link.on_up.append(self._resume)
+
+    def configure(
+        self, limits: Mapping[str, int], modes: Mapping[str, OutageMode], default_mode: OutageMode
+    ) -> None:
+        """Deployment limits and outage modes (at start-up and on reload)."""
+        self._limits.update(limits)
+        self.modes = dict(modes)
+        self.default_mode = default_mode
+
+    def mode(self, key: str) -> OutageMode:
+        return self.modes.get(key, self.default_mode)
+
+    def _k(self, key: str) -> list[str]:
+        return [self.link.key("cap", key), self.link.key("capv", key)]
+
+    def _seen(self, key: str, count: object, version: object) -> None:
+        v = int(version)  # type: ignore[call-overload]
+        if v >= self._versions.get(key, 0):
+            self._versions[key] = v
+            self._counts[key] = int(count)  # type: ignore[call-overload]
+
+    # --- the CapacityStore protocol ---------------------------------------------------------------
+    async def acquire(self, key: str, limit: int) -> Lease | None:
+        self._limits[key] = limit
+        if self.link.up:
+            token = f"{self.link.replica_id}:{next(self._ids)}"
+            try:
+                ok, n, v = await self._acquire(keys=self._k(key), args=[limit, self.ttl_ms, token])
+            except ERRORS as e:
+                self.link.failed(e)
+            else:
+                self._seen(key, n, v)
+                if int(ok) != 1:
+                    return None
+                self._hold(token, key)
+                return Lease(key, token)
+        return self._degraded(key, limit)
+
+    def _degraded(self, key: str, limit: int) -> Lease | None:
+        if self.mode(key) == "fail-closed":
+            model, _, region = key.partition("@")
+            raise shared_unavailable(f"The deployment of '{model}' in {region}", self.retry_after_s)
+        if self._mine.get(key, 0) >= self.link.share(limit):
+            return None
+        token = f"{LOCAL}{self.link.replica_id}:{next(self._ids)}"
+        self._hold(token, key)
+        return Lease(key, token)
+
+    def _hold(self, token: str, key: str) -> None:
+        self._held[token] = key
+        self._mine[key] = self._mine.get(key, 0) + 1
+
+    async def release(self, lease: Lease) -> None:
+        key = self._held.pop(lease.token, None)
+        if key is None:
+            return  # released before, or never ours
+        self._mine[key] -= 1
+        if self.link.up:
+            try:
+                self._seen(key, *await self._release(keys=self._k(key), args=[lease.token]))
+                return
+            except ERRORS as e:
+                self.link.failed(e)
+        if not lease.token.startswith(LOCAL):  # a local lease never reached Redis
+            self._unsent.setdefault(key, set()).add(lease.token)
+
+    def in_use(self, key: str) -> int:
+        if key not in self._counts:
+            self._counts[key] = 0  # watched from now on by the refresh loop
+        if self.link.up:
+            return self._counts[key]
+        limit = self._limits.get(key)
+        if limit is None or self.mode(key) == "fail-closed":
+            return self._counts[key]
+        # Fail-open: free = this replica's share minus what it holds.
+        return max(limit - self.link.share(limit), 0) + self._mine.get(key, 0)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        held = self._by_key(self._held)
+        self._held.clear()
+        if self.link.up and held:
+            try:
+                for key, tokens in held.items():
+                    await self._release(keys=self._k(key), args=tokens)
+            except ERRORS as e:
+                self.link.failed(e)
+        if held:
+            log.info("released leases at shutdown", extra={"leases": sum(len(t) for t in held.values())})
+
+    # --- background: heartbeat and refresh ---------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="capacity-heartbeat")
+
+    async def _loop(self) -> None:
+        cfg = self.link.cfg
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + cfg.heartbeat_s
+        while True:
+            await asyncio.sleep(min(cfg.refresh_s, cfg.heartbeat_s))
+            if not self.link.up:
+                continue
+            try:
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + cfg.heartbeat_s
+                    await self.renew("XX")
+                await self.refresh()
+            except ERRORS as e:
+                self.link.failed(e)
+
+    @staticmethod
+    def _by_key(held: Mapping[str, str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for token, key in held.items():
+            out.setdefault(key, []).append(token)
+        return out
+
+    async def renew(self, mode: str = "XX") -> None:
+        """Extend every held lease to now + TTL; with 'NX' semantics (mode != 'XX') lost ones are
+        written back too."""
+        for key, tokens in self._by_key(self._held).items():
+            self._seen(key, *await self._renew(keys=self._k(key), args=[self.ttl_ms, mode, *tokens]))
+
+    async def refresh(self) -> None:
+        keys = list(self._counts)
+        if not keys:
+            return
+        out = await self._count(keys=[k for key in keys for k in self._k(key)])
+        for i, key in enumerate(keys):
+            self._seen(key, out[2 * i], out[2 * i + 1])
+
+    async def _resume(self) -> None:
+        """Redis is reachable again: send the releases it missed, write back every lease held here
+        (those taken from the fail-open share included), then re-read the counts."""
+        unsent, self._unsent = self._unsent, {}
+        self._versions.clear()  # Redis may have restarted empty: its versions start again
+        for key, tokens in unsent.items():
+            await self._release(keys=self._k(key), args=list(tokens))
+        await self.renew("ALL")
+        await self.refresh()

@@ -1,0 +1,356 @@
+"""Rate limits per team and per key: requests per minute and tokens per minute, as a gateway hook.
+
+Each limit is a token bucket holding at most ``limit`` units that refills at ``limit`` per minute, so
+``x-ratelimit-reset-*`` ("time until the limit is back to its initial state", as the OpenAI API defines
+it) is ``(limit - level) / limit`` minutes. A request costs 1 request and its prompt tokens (estimated
+from the body) up front, on every bucket that applies (team and key), all or nothing; when it has ended
+the bucket is settled with the difference between the estimate and the tokens actually used (prompt +
+completion), so a long answer is paid for by the next requests.
+
+Two stores behind one ``RateStore`` protocol: ``LocalRates`` (in process; with N workers and no Redis each
+worker enforces its share of every limit) and ``RedisRates`` (one Lua script per decision, shared by all
+replicas; while Redis is down it fails open to per-replica shares or fails closed with 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from regiongate.config_scale import LimitsConfig, OutageMode, RateLimit
+from regiongate.core import RouteError
+from regiongate.gateway import Inbound, Routed
+from regiongate.redis_link import ERRORS, RedisLink, shared_unavailable
+from regiongate.upstream.simulated import count_prompt_tokens
+from regiongate.usage import UsageRecord
+
+log = logging.getLogger("regiongate.ratelimit")
+WINDOW_MS = 60_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    key: str  # e.g. "team:acme:requests"
+    capacity: int  # units per minute
+    cost: int
+    kind: str  # "requests" | "tokens"
+    scope: str  # "team" | "key", for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    allowed: bool
+    retry_after_s: float
+    levels: tuple[float, ...]  # each bucket's level after the take (before it, when refused)
+
+
+class RateStore(Protocol):
+    async def take(self, buckets: Sequence[Bucket]) -> Take:
+        """Charge every bucket its cost if all have enough, else none."""
+
+    async def settle(self, key: str, capacity: int, delta: int) -> None:
+        """Charge ``delta`` more units (negative: give back), without refusing."""
+
+    async def aclose(self) -> None: ...
+
+
+def _refill(level: float, since_ms: float, capacity: int) -> float:
+    return min(float(capacity), level + max(since_ms, 0.0) * capacity / WINDOW_MS)
+
+
+class LocalRates:
+    """Token buckets in this process (the clock is injectable for tests)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at_ms)
+
+    def _level(self, key: str, capacity: int, now_ms: float) -> float:
+        got = self._buckets.get(key)
+        return float(capacity) if got is None else _refill(got[0], now_ms - got[1], capacity)
+
+    async def take(self, buckets: Sequence[Bucket]) -> Take:
+        now = self.clock() * 1000.0
+        levels = [self._level(b.key, b.capacity, now) for b in buckets]
+        wait = max(
+            ((b.cost - lv) * WINDOW_MS / b.capacity for b, lv in zip(buckets, levels, strict=True)),
+            default=0.0,
+        )
+        allowed = wait <= 0
+        if allowed:
+            levels = [lv - b.cost for b, lv in zip(buckets, levels, strict=True)]
+        for b, lv in zip(buckets, levels, strict=True):
+            self._buckets[b.key] = (lv, now)
+        if len(self._buckets) > 100_000:
+            self._sweep(now)
+        return Take(allowed, max(wait, 0.0) / 1000.0, tuple(levels))
+
+    async def settle(self, key: str, capacity: int, delta: int) -> None:
+        now = self.clock() * 1000.0
+        level = self._level(key, capacity, now) - delta
+        self._buckets[key] = (max(-float(capacity), min(float(capacity), level)), now)
+
+    def _sweep(self, now_ms: float) -> None:
+        # A bucket untouched for two windows is full again: forgetting it changes nothing.
+        stale = [k for k, (_, at) in self._buckets.items() if now_ms - at > 2 * WINDOW_MS]
+        for k in stale:
+            del self._buckets[k]
+
+    async def aclose(self) -> None:
+        self._buckets.clear()
+
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function level_of(k, cap)
+  local v = redis.call('HMGET', k, 'l', 't')
+  local level, at = tonumber(v[1]), tonumber(v[2])
+  if level == nil then return cap end
+  return math.min(cap, level + math.max(0, now - at) * cap / 60000)
+end
+"""
+
+# KEYS buckets; ARGV cap1, cost1, cap2, cost2, ... -> {allowed, wait_ms, level1, level2, ...}
+TAKE = (
+    _NOW
+    + """
+local levels, wait = {}, 0
+for i, k in ipairs(KEYS) do
+  local cap, cost = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  levels[i] = level_of(k, cap)
+  if levels[i] < cost then wait = math.max(wait, (cost - levels[i]) * 60000 / cap) end
+end
+local out = {wait > 0 and 0 or 1, math.ceil(wait)}
+for i, k in ipairs(KEYS) do
+  local cost = tonumber(ARGV[2 * i])
+  if wait <= 0 then levels[i] = levels[i] - cost end
+  redis.call('HSET', k, 'l', tostring(levels[i]), 't', now)
+  redis.call('PEXPIRE', k, 180000)
+  out[#out + 1] = tostring(levels[i])
+end
+return out
+"""
+)
+
+# KEYS[1]; ARGV cap, delta
+SETTLE = (
+    _NOW
+    + """
+local cap = tonumber(ARGV[1])
+local level = math.max(-cap, math.min(cap, level_of(KEYS[1], cap) - tonumber(ARGV[2])))
+redis.call('HSET', KEYS[1], 'l', tostring(level), 't', now)
+redis.call('PEXPIRE', KEYS[1], 180000)
+return 1
+"""
+)
+
+
+class RedisRates:
+    """Buckets in Redis, shared by every replica; per-replica shares (or 503) while it is down."""
+
+    def __init__(self, link: RedisLink, mode: OutageMode = "fail-open", retry_after_s: float = 1.0) -> None:
+        self.link = link
+        self.mode: OutageMode = mode
+        self.retry_after_s = retry_after_s
+        self._take = link.client.register_script(TAKE)
+        self._settle = link.client.register_script(SETTLE)
+        self._fallback = LocalRates()
+
+    def _k(self, key: str) -> str:
+        return self.link.key("rl", key)
+
+    async def take(self, buckets: Sequence[Bucket]) -> Take:
+        if self.link.up:
+            args: list[int] = []
+            for b in buckets:
+                args += [b.capacity, b.cost]
+            try:
+                out = await self._take(keys=[self._k(b.key) for b in buckets], args=args)
+            except ERRORS as e:
+                self.link.failed(e)
+            else:
+                return Take(int(out[0]) == 1, int(out[1]) / 1000.0, tuple(float(x) for x in out[2:]))
+        if self.mode == "fail-closed":
+            raise shared_unavailable("Rate limiting", self.retry_after_s)
+        shared = [
+            Bucket(b.key, max(self.link.share(b.capacity), 1), b.cost, b.kind, b.scope) for b in buckets
+        ]
+        return await self._fallback.take(shared)
+
+    async def settle(self, key: str, capacity: int, delta: int) -> None:
+        if self.link.up:
+            try:
+                await self._settle(keys=[self._k(key)], args=[capacity, delta])
+                return
+            except ERRORS as e:
+                self.link.failed(e)
+        await self._fallback.settle(key, max(self.link.share(capacity), 1), delta)
+
+    async def aclose(self) -> None:
+        await self._fallback.aclose()
+
+
+# --- the hook ------------------------------------------------------------------------------------
+
+
+def reset_text(seconds: float) -> str:
+    """A duration as the OpenAI API writes it: '20ms', '1.5s', '6m0s'."""
+    if seconds < 1.0:
+        return f"{max(math.ceil(seconds * 1000), 0)}ms"
+    if seconds < 60.0:
+        return f"{round(seconds, 3):g}s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s}s"
+
+
+@dataclass(slots=True)
+class _Charge:
+    estimate: int
+    tokens: list[Bucket]
+    headers: list[tuple[str, str]]
+    at: float
+
+
+def _headers(buckets: Sequence[Bucket], levels: Sequence[float]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for kind in ("requests", "tokens"):
+        pairs = [(b, lv) for b, lv in zip(buckets, levels, strict=True) if b.kind == kind]
+        if not pairs:
+            continue
+        b, lv = min(pairs, key=lambda p: p[1] / p[0].capacity)  # the binding limit of this kind
+        reset = max(b.capacity - lv, 0.0) * 60.0 / b.capacity
+        out += [
+            (f"x-ratelimit-limit-{kind}", str(b.capacity)),
+            (f"x-ratelimit-remaining-{kind}", str(max(math.floor(lv), 0))),
+            (f"x-ratelimit-reset-{kind}", reset_text(reset)),
+        ]
+    return out
+
+
+def _refusal(buckets: Sequence[Bucket], take: Take, headers: list[tuple[str, str]], who: str) -> RouteError:
+    short = [b for b, lv in zip(buckets, take.levels, strict=True) if lv < b.cost]
+    b = short[0] if short else buckets[0]
+    per = "requests per min (RPM)" if b.kind == "requests" else "tokens per min (TPM)"
+    scope = f"team '{who.split('/')[0]}'" if b.scope == "team" else f"key '{who}'"
+    retry = max(take.retry_after_s, 0.001)
+    return RouteError(
+        f"Rate limit reached for {scope} on {per}: limit {b.capacity}, requested {b.cost}. "
+        f"Please try again in {reset_text(retry)}.",
+        code="rate_limit_exceeded",
+        status=429,
+        type=b.kind,
+        retry_after=retry,
+        headers=tuple(headers),
+    )
+
+
+class RateLimits:
+    """The gateway ``Hook`` that enforces ``[limits]``."""
+
+    def __init__(
+        self, cfg: LimitsConfig, store: RateStore, share: Callable[[int], int] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.share = share or (lambda n: n)
+        self._pending: dict[int, _Charge] = {}  # id(inbound) -> charge, until settled
+        # Headers of requests settled before ``after`` ran (a non-streaming answer is settled first);
+        # bounded, since a request that ends in an error never reaches ``after``.
+        self._late: OrderedDict[int, list[tuple[str, str]]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _buckets(self, inbound: Inbound, estimate: int) -> list[Bucket]:
+        p = inbound.principal
+        team, key = self.cfg.for_team(p.team)
+        out: list[Bucket] = []
+        scopes: list[tuple[str, str, RateLimit]] = [
+            ("team", p.team, team),
+            ("key", f"{p.team}/{p.key_id}", key),
+        ]
+        for scope, subject, lim in scopes:
+            if lim.requests_per_minute:
+                cap = max(self.share(lim.requests_per_minute), 1)
+                out.append(Bucket(f"{scope}:{subject}:requests", cap, 1, "requests", scope))
+            if lim.tokens_per_minute:
+                cap = max(self.share(lim.tokens_per_minute), 1)
+                out.append(Bucket(f"{scope}:{subject}:tokens", cap, estimate, "tokens", scope))
+        return out
+
+    async def before(self, inbound: Inbound) -> None:
+        self._pending.pop(id(inbound), None)  # ids are reused: never let an old entry speak for this one
+        self._late.pop(id(inbound), None)
+        probe = self._buckets(inbound, 0)
+        if not probe:
+            return
+        estimate = count_prompt_tokens(inbound.payload) if any(b.kind == "tokens" for b in probe) else 0
+        buckets = self._buckets(inbound, estimate)
+        who = f"{inbound.principal.team}/{inbound.principal.key_id}"
+        for b in buckets:
+            if b.kind == "tokens" and b.cost > b.capacity:
+                raise RouteError(
+                    f"Request too large for {b.scope} '{who if b.scope == 'key' else inbound.principal.team}' "
+                    f"on tokens per min (TPM): limit {b.capacity}, requested about {b.cost}. Send fewer "
+                    "prompt tokens or ask for a higher limit.",
+                    code="rate_limit_exceeded",
+                    status=429,
+                    type="tokens",
+                )
+        take = await self.store.take(buckets)
+        headers = _headers(buckets, take.levels)
+        if not take.allowed:
+            raise _refusal(buckets, take, headers, who)
+        tokens = [b for b in buckets if b.kind == "tokens"]
+        if len(self._pending) > 10_000:
+            self._sweep()
+        self._pending[id(inbound)] = _Charge(estimate, tokens, headers, time.monotonic())
+
+    def after(self, inbound: Inbound, routed: Routed) -> None:
+        charge = self._pending.get(id(inbound))
+        headers = charge.headers if charge is not None else self._late.pop(id(inbound), None)
+        if headers:
+            routed.headers.extend(headers)
+
+    def settled(self, inbound: Inbound, record: UsageRecord) -> None:
+        charge = self._pending.pop(id(inbound), None)
+        if charge is None:
+            return
+        self._late[id(inbound)] = charge.headers
+        if len(self._late) > 1024:
+            self._late.popitem(last=False)
+        if not charge.tokens:
+            return
+        used = record.prompt_tokens + record.completion_tokens
+        if used == 0 and record.status < 400:
+            used = charge.estimate  # no usage reported: keep the estimate
+        delta = used - charge.estimate
+        if delta == 0:
+            return
+        for b in charge.tokens:
+            task = asyncio.get_running_loop().create_task(self._settle(b, delta))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, b: Bucket, delta: int) -> None:
+        try:
+            await self.store.settle(b.key, b.capacity, delta)
+        except Exception as e:  # a lost settlement only makes the limit a little lenient
+            log.warning("rate limit settlement failed", extra={"error": type(e).__name__})
+
+    def _sweep(self) -> None:
+        # Entries whose request never settled (an error raised before usage was recorded).
+        cutoff = time.monotonic() - 3600.0
+        for k in [k for k, c in self._pending.items() if c.at < cutoff]:
+            del self._pending[k]
+
+    async def aclose(self) -> None:
+        """Flush pending settlements, then close the store."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.aclose()

@@ -1,0 +1,66 @@
+"""SIGTERM during 50 open streams: the gateway stops accepting, every stream runs to its end (none
+cut), usage is flushed to the store, leases are released, and the process exits 0."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.conftest import Proc
+from tests.scale_support import (
+    Outcome,
+    in_threads,
+    join_all,
+    shared_redis,
+    shared_section,
+    stream_chat,
+    unique_prefix,
+    wait_until,
+    world,
+)
+
+STREAMS = 50
+
+
+def test_sigterm_drains_fifty_open_streams(start_gateway: Callable[..., Proc], tmp_path: Path) -> None:
+    prefix = unique_prefix()
+    slow = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 4 }'  # ~7 s a stream
+    extra = shared_section(shared_redis(), prefix, lease_ttl_s=10.0, heartbeat_s=1.0)
+    cfg = world({"us-east-1": [slow]}, limit=64, extra=extra, gateway="shutdown_grace_s = 30")
+    data = tmp_path / "data"
+    gw = start_gateway(cfg, env={"REGIONGATE_DATA_DIR": str(data)})
+    outcomes = [Outcome() for _ in range(STREAMS)]
+    threads = in_threads(STREAMS, lambda i: stream_chat(gw.url, outcomes[i], max_tokens=30, timeout=60))
+    for o in outcomes:
+        assert o.started.wait(30), "a stream did not start"
+    r = redis.Redis.from_url(shared_redis())
+    key = prefix + "cap:grok-4@us-east-1"
+    assert r.zcard(key) == STREAMS
+    assert not any(o.done for o in outcomes)  # all 50 open when the signal comes
+
+    gw.proc.send_signal(signal.SIGTERM)
+
+    def refused() -> bool:  # no new connections while draining
+        try:
+            httpx.get(gw.url + "/healthz", timeout=1)
+            return False
+        except httpx.TransportError:
+            return True
+
+    wait_until(refused, timeout=10, what="the listener to close")
+    join_all(threads, timeout=60)
+    assert gw.proc.wait(30) == 0
+    cut = [o for o in outcomes if not o.ok]
+    assert not cut, f"{len(cut)} streams cut, e.g. {cut[0]}"
+    assert all(o.chunks >= 24 for o in outcomes)  # whole answers (24 to 30 tokens), not cut short
+    assert r.zcard(key) == 0  # every lease released
+    assert r.zcard(prefix + "replicas") == 0  # the replica deregistered
+    r.close()
+    with sqlite3.connect(data / "control.db") as db:  # usage flushed before exit
+        (n,) = db.execute("SELECT count(*) FROM usage_records WHERE status = 200").fetchone()
+    assert n == STREAMS
