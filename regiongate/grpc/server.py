@@ -1,0 +1,107 @@
+"""Starting and stopping the gRPC listener: the public front plus the internal grpc.aio server behind it.
+
+    client --TCP/TLS--> front (public host:port) --loopback TCP--> grpc.aio (127.0.0.1:<random>)
+
+With ``--tls-cert/--tls-key`` the internal server terminates TLS (grpc core), and the front reads only the
+ClientHello's server name; without them both hops are cleartext h2c and the front reads ``:authority``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from regiongate.grpc.front import Connections, GrpcFront
+from regiongate.grpc.servicer import XaiServices, service_handlers
+from regiongate.runtime import Runtime
+
+log = logging.getLogger("regiongate.grpc")
+MIB = 1024 * 1024
+
+
+def server_options(max_message: int) -> list[tuple[str, Any]]:
+    """PROTOCOL.md 1.6: accept the SDK's 30 s keepalive pings (also idle) and its 20 MiB messages."""
+    return [
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", 120_000),  # our own pings find dead clients behind NATs
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class _ConnectionsCollector(Collector):
+    """Open gRPC client connections, read when /metrics is scraped."""
+
+    def __init__(self, front: GrpcFront) -> None:
+        self.front = front
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "regiongate_grpc_connections", "Open gRPC client connections", value=len(self.front.open)
+        )
+
+
+def _credentials(cert: str, key: str) -> Any:
+    """Read once at start-up (a blocking read is fine here)."""
+    return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+
+
+@dataclass
+class GrpcHandle:
+    port: int  # the public port
+    inner_port: int
+    server: Any  # grpc.aio.Server
+    front: GrpcFront
+    conns: Connections
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting, let running calls finish for ``grace`` seconds, then drop every connection."""
+        await self.front.stop_accepting()
+        await self.server.stop(grace)
+        self.front.close_all()
+
+
+async def start_grpc(
+    runtime: Runtime,
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    *,
+    reuse_port: bool = False,
+) -> GrpcHandle:
+    """Serve the xAI gRPC API on ``host:port`` (0 picks a free port; see ``GrpcHandle.port``)."""
+    max_message = max(20 * MIB, runtime.config.gateway.max_body_bytes)
+    server = grpc.aio.server(options=server_options(max_message))
+    conns = Connections()
+    services = XaiServices(runtime, conns)
+    for name, methods in service_handlers(services).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, methods),))
+        server.add_registered_method_handlers(name, methods)
+    tls = bool(tls_cert and tls_key)
+    if tls:
+        assert tls_cert is not None and tls_key is not None
+        inner_port = server.add_secure_port("127.0.0.1:0", _credentials(tls_cert, tls_key))
+    else:
+        inner_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    front = GrpcFront(conns, inner_port, tls)
+    try:
+        public = await front.start(host, port, reuse_port=reuse_port)
+    except BaseException:
+        await server.stop(None)
+        raise
+    runtime.metrics.registry.register(_ConnectionsCollector(front))
+    log.info("grpc listening", extra={"grpc": f"{host}:{public}", "tls": tls})
+    return GrpcHandle(public, inner_port, server, front, conns)

@@ -1,0 +1,346 @@
+"""The xAI-compatible services over the shared gateway: Chat, Models, Auth (PROTOCOL.md 1.2).
+
+Each call: the connection's authority (from the front) -> authentication -> endpoint resolution -> the same
+``Inbound`` the REST adapter builds -> ``Gateway.dispatch`` -> translation back into xai-sdk's messages.
+Every other method of every service xai-sdk ships answers UNIMPLEMENTED naming what is served.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf import empty_pb2, message_factory
+from google.protobuf.timestamp_pb2 import Timestamp
+from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
+
+from regiongate.auth import Principal, bearer_token
+from regiongate.catalog import offering, visible_models
+from regiongate.core import Endpoint, EndpointKind, Location, RouteError, parse_location, resolve_endpoint
+from regiongate.core.errors import ClientError
+from regiongate.gateway import Inbound, Routed
+from regiongate.grpc import translate
+from regiongate.grpc.front import Connections, ConnInfo
+from regiongate.grpc.status import abort, upstream_error
+from regiongate.rest.app import MAX_N, TrustedProxies
+from regiongate.runtime import Runtime
+from regiongate.sse import iter_json_events
+
+SERVED = (
+    "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "
+    "xai_api.Models/GetLanguageModel and xai_api.Auth/get_api_key_info"
+)
+
+
+class _BadEvent(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    principal: Principal
+    endpoint: Endpoint
+    key: str
+    location: Location | None
+
+
+def _request_id(md: dict[str, str]) -> str:
+    return md.get("x-request-id", "")[:128] or "req_" + os.urandom(12).hex()
+
+
+def _metadata(context: Any) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class XaiServices:
+    def __init__(self, runtime: Runtime, conns: Connections) -> None:
+        self.rt = runtime
+        self.conns = conns
+        self._configure(runtime)
+        runtime.on_reload.append(self._configure)
+
+    def _configure(self, runtime: Runtime) -> None:
+        """What is cached from the config, at start and after each reload (as the REST listener does)."""
+        cfg = runtime.config
+        self.base_domains = list(cfg.gateway.base_domains)
+        self.region_ids = frozenset(runtime.fleet.regions)
+        self.zones = frozenset(r.zone for r in runtime.fleet.regions.values())
+        self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
+        self._endpoints: dict[str, Endpoint | RouteError] = {}
+
+    # --- who is calling, through which endpoint --------------------------------------------------------
+    def _conn(self, context: Any) -> ConnInfo:
+        info = self.conns.for_peer(context.peer())
+        if info is None:
+            raise ClientError(
+                "This connection did not come through regiongate's gRPC port.",
+                code="unknown_connection",
+                status=403,
+                type="permission_error",
+            )
+        if info.mixed is not None:
+            raise ClientError(
+                f"This connection carried requests for two hosts ('{info.authority}' and '{info.mixed}'); "
+                "regiongate reads the endpoint once per connection. Use one channel per host.",
+                code="mixed_authority",
+                status=421,
+            )
+        return info
+
+    def _endpoint(self, info: ConnInfo) -> Endpoint:
+        authority = info.authority or ""
+        hit = self._endpoints.get(authority)
+        if hit is None:
+            try:
+                hit = resolve_endpoint(authority, self.base_domains, self.region_ids, self.zones)
+            except RouteError as e:
+                hit = e
+            if len(self._endpoints) < 4096:
+                self._endpoints[authority] = hit
+        if isinstance(hit, RouteError):
+            raise hit
+        return hit
+
+    def _caller(self, context: Any, md: dict[str, str]) -> Caller:
+        info = self._conn(context)
+        key = bearer_token(md.get("authorization"))
+        principal = self.rt.keys.lookup(key) if key else None
+        if principal is None or key is None:
+            what = (
+                "Incorrect API key provided."
+                if key
+                else "No API key provided: send 'authorization: Bearer <key>' metadata."
+            )
+            raise ClientError(what, code="invalid_api_key", status=401, type="authentication_error")
+        endpoint = self._endpoint(info)
+        location = None
+        raw = md.get("x-regiongate-client-location")
+        if raw is not None and info.client is not None and info.client[0] in self.trusted:
+            location = parse_location(raw)
+            if location is None:
+                raise ClientError(
+                    "x-regiongate-client-location must be '<lat>,<lon>' in degrees.",
+                    code="invalid_client_location",
+                    param="x-regiongate-client-location",
+                )
+        return Caller(principal, endpoint, key, location)
+
+    async def _route(
+        self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
+    ) -> tuple[Routed, str]:
+        md = _metadata(context)
+        rid = _request_id(md)
+        try:
+            caller = self._caller(context, md)
+            payload = translate.chat_payload(request, stream)
+            if payload.get("n", 1) > MAX_N:
+                raise ClientError(f"Field 'n' must be at most {MAX_N}.", code="invalid_value", param="n")
+            inbound = Inbound(
+                "/chat/completions",
+                payload,
+                orjson.dumps(payload),
+                request.model,
+                stream,
+                caller.endpoint,
+                caller.principal,
+                rid,
+                caller.location,
+                explain=md.get("x-regiongate-explain") == "1",
+            )
+            routed = await self.rt.gateway.dispatch(inbound)
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise  # unreachable: abort raises
+        return routed, rid
+
+    @staticmethod
+    def _initial(routed: Routed, rid: str) -> tuple[tuple[str, str], ...]:
+        return (
+            ("x-regiongate-region", routed.region),
+            ("x-regiongate-route", routed.route),
+            ("x-request-id", rid),
+            *routed.headers,
+        )
+
+    # --- xai_api.Chat ------------------------------------------------------------------------------
+    async def get_completion(
+        self, request: chat_pb2.GetCompletionsRequest, context: Any
+    ) -> chat_pb2.GetChatCompletionResponse:
+        routed, rid = await self._route(request, context, stream=False)
+        try:
+            await context.send_initial_metadata(self._initial(routed, rid))
+            if routed.status != 200 or routed.chunks is not None:
+                await abort(context, upstream_error(routed.status, routed.body), rid)
+            try:
+                obj = orjson.loads(routed.body)
+            except orjson.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                err = upstream_error(502, b"")
+                err.message = (
+                    f"The backend in {routed.region} answered with a body that is not a JSON object."
+                )
+                await abort(context, err, rid)
+            return translate.completion_response(obj, request.model)
+        finally:
+            await routed.aclose()
+
+    async def get_completion_chunk(
+        self, request: chat_pb2.GetCompletionsRequest, context: Any
+    ) -> AsyncIterator[chat_pb2.GetChatCompletionChunk]:
+        routed, rid = await self._route(request, context, stream=True)
+        try:  # from here on the stream owns a capacity lease: aclose() frees it on every exit path
+            await context.send_initial_metadata(self._initial(routed, rid))
+            if routed.chunks is None:  # the backend refused with a plain (error) answer
+                await abort(context, upstream_error(routed.status, routed.body), rid)
+                return
+            meta = translate.Meta(request.model)
+            buf = b""
+            async for raw in routed.chunks:
+                buf = buf + raw if buf else raw
+                cut = buf.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                events, buf = buf[: cut + 2], buf[cut + 2 :]
+                for obj in self._events(events, routed.region):
+                    if "error" in obj:
+                        await abort(context, upstream_error(502, orjson.dumps(obj)), rid)
+                    yield translate.completion_chunk(obj, meta)
+            if buf.strip():  # a last event without its blank line
+                for obj in self._events(buf + b"\n\n", routed.region):
+                    yield translate.completion_chunk(obj, meta)
+        except _BadEvent as e:
+            await abort(context, upstream_error(502, orjson.dumps({"error": str(e)})), rid)
+        finally:
+            await routed.aclose()
+
+    @staticmethod
+    def _events(raw: bytes, region: str) -> list[dict[str, Any]]:
+        try:
+            return list(iter_json_events(raw))
+        except orjson.JSONDecodeError:
+            raise _BadEvent(f"The backend in {region} sent a stream event that is not JSON.") from None
+
+    # --- xai_api.Models ----------------------------------------------------------------------------
+    def _language_model(self, m: Any) -> models_pb2.LanguageModel:
+        return models_pb2.LanguageModel(
+            name=m.id,
+            aliases=list(m.info.aliases),
+            input_modalities=[models_pb2.TEXT],
+            output_modalities=[models_pb2.TEXT],
+            created=Timestamp(seconds=m.info.created),
+        )
+
+    async def list_language_models(
+        self, request: empty_pb2.Empty, context: Any
+    ) -> models_pb2.ListLanguageModelsResponse:
+        md = _metadata(context)
+        rid = _request_id(md)
+        try:
+            c = self._caller(context, md)
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise
+        views = visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models)
+        return models_pb2.ListLanguageModelsResponse(models=[self._language_model(m) for m in views])
+
+    async def get_language_model(
+        self, request: models_pb2.GetModelRequest, context: Any
+    ) -> models_pb2.LanguageModel:
+        md = _metadata(context)
+        rid = _request_id(md)
+        try:
+            c = self._caller(context, md)
+            for m in visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models):
+                if request.name == m.id or request.name in m.info.aliases:
+                    return self._language_model(m)
+            where = "here" if c.endpoint.kind is EndpointKind.GLOBAL else f"on {c.endpoint}"
+            raise RouteError.model_not_found(
+                request.name, where, offering(self.rt.fleet, request.name, c.principal.access)
+            )
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise
+
+    # --- xai_api.Auth ------------------------------------------------------------------------------
+    async def get_api_key_info(self, request: empty_pb2.Empty, context: Any) -> auth_pb2.ApiKey:
+        md = _metadata(context)
+        rid = _request_id(md)
+        try:
+            c = self._caller(context, md)
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise
+        access = c.principal.access
+        if access.grants is None:
+            acls = ["api-key:model:*", "api-key:endpoint:*"]
+        else:
+            acls = [f"api-key:model:{g.model}" + (f"@{g.region}" if g.region else "") for g in access.grants]
+        redacted = f"{c.key[:3]}...{c.key[-4:]}" if len(c.key) >= 12 else "***"
+        return auth_pb2.ApiKey(
+            redacted_api_key=redacted,
+            name=c.principal.key_id,
+            api_key_id=c.principal.key_id,
+            team_id=c.principal.team,
+            acls=acls,
+        )
+
+    # --- registration ------------------------------------------------------------------------------
+    def implemented(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "/xai_api.Chat/GetCompletion": self.get_completion,
+            "/xai_api.Chat/GetCompletionChunk": self.get_completion_chunk,
+            "/xai_api.Models/ListLanguageModels": self.list_language_models,
+            "/xai_api.Models/GetLanguageModel": self.get_language_model,
+            "/xai_api.Auth/get_api_key_info": self.get_api_key_info,
+        }
+
+
+def _unimplemented(path: str, streaming_response: bool) -> Callable[..., Any]:
+    message = f"regiongate does not implement {path.lstrip('/')}; it serves {SERVED}."
+
+    async def unary(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+        yield None  # pragma: no cover - makes this an async generator
+
+    return streaming if streaming_response else unary
+
+
+def service_handlers(services: XaiServices) -> dict[str, dict[str, Any]]:
+    """Method handlers for every service in xai-sdk's protos: service name -> method name -> handler."""
+    from xai_sdk import proto
+
+    impl: dict[str, Callable[..., Awaitable[Any]] | Callable[..., AsyncIterator[Any]]] = (
+        services.implemented()
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for mod_name in dir(proto):
+        mod = getattr(proto, mod_name)
+        if not mod_name.endswith("_pb2") or not hasattr(mod, "DESCRIPTOR"):
+            continue
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            methods: dict[str, Any] = {}
+            for m in svc.methods:
+                path = f"/{svc.full_name}/{m.name}"
+                req = message_factory.GetMessageClass(m.input_type)
+                resp = message_factory.GetMessageClass(m.output_type)
+                fn = impl.get(path) or _unimplemented(path, m.server_streaming)
+                kind = (m.client_streaming, m.server_streaming)
+                make = {
+                    (False, False): grpc.unary_unary_rpc_method_handler,
+                    (False, True): grpc.unary_stream_rpc_method_handler,
+                    (True, False): grpc.stream_unary_rpc_method_handler,
+                    (True, True): grpc.stream_stream_rpc_method_handler,
+                }[kind]
+                methods[m.name] = make(
+                    fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+                )
+            out[svc.full_name] = methods
+    return out

@@ -1,0 +1,194 @@
+"""Reading the host a client dialled from the first bytes of its connection, sans-IO (bytes in, names out).
+
+Two readers, one per transport the gRPC front accepts:
+
+- ``H2Authorities`` follows the client half of a cleartext HTTP/2 (h2c) connection frame by frame and
+  HPACK-decodes every header block, returning each request's ``:authority``. It must see every block in
+  order because HPACK's dynamic table is connection state; other frames are skipped by their length.
+- ``ClientHelloSni`` collects the TLS ClientHello (possibly split over several records) and returns the
+  ``server_name`` extension, which is the host the client verifies the certificate against.
+
+Both raise ``SniffError`` when the peer does not speak the protocol, so the front can drop the connection.
+"""
+
+from __future__ import annotations
+
+import hpack
+from hpack.exceptions import HPACKError
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HEADERS, _CONTINUATION = 0x1, 0x9
+_END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
+MAX_HEADER_BLOCK = (
+    256 * 1024
+)  # far above grpc's 16 KiB metadata limit; bounds what one peer can make us buffer
+MAX_CLIENT_HELLO = 64 * 1024
+
+
+class SniffError(Exception):
+    """The peer's bytes are not the protocol this listener speaks (or are malformed)."""
+
+
+class H2Authorities:
+    """Feed the client->server bytes of an h2c connection; get the ``:authority`` of each request."""
+
+    __slots__ = ("_block", "_buf", "_decoder", "_in_block", "_preface", "_skip")
+
+    def __init__(self) -> None:
+        self._decoder = hpack.Decoder()
+        self._decoder.max_allowed_table_size = 65536  # the server validates the real limit; we only observe
+        self._preface = True
+        self._buf = b""
+        self._skip = 0  # payload bytes of a non-header frame still to pass over
+        self._block = bytearray()
+        self._in_block = False  # inside HEADERS ... CONTINUATION without END_HEADERS yet
+
+    def feed(self, data: bytes) -> list[str]:
+        """Authorities (lower-cased, as sent) of the header blocks completed by ``data``, in order."""
+        out: list[str] = []
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return out
+            data = data[self._skip :]
+            self._skip = 0
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        if self._preface:
+            if len(buf) < len(H2_PREFACE):
+                if not H2_PREFACE.startswith(buf):
+                    raise SniffError("not an HTTP/2 connection preface")
+                self._buf = buf
+                return out
+            if not buf.startswith(H2_PREFACE):
+                raise SniffError("not an HTTP/2 connection preface")
+            self._preface = False
+            pos = len(H2_PREFACE)
+        end = len(buf)
+        while end - pos >= 9:
+            length = int.from_bytes(buf[pos : pos + 3], "big")
+            ftype, flags = buf[pos + 3], buf[pos + 4]
+            header_frame = ftype in (_HEADERS, _CONTINUATION)
+            if self._in_block and ftype != _CONTINUATION:
+                raise SniffError("header block interrupted by another frame")
+            if not header_frame:
+                pos += 9
+                if end - pos < length:
+                    self._skip = length - (end - pos)
+                    pos = end
+                    break
+                pos += length
+                continue
+            if end - pos < 9 + length:
+                break  # wait for the whole header frame
+            payload = buf[pos + 9 : pos + 9 + length]
+            pos += 9 + length
+            if ftype == _HEADERS:
+                payload = _strip_headers_frame(payload, flags)
+            elif not self._in_block:
+                raise SniffError("CONTINUATION without HEADERS")
+            self._block += payload
+            if len(self._block) > MAX_HEADER_BLOCK:
+                raise SniffError("header block too large")
+            if flags & _END_HEADERS:
+                self._in_block = False
+                authority = self._authority(bytes(self._block))
+                self._block.clear()
+                if authority is not None:
+                    out.append(authority)
+            else:
+                self._in_block = True
+        self._buf = buf[pos:] if pos < end else b""
+        return out
+
+    def _authority(self, block: bytes) -> str | None:
+        try:
+            headers = self._decoder.decode(block, raw=True)
+        except HPACKError as e:
+            raise SniffError(f"bad HPACK header block: {type(e).__name__}") from None
+        host = None
+        for name, value in headers:
+            if name == b":authority":
+                return bytes(value).decode("latin-1")
+            if name == b"host":
+                host = bytes(value).decode("latin-1")
+        return host  # trailers carry neither
+
+
+def _strip_headers_frame(payload: bytes, flags: int) -> bytes:
+    start, pad = 0, 0
+    if flags & _PADDED:
+        if not payload:
+            raise SniffError("padded HEADERS frame without pad length")
+        pad, start = payload[0], 1
+    if flags & _PRIORITY:
+        start += 5
+    if start + pad > len(payload):
+        raise SniffError("HEADERS frame padding exceeds its length")
+    return payload[start : len(payload) - pad]
+
+
+class ClientHelloSni:
+    """Feed the first bytes of a TLS connection; ``feed`` returns ``(done, server_name)``."""
+
+    __slots__ = ("_buf", "_hs")
+
+    def __init__(self) -> None:
+        self._buf = b""  # raw record bytes not yet parsed
+        self._hs = bytearray()  # handshake-layer bytes gathered from records
+
+    def feed(self, data: bytes) -> tuple[bool, str | None]:
+        buf = self._buf + data
+        pos = 0
+        while len(buf) - pos >= 5:
+            if buf[pos] != 0x16:  # handshake record
+                raise SniffError("not a TLS handshake")
+            length = int.from_bytes(buf[pos + 3 : pos + 5], "big")
+            if len(buf) - pos < 5 + length:
+                break
+            self._hs += buf[pos + 5 : pos + 5 + length]
+            pos += 5 + length
+            if len(self._hs) >= 4:
+                if self._hs[0] != 0x01:
+                    raise SniffError("first handshake message is not a ClientHello")
+                need = 4 + int.from_bytes(self._hs[1:4], "big")
+                if need > MAX_CLIENT_HELLO:
+                    raise SniffError("ClientHello too large")
+                if len(self._hs) >= need:
+                    return True, parse_client_hello_sni(bytes(self._hs[4:need]))
+        if pos == 0 and buf and buf[0] != 0x16:
+            raise SniffError("not a TLS handshake")
+        self._buf = buf[pos:]
+        if len(self._buf) + len(self._hs) > MAX_CLIENT_HELLO + 5:
+            raise SniffError("ClientHello too large")
+        return False, None
+
+
+def parse_client_hello_sni(body: bytes) -> str | None:
+    """The host_name of the server_name extension in a ClientHello body, or None when absent."""
+    try:
+        pos = 2 + 32  # legacy_version, random
+        pos += 1 + body[pos]  # session id
+        pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher suites
+        pos += 1 + body[pos]  # compression methods
+        if pos >= len(body):
+            return None  # no extensions
+        ext_end = pos + 2 + int.from_bytes(body[pos : pos + 2], "big")
+        pos += 2
+        while pos + 4 <= ext_end:
+            etype = int.from_bytes(body[pos : pos + 2], "big")
+            elen = int.from_bytes(body[pos + 2 : pos + 4], "big")
+            pos += 4
+            if etype == 0:  # server_name: list length, then (type, length, name) entries
+                end = pos + elen
+                p = pos + 2
+                while p + 3 <= end:
+                    ntype, nlen = body[p], int.from_bytes(body[p + 1 : p + 3], "big")
+                    if ntype == 0:
+                        return body[p + 3 : p + 3 + nlen].decode("ascii").lower()
+                    p += 3 + nlen
+                return None
+            pos += elen
+    except (IndexError, UnicodeDecodeError):
+        raise SniffError("malformed ClientHello") from None
+    return None
