@@ -1,0 +1,345 @@
+"""The discrete-event loop: one engine per policy, all fed the same arrivals in lockstep.
+
+Each arrival asks the policy for a plan over a ``WorldSnapshot`` of the model's deployments, exactly as the
+gateway does (``Fleet.snapshot_for`` then ``decide``), and takes a lease on the first candidate with room.
+Snapshots are rebuilt lazily: a deployment's frozen ``DeploymentState`` is dropped when its state changes
+(admission, first token, completion, an event) and rebuilt only when the next request for that model
+needs it, so a decision costs one snapshot of a handful of deployments, never a scan of the fleet.
+
+Events on the heap are tuples ``(time, seq, kind, deployment, epoch, ...)``; ``seq`` makes the order total
+and deterministic. An outage bumps the deployment's epoch: in-flight work of the old epoch is lost
+(requests before their first token count as failed, the others as interrupted) and its events are ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from heapq import heappop, heappush
+from typing import Any
+
+from regiongate.core import BackendState, DeploymentState, RouteError, WorldSnapshot
+from regiongate.latency import TtftEstimate
+from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
+from regiongate.simulate.policies import Policy
+from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
+
+FIRST, DONE, TICK, EV_START, EV_END = 0, 1, 2, 3, 4
+TTFT_TOLERANCE_MS = 0.01  # a snapshot's TTFT estimates are never further than this from the exact value
+_log = math.log
+
+
+class Dep:
+    """The mutable state of one simulated deployment."""
+
+    __slots__ = (
+        "backends",
+        "base_limit",
+        "base_slots",
+        "busy",
+        "cap",
+        "down_backends",
+        "epoch",
+        "epoch_ends",
+        "factors",
+        "in_use",
+        "last",
+        "limit",
+        "mi",
+        "model",
+        "outages",
+        "prefill_s",
+        "region",
+        "ri",
+        "running",
+        "slots",
+        "spec",
+        "state",
+        "token_s",
+        "ttft",
+        "ttft_s",
+        "up_backends",
+        "waiting",
+    )
+
+    def __init__(self, spec: DeploymentSpec, ri: int, mi: int, halflife_s: float) -> None:
+        self.spec = spec
+        self.model, self.region, self.ri, self.mi = spec.model, spec.region, ri, mi
+        self.base_limit, self.base_slots = spec.limit, spec.slots
+        self.limit, self.slots = spec.limit, spec.slots
+        self.ttft_s, self.token_s, self.prefill_s = spec.ttft_s, spec.token_s, spec.prefill_s
+        self.up_backends = tuple(BackendState(b) for b in spec.backend_ids)
+        self.down_backends = tuple(BackendState(b, healthy=False) for b in spec.backend_ids)
+        self.backends = self.up_backends
+        self.outages = 0
+        self.factors: list[float] = []
+        self.in_use = 0  # gateway leases held (running + waiting)
+        self.running = 0  # backend slots busy
+        self.waiting: deque[tuple[float, Context, int, int]] = deque()
+        self.ttft = TtftEstimate(halflife_s)  # the gateway's own smoothing of queueing + prefill
+        self.epoch = 0
+        self.epoch_ends: list[float] = []
+        self.state: DeploymentState | None = None
+        self.last = 0.0
+        self.busy = 0.0
+        self.cap = 0.0
+
+    def touch(self, now: float) -> None:
+        """Account busy and available slot-time up to ``now``."""
+        dt = now - self.last
+        self.busy += (self.running if self.running < self.slots else self.slots) * dt
+        if not self.outages:
+            self.cap += self.slots * dt
+        self.last = now
+
+    def resize(self) -> None:
+        f = math.prod(self.factors)
+        self.limit = round(self.base_limit * f)
+        self.slots = max(1, round(self.base_slots * f)) if self.limit > 0 else 0
+
+
+class Engine:
+    def __init__(self, world: World, name: str, policy: Policy) -> None:
+        self.world = world
+        self.name = name
+        self.policy = policy
+        self.n_buckets = 1
+        self.bucket_s = world.duration_s
+        self.stats: PolicyStats
+        self.heap: list[tuple[Any, ...]] = []
+        self.seq = itertools.count()
+        model_index = {m: i for i, m in enumerate(world.models)}
+        region_index = {r: i for i, r in enumerate(world.region_ids)}
+        self.deps = [
+            Dep(s, region_index[s.region], model_index.get(s.model, -1), world.halflife_s)
+            for s in world.deployments
+        ]
+        self.by_model: list[list[Dep]] = [[] for _ in world.models]
+        for d in sorted(self.deps, key=lambda d: d.ri):
+            if d.mi >= 0:
+                self.by_model[d.mi].append(d)
+        self.dep_at = [{d.region: d for d in ds} for ds in self.by_model]
+        self.keys = [[(d.model, d.region) for d in ds] for ds in self.by_model]
+        self.snaps: list[WorldSnapshot | None] = [None] * len(world.models)
+        base = WorldSnapshot.build(world.regions, {}, world.gateway_location, world.retry_after_s)
+        self._base = base
+        self.queue_depth = world.report_queue_depth
+
+    def start(self, n_buckets: int) -> None:
+        """Schedule the utilisation ticks and the scenario's events; call once before the first arrival."""
+        w = self.world
+        self.n_buckets = n_buckets
+        self.bucket_s = w.duration_s / n_buckets
+        self.stats = PolicyStats(
+            self.name, len(w.continents) * len(w.region_ids), len(w.region_ids), n_buckets, len(w.continents)
+        )
+        for ev in w.events:
+            heappush(self.heap, (ev.start_s, next(self.seq), EV_START, None, 0, ev))
+            heappush(self.heap, (ev.end_s, next(self.seq), EV_END, None, 0, ev))
+        for b in range(n_buckets):
+            heappush(self.heap, ((b + 1) * self.bucket_s, next(self.seq), TICK, None, 0, b))
+
+    # --- snapshots ---------------------------------------------------------------------------------
+    def snapshot(self, mi: int, now: float) -> WorldSnapshot:
+        """What ``Fleet.snapshot_for(model)`` gives the gateway at ``now``: only this model's deployments.
+
+        A deployment's frozen state is rebuilt when it changed, or when its TTFT estimate (which relaxes
+        with idle time toward the model's typical TTFT, the median of its measured deployments, exactly
+        as the fleet computes it) has moved by more than ``TTFT_TOLERANCE_MS``; the snapshot object is
+        reused when no state was rebuilt."""
+        deps = self.by_model[mi]
+        measured = sorted(d.ttft.value for d in deps if d.ttft.value is not None)
+        prior = measured[len(measured) // 2] if measured else 0.0
+        qd = self.queue_depth
+        rebuilt = False
+        states = []
+        for d in deps:
+            s = d.state
+            ttft = d.ttft.current(now, prior)
+            if s is None or abs(ttft - s.ttft_ms) > TTFT_TOLERANCE_MS:
+                s = d.state = DeploymentState(
+                    d.model,
+                    d.region,
+                    d.limit,
+                    d.in_use,
+                    d.backends,
+                    ttft,
+                    len(d.waiting) if qd else 0,
+                    None,
+                )
+                rebuilt = True
+            states.append(s)
+        snap = self.snaps[mi]
+        if snap is not None and not rebuilt:
+            return snap
+        t = tuple(states)
+        base = self._base
+        snap = WorldSnapshot(
+            base.regions,
+            dict(zip(self.keys[mi], t, strict=False)),
+            base.gateway_location,
+            base.zones,
+            {self.world.models[mi]: t},
+            base.gateway_rtt_ms,
+            base.retry_after_s,
+        )
+        self.snaps[mi] = snap
+        return snap
+
+    def _changed(self, d: Dep) -> None:
+        d.state = None
+        if d.mi >= 0:
+            self.snaps[d.mi] = None
+
+    # --- requests ------------------------------------------------------------------------------------
+    def arrive(self, t: float, ctx: Context, prompt: int, completion: int) -> None:
+        heap = self.heap
+        while heap and heap[0][0] <= t:
+            self._handle(heappop(heap))
+        st = self.stats
+        cell = ctx.cell
+        st.requests[cell] += 1
+        b = int(t / self.bucket_s)
+        if b >= self.n_buckets:
+            b = self.n_buckets - 1
+        st.arrivals_bucket[b][ctx.continent] += 1
+        mi = ctx.model
+        snap = self.snapshot(mi, t)
+        plan = self.policy(snap, ctx.request)
+        if isinstance(plan, RouteError):
+            st.rejected[cell] += 1
+            st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
+            return
+        dep_at = self.dep_at[mi]
+        for cand in plan.candidates:  # the gateway's waterfall: the first candidate with room
+            d = dep_at[cand.region]
+            if not d.outages and d.in_use < d.limit:
+                break
+        else:  # cannot happen with a current snapshot; counted, never hidden
+            st.rejected[cell] += 1
+            st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
+            return
+        ri = d.ri
+        if not ctx.allowed[ri]:
+            st.violations += 1
+        if cand is not plan.candidates[0] or (plan.considered and plan.considered[0].region != d.region):
+            st.spilled[cell] += 1  # not the policy's own first choice: it was full or unhealthy
+        if ri != ctx.home:
+            st.remote[cell] += 1
+            st.inbound_region[ri] += 1
+        st.routed_region[ri] += 1
+        st.routed_bucket[b][ri] += 1
+        d.in_use += 1
+        d.state = None
+        self.snaps[mi] = None
+        if d.running < d.slots:
+            self._start(d, t, t, ctx, prompt, completion)
+        else:
+            d.waiting.append((t, ctx, prompt, completion))
+
+    def _start(self, d: Dep, now: float, arrived: float, ctx: Context, prompt: int, completion: int) -> None:
+        dt = now - d.last
+        d.busy += (d.running if d.running < d.slots else d.slots) * dt
+        if not d.outages:
+            d.cap += d.slots * dt
+        d.last = now
+        d.running += 1
+        server = d.ttft_s + prompt * d.prefill_s
+        wait = now - arrived
+        first = now + server
+        heap = self.heap
+        seq = next(self.seq)
+        ttft_ms = (ctx.rtt_s[d.ri] + wait + server) * 1000.0
+        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, (wait + server) * 1000.0, wait))
+        heappush(heap, (first + completion * d.token_s, seq, DONE, d, d.epoch, first))
+
+    # --- events --------------------------------------------------------------------------------------
+    def _handle(self, ev: tuple[Any, ...]) -> None:
+        kind = ev[2]
+        if kind == FIRST:
+            t, _, _, d, epoch, ctx, ttft_ms, sample_ms, wait = ev
+            st = self.stats
+            if epoch != d.epoch:
+                st.failed[ctx.cell] += 1
+                return
+            d.ttft.add(sample_ms, t)
+            d.state = None
+            self.snaps[d.mi] = None
+            st.served[ctx.cell] += 1
+            i = int(_log(ttft_ms) * HIST_PER_E - HIST_OFFSET) if ttft_ms > 0.1 else 0
+            st.hist[ctx.cell][i if i < HIST_BINS else HIST_BINS - 1] += 1
+            st.wait_n[d.ri] += 1
+            if wait > 0.0:
+                st.wait_sum_s[d.ri] += wait
+                st.waited[d.ri] += 1
+        elif kind == DONE:
+            t, _, _, d, epoch, first = ev
+            if epoch != d.epoch:
+                if first <= d.epoch_ends[epoch]:
+                    self.stats.interrupted += 1
+                return
+            dt = t - d.last
+            d.busy += (d.running if d.running < d.slots else d.slots) * dt
+            if not d.outages:
+                d.cap += d.slots * dt
+            d.last = t
+            d.running -= 1
+            d.in_use -= 1
+            d.state = None
+            self.snaps[d.mi] = None
+            if d.waiting and d.running < d.slots:
+                arrived, ctx, prompt, completion = d.waiting.popleft()
+                self._start(d, t, arrived, ctx, prompt, completion)
+        elif kind == TICK:
+            self._tick(ev[0], ev[5])
+        else:
+            self._event(ev[0], ev[5], kind == EV_START)
+
+    def _tick(self, now: float, bucket: int) -> None:
+        busy, cap = self.stats.busy_s[bucket], self.stats.cap_s[bucket]
+        for d in self.deps:
+            d.touch(now)
+            busy[d.ri] += d.busy
+            cap[d.ri] += d.cap
+            d.busy = d.cap = 0.0
+
+    def _event(self, now: float, ev: SimEvent, starting: bool) -> None:
+        for d in self.deps:
+            if d.region != ev.region or ev.model not in ("*", d.model):
+                continue
+            d.touch(now)
+            if ev.kind == "outage":
+                if starting:
+                    d.outages += 1
+                    if d.outages == 1:
+                        self._lose_everything(d, now)
+                else:
+                    d.outages -= 1
+                d.backends = d.down_backends if d.outages else d.up_backends
+            else:
+                if starting:
+                    d.factors.append(ev.factor)
+                else:
+                    d.factors.remove(ev.factor)
+                d.resize()
+                while d.waiting and d.running < d.slots:
+                    arrived, ctx, prompt, completion = d.waiting.popleft()
+                    self._start(d, now, arrived, ctx, prompt, completion)
+            self._changed(d)
+
+    def _lose_everything(self, d: Dep, now: float) -> None:
+        """A region goes dark: queued requests fail now, running ones are lost with the old epoch."""
+        for _, ctx, _, _ in d.waiting:
+            self.stats.failed[ctx.cell] += 1
+        d.waiting.clear()
+        d.epoch_ends.append(now)
+        d.epoch += 1
+        d.running = 0
+        d.in_use = 0
+
+    def finish(self) -> None:
+        """Run every remaining event: requests in flight at the end of the day complete."""
+        heap = self.heap
+        while heap:
+            self._handle(heappop(heap))
