@@ -1,0 +1,170 @@
+"""Workloads and the two load generators that drive them.
+
+- ``wrk`` (Debian's wrk 4.1, C, epoll) for non-streaming requests: one thread sends well over 50k small
+  requests/s on this machine, ten times what the Python proxies can take, and it costs the proxy under test
+  the least CPU on a 2-core box that it shares with the upstream and the client.
+- ``bench.probe`` (uvloop + httptools, run in the orchestrating process) for streams, because wrk sees a
+  response only when it has ended: the probe records the time to the first body byte of each stream and
+  counts its SSE events.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.targets import BENCH_KEY
+
+PROMPT = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Write one sentence about load balancers."},
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: str  # "chat" | "stream"
+    chunks: int  # content chunks (stream) or completion tokens (chat)
+    latency_ms: int  # the upstream's own latency before its first byte
+    conc: int
+
+    @property
+    def name(self) -> str:
+        what = "chat" if self.kind == "chat" else f"stream{self.chunks}"
+        return f"{what} lat{self.latency_ms} c{self.conc}"
+
+    @property
+    def group(self) -> str:
+        return f"{'chat' if self.kind == 'chat' else f'stream{self.chunks}'} lat{self.latency_ms}"
+
+    def body(self) -> str:
+        obj: dict[str, object] = {
+            "model": f"bench-{self.latency_ms}ms",
+            "messages": PROMPT,
+            "max_tokens": self.chunks,
+        }
+        if self.kind == "stream":
+            obj["stream"] = True
+        return json.dumps(obj, separators=(",", ":"))
+
+    @property
+    def events(self) -> int:
+        """SSE events a client must see: the content chunks, the finish chunk and [DONE]."""
+        return self.chunks + 2 if self.kind == "stream" else 0
+
+
+def matrix(full: bool) -> list[Workload]:
+    """The default matrix covers every axis (kind, chunks, latency, concurrency) in about 8 minutes; ``full``
+    is the whole cross product."""
+    if full:
+        return [
+            Workload(k, n, lat, c)
+            for k, n in (("chat", 16), ("stream", 20), ("stream", 200))
+            for lat in (0, 50)
+            for c in (1, 32, 128)
+        ]
+    out = [Workload("chat", 16, lat, c) for lat in (0, 50) for c in (1, 32, 128)]
+    out += [Workload("stream", 20, 0, c) for c in (1, 32, 128)]
+    out += [Workload("stream", 20, 50, c) for c in (1, 128)]
+    out += [Workload("stream", 200, 0, c) for c in (1, 32)]
+    out += [Workload("stream", 200, 50, 128)]
+    return out
+
+
+def quick_matrix() -> list[Workload]:
+    return [Workload("chat", 16, 0, 8), Workload("stream", 20, 0, 4)]
+
+
+LUA = """\
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {{"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,'
+    .. '"p50_us":%d,"p99_us":%d}}\\n', summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def lua_script(work: Path, w: Workload) -> Path:
+    path = work / f"wrk-{w.kind}{w.chunks}-{w.latency_ms}.lua"
+    if not path.exists():
+        path.write_text(LUA.format(body=json.dumps(w.body()), key=BENCH_KEY))
+    return path
+
+
+@dataclass
+class Sample:
+    requests: int
+    errors: int
+    rps: float
+    p50_us: float
+    p99_us: float
+    ttfb_p50_us: float | None = None
+    ttfb_p99_us: float | None = None
+    events: int | None = None
+    unfinished: int = 0  # streams abandoned after the drain time (the probe only)
+
+
+def run_wrk(url: str, w: Workload, duration: float, work: Path) -> Sample:
+    secs = max(1, round(duration))  # wrk takes whole seconds
+    cmd = ["wrk", "-t1", f"-c{w.conc}", f"-d{secs}s", "--timeout", "10s", "-s", str(lua_script(work, w)), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    r = json.loads(line[len("WRKJSON ") :])
+    secs = r["duration_us"] / 1e6
+    ok = r["requests"] - r["status_errors"]
+    return Sample(
+        requests=r["requests"],
+        errors=r["status_errors"] + r["socket_errors"],
+        rps=ok / secs if secs > 0 else 0.0,
+        p50_us=float(r["p50_us"]),
+        p99_us=float(r["p99_us"]),
+    )
+
+
+def run_probe(
+    url: str, w: Workload, duration: float, requests: int = 0, show: bool = False
+) -> tuple[Sample, dict[str, Any]]:
+    """Drive ``url`` with bench.probe, in this process (the orchestrator only waits meanwhile, and a
+    process start per measurement would cost more than the short cells of --quick)."""
+    import uvloop
+
+    from bench.probe import run
+
+    headers = [f"Authorization: Bearer {BENCH_KEY}"]
+    r = uvloop.run(run(url, w.body().encode(), headers, w.conc, duration, requests))
+    if not show:
+        r.pop("sample", None)
+    statuses: dict[str, int] = r["statuses"]
+    bad = sum(v for k, v in statuses.items() if k != "200")
+    n, elapsed = int(r["requests"]), float(r["elapsed_s"])
+    return (
+        Sample(
+            requests=n,
+            errors=int(r["errors"]) + bad,
+            rps=(n - bad) / elapsed if elapsed else 0.0,
+            p50_us=float(r["p50_us"]),
+            p99_us=float(r["p99_us"]),
+            ttfb_p50_us=float(r["ttfb_p50_us"]),
+            ttfb_p99_us=float(r["ttfb_p99_us"]),
+            events=int(r["events"]),
+            unfinished=int(r["unfinished"]),
+        ),
+        r,
+    )
+
+
+def drive(url: str, w: Workload, duration: float, work: Path) -> Sample:
+    """One measurement: wrk for plain requests, the probe for streams."""
+    if w.kind == "chat":
+        return run_wrk(url, w, duration, work)
+    return run_probe(url, w, duration)[0]
