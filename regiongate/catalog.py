@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from regiongate.config import ModelInfo
 from regiongate.core import Access, Endpoint, EndpointKind
 from regiongate.fleet import Fleet
+from regiongate.probes import backend_health
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +65,15 @@ def region_views(fleet: Fleet, access: Access) -> list[dict[str, object]]:
         for (model, rid), d in fleet.deployments.items():
             if rid != region.id or not access.permits(model, rid):
                 continue
-            healthy = sum(1 for b in d.backends if not b.outlier.ejected(now))
+            healthy = sum(1 for b in d.backends if b.healthy(now))
             models.append(
                 {
                     "id": model,
                     "capacity": {"in_use": fleet.capacity.in_use(d.key), "limit": d.limit},
+                    # What the backends report of their own load (regiongate.loadscrape); free: None = unknown.
+                    "load": {"queue_depth": d.queue_depth, "reported_free": d.reported_free},
                     "backends": {"healthy": healthy, "total": len(d.backends)},
+                    "health": [backend_health(b, now) for b in d.backends],  # passive + active, RTT
                     "ttft_ms": round(d.ttft.value, 1) if d.ttft.value is not None else None,
                     "healthy": healthy > 0,
                 }

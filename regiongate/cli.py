@@ -32,8 +32,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        config_path=args.config,
+        pid_file=args.pid_file,
     )
     serve(_config(args.config), opts)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from regiongate.reload import signal_reload
+
+    if args.config:
+        _config(args.config)  # refuse an invalid file here, with its errors, before signalling
+    try:
+        pid = signal_reload(args.pid_file)
+    except RuntimeError as e:
+        print(f"regiongate: {e}", file=sys.stderr)
+        return 1
+    print(f"regiongate: sent SIGHUP to {pid}; the gateway logs 'config reloaded' or why it kept the old one")
     return 0
 
 
@@ -77,7 +93,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
 
     cfg = _config(args.config)
     try:
-        print(explain(cfg, args.model, args.origin, args.endpoint))
+        print(explain(cfg, args.model, args.origin, args.endpoint, client_ip=args.client_ip, live=args.measure))
     except ValueError as e:
         print(f"regiongate: {e}", file=sys.stderr)
         return 2
@@ -98,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key")
     s.add_argument("--access-log", action="store_true", help="one JSON line per request (no bodies)")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--pid-file", help="write the server's pid here (for `regiongate reload`)")
     s.set_defaults(func=cmd_serve)
+
+    rl = sub.add_parser("reload", help="make a running gateway re-read its config file (SIGHUP)")
+    rl.add_argument("--pid-file", required=True, help="the --pid-file the gateway was started with")
+    rl.add_argument("--config", help="validate this file first and do nothing if it is invalid")
+    rl.set_defaults(func=cmd_reload)
 
     b = sub.add_parser("sim-backend", help="serve one simulated regional cluster over OpenAI-compatible HTTP")
     b.add_argument("--region", required=True)
@@ -128,8 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--endpoint", default="localhost", help="host the client addresses, e.g. us-east-1.localhost"
     )
+    e.add_argument("--client-ip", help="locate the client with [gateway].geoip_database")
+    e.add_argument(
+        "--measure", action="store_true", help="probe the HTTP backends and read their load metrics first"
+    )
     e.add_argument("--config")
     e.set_defaults(func=cmd_route_explain)
+    from regiongate.control.cli import register as register_control
+
+    register_control(sub)  # teams, keys, models, usage, receipt
+    from regiongate.simulate.command import register as register_simulate
+
+    register_simulate(sub)  # simulate: a day of global traffic through the policy
     return p
 
 

@@ -15,6 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from regiongate.config_scale import HealthConfig, LimitsConfig, OutageMode, SharedConfig
+from regiongate.control.settings import ControlConfig
+
 REGION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
@@ -50,6 +53,7 @@ class HttpBackend(_Model):
     api_key_env: str | None = None
     model: str | None = None  # model name upstream, when it differs
     timeouts: Timeouts | None = None
+    metrics_url: str | None = None  # Prometheus load metrics (default <origin>/metrics; "" = do not scrape)
 
     @field_validator("url")
     @classmethod
@@ -75,6 +79,7 @@ class DeploymentConfig(_Model):
     models: list[str] = Field(min_length=1)
     limit: int = Field(8, ge=1)  # concurrent requests per model in this region
     backends: list[Backend] = Field(min_length=1)
+    on_redis_outage: OutageMode | None = None  # None: [shared].on_redis_outage
 
 
 class GrantConfig(_Model):
@@ -113,6 +118,17 @@ class GatewayConfig(_Model):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     retry_after_s: float = Field(1.0, gt=0)
     ttft_halflife_s: float = Field(10.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, gt=0)  # SIGTERM: how long in-flight requests may finish
+    geoip_database: str | None = None  # MaxMind-format (.mmdb) file: client location from its address
+
+    @field_validator("geoip_database")
+    @classmethod
+    def _geoip(cls, v: str | None) -> str | None:
+        if v is not None:
+            from regiongate.geoip import check_database
+
+            check_database(v)  # a missing or unreadable file is a config error, at start and on reload
+        return v
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -123,6 +139,14 @@ class GatewayConfig(_Model):
             except ValueError as e:
                 raise ValueError(f"'{net}' is not an IP network: {e}") from None
         return v
+
+
+class LoadConfig(_Model):
+    """Load read from the backends' own Prometheus metrics (``regiongate.loadscrape``)."""
+
+    scrape_interval_s: float = Field(2.0, ge=0)  # 0 turns scraping off
+    scrape_timeout_s: float = Field(1.0, gt=0)
+    stale_after_s: float = Field(10.0, gt=0)  # an older reading counts as none
 
 
 class ModelInfo(_Model):
@@ -138,6 +162,11 @@ class Config(_Model):
     deployments: list[DeploymentConfig] = []
     models: dict[str, ModelInfo] = {}
     teams: list[TeamConfig] = []
+    shared: SharedConfig = SharedConfig()
+    limits: LimitsConfig = LimitsConfig()
+    health: HealthConfig = HealthConfig()
+    control: ControlConfig = ControlConfig()
+    load: LoadConfig = LoadConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:

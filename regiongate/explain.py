@@ -1,10 +1,20 @@
-"""``route explain``: the plan the policy would make, with the reason for each region kept or dropped."""
+"""``route explain``: the plan the policy would make, with the reason for each region kept or dropped.
+
+Without ``--measure`` it ranks from the config alone (great-circle round trips, no queues). With it, the
+configured HTTP backends are probed and their load metrics read first, as a running gateway does, so
+the table shows measured round trips and live queues. ``--client-ip`` locates a client with the
+configured GeoIP database. The running gateway shows the same rows per request on
+``x-regiongate-explain: 1``.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from regiongate.config import Config
 from regiongate.core import (
     ALL_ACCESS,
+    Location,
     Plan,
     RouteError,
     RouteRequest,
@@ -13,42 +23,89 @@ from regiongate.core import (
     resolve_endpoint,
 )
 from regiongate.fleet import Fleet
+from regiongate.geoip import GeoIP
+from regiongate.latency import explain_rows
+from regiongate.loadscrape import LoadScraper
+from regiongate.probes import Prober
 from regiongate.runtime import build_fleet
+
+PROBE_ROUNDS = 3
 
 
 def explain_plan(fleet: Fleet, req: RouteRequest) -> Plan | RouteError:
     return decide(fleet.snapshot_for(req.model), req)
 
 
-def render(plan: Plan | RouteError, req: RouteRequest) -> str:
-    origin = (
-        f"client at {req.client_location.lat:g},{req.client_location.lon:g}"
-        if req.client_location
-        else "this gateway's location"
-    )
+def render(plan: Plan | RouteError, req: RouteRequest, origin: str = "") -> str:
+    if not origin:
+        loc = req.client_location
+        origin = f"client at {loc.lat:g},{loc.lon:g}" if loc else "this gateway"
     head = f"model {req.model} on endpoint {req.endpoint}, ranked from {origin}"
     if isinstance(plan, RouteError):
         return f"{head}\nrefused: HTTP {plan.status} {plan.code}: {plan.message}"
     rows = [
         head,
-        f"{'region':<16} {'verdict':<8} {'est ms':>8} {'network':>8} {'source':<17} {'queue':>7} {'free':>5}  reason",
+        f"{'region':<16} {'verdict':<8} {'est ms':>8} {'rtt ms':>8} {'rtt source':<17} {'queue ms':>8} "
+        f"{'free':>5}  reason",
     ]
-    for c in sorted(plan.considered, key=lambda c: c.estimate.total_ms if c.estimate else 0.0):
-        e = c.estimate
-        assert e is not None
+    for r in explain_rows(plan):
+        free = "-" if r["free"] is None else r["free"]
         rows.append(
-            f"{c.region:<16} {c.verdict:<8} {e.total_ms:8.1f} {e.network_ms:8.1f} {e.network_source:<17} "
-            f"{e.queue_ms:7.1f} {c.free if c.free is not None else '-':>5}  {c.reason}"
+            f"{r['region']:<16} {r['verdict']:<8} {_num(r['estimate_ms'])} {_num(r['rtt_ms'])} "
+            f"{r['rtt_source'] or '-':<17} {_num(r['queue_ms'])} {free:>5}  {r['reason']}"
         )
+    rows.append("est = rtt + queue; queue = smoothed TTFT + queue depth x max(TTFT, 50 ms)")
     return "\n".join(rows)
 
 
-def explain(cfg: Config, model: str, origin: str | None, endpoint_host: str) -> str:
-    loc = None
+def _num(v: float | None) -> str:
+    return f"{v:8.1f}" if v is not None else f"{'-':>8}"
+
+
+async def measure(fleet: Fleet, cfg: Config, rounds: int = PROBE_ROUNDS) -> None:
+    """Probe every HTTP backend ``rounds`` times and read their load once, as the gateway would."""
+    prober = Prober(lambda: fleet, cfg.health)
+    scraper = LoadScraper(lambda: fleet, lambda: cfg)
+    try:
+        for _ in range(rounds + 1):  # the first round opens the connections and is not counted
+            await prober.round()
+        await scraper.round()
+    finally:
+        await scraper.aclose()
+        await fleet.aclose()
+
+
+def _client(cfg: Config, origin: str | None, client_ip: str | None) -> tuple[Location | None, str]:
     if origin:
         loc = parse_location(origin)
         if loc is None:
             raise ValueError(f"--from must be LAT,LON in degrees, got {origin!r}")
+        return loc, ""
+    if client_ip:
+        path = cfg.gateway.geoip_database
+        if not path:
+            raise ValueError("--client-ip needs [gateway].geoip_database in the config")
+        geo = GeoIP(path)
+        try:
+            loc = geo.locate(client_ip)
+        finally:
+            geo.close()
+        if loc is None:
+            return None, f"this gateway ({client_ip} is not in the GeoIP database)"
+        return loc, f"client at {loc.lat:g},{loc.lon:g} (GeoIP of {client_ip})"
+    return None, ""
+
+
+def explain(
+    cfg: Config,
+    model: str,
+    origin: str | None,
+    endpoint_host: str,
+    *,
+    client_ip: str | None = None,
+    live: bool = False,
+) -> str:
+    loc, said = _client(cfg, origin, client_ip)
     fleet = build_fleet(cfg)
     try:
         endpoint = resolve_endpoint(
@@ -56,5 +113,7 @@ def explain(cfg: Config, model: str, origin: str | None, endpoint_host: str) -> 
         )
     except RouteError as e:
         raise ValueError(e.message) from None
+    if live:
+        asyncio.run(measure(fleet, cfg))
     req = RouteRequest(model, endpoint, loc, ALL_ACCESS)
-    return render(explain_plan(fleet, req), req)
+    return render(explain_plan(fleet, req), req, said)

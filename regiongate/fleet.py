@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from regiongate.capacity import CapacityStore, deployment_key
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
 from regiongate.health import Ewma, Outlier
+from regiongate.latency import TtftEstimate
 from regiongate.upstream.base import Upstream
 
 
@@ -36,7 +37,7 @@ class Deployment:
     region: str
     limit: int
     backends: list[Backend]
-    ttft: Ewma
+    ttft: TtftEstimate  # queueing + prefill, network round trip taken out (regiongate.latency)
     key: str = ""
     queue_depth: int = 0
     reported_free: int | None = None
@@ -81,7 +82,7 @@ class Fleet:
             limit=d.limit,
             in_use=self.capacity.in_use(d.key),
             backends=tuple(b.state(now) for b in d.backends),
-            ttft_ms=d.ttft.value if d.ttft.value is not None else ttft_prior,
+            ttft_ms=d.ttft.current(now, ttft_prior),
             queue_depth=d.queue_depth,
             reported_free=d.reported_free,
         )
@@ -113,8 +114,9 @@ class Fleet:
     def snapshot(self) -> WorldSnapshot:
         return self._snapshot(self.deployments.values())
 
-    def record_ttft(self, d: Deployment, ttft_ms: float) -> None:
-        d.ttft.add(ttft_ms, self.clock())
+    def record_ttft(self, d: Deployment, ttft_ms: float, backend: Backend | None = None) -> None:
+        rtt = backend.rtt.value if backend is not None and backend.rtt is not None else None
+        d.ttft.add(ttft_ms, self.clock(), rtt)
 
     def record_success(self, b: Backend) -> None:
         b.outlier.success()

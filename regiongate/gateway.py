@@ -22,6 +22,7 @@ from regiongate.capacity import Lease
 from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide
 from regiongate.core.errors import GatewayError
 from regiongate.fleet import Backend, Deployment, Fleet
+from regiongate.latency import EXPLAIN_HEADER, explain_header
 from regiongate.metrics import Metrics
 from regiongate.sse import SseRelay, event
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
@@ -43,6 +44,7 @@ class Inbound:
     principal: Principal
     request_id: str
     client_location: Location | None = None
+    explain: bool = False  # the caller asked for the x-regiongate-explain response header
 
     @property
     def include_usage(self) -> bool:
@@ -61,6 +63,7 @@ class Routed:
     chunks: AsyncIterator[bytes] | None = None  # for streams
     headers: list[tuple[str, str]] = field(default_factory=list)  # extra response headers / gRPC metadata
     finish: Callable[[], Awaitable[None]] | None = None
+    plan: Plan | None = None  # the policy's plan this request followed (for the explain header)
 
     async def aclose(self) -> None:
         """Free the stream's lease and upstream connection, whether or not it was ever iterated."""
@@ -114,6 +117,8 @@ class Gateway:
         for hook in self.hooks:
             await hook.before(inbound)
         routed = await self._dispatch(inbound, started)
+        if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
+            routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
         for hook in self.hooks:
             hook.after(inbound, routed)
         return routed
@@ -150,6 +155,7 @@ class Gateway:
                             log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
                         continue
                     owned = routed.chunks is not None  # the stream now owns the lease
+                    routed.plan = plan
                     return routed
             finally:
                 if not owned:
@@ -186,6 +192,7 @@ class Gateway:
             d.region
             for d in snap.by_model.get(inbound.model, ())
             if access.permits(inbound.model, d.region) and d.free > 0 and d.healthy_backends
+            and (access.zone is None or snap.regions[d.region].zone == access.zone)  # never outside the fence
         ]
 
     def _call(self, inbound: Inbound, backend: Backend) -> UpstreamCall:
@@ -238,7 +245,7 @@ class Gateway:
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
         self.fleet.record_success(backend)
-        self.fleet.record_ttft(a.deployment, ttft_ms)
+        self.fleet.record_ttft(a.deployment, ttft_ms, backend)
         self.metrics.ttft(a.deployment.region, ttft_ms)
         relay = SseRelay(strip_usage=not a.inbound.include_usage)
         done = False

@@ -45,7 +45,7 @@ class _FleetCollector(Collector):
             limit.add_metric(labels, d.limit)
             ttft.add_metric(labels, d.ttft.value or 0.0)
             for b in d.backends:
-                healthy.add_metric([b.id, d.region], 0.0 if b.outlier.ejected(now) else 1.0)
+                healthy.add_metric([b.id, d.region], 1.0 if b.healthy(now) else 0.0)
                 inflight.add_metric([b.id, d.region], b.in_flight)
         yield from (in_use, limit, ttft, healthy, inflight)
 

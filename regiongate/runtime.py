@@ -5,16 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from regiongate.auth import Principal, StaticKeys, hash_key, new_key
 from regiongate.capacity import CapacityStore, LocalCapacity
 from regiongate.config import Config, HttpBackend, SimulatedBackend
+from regiongate.control.metering import TeeUsage
+from regiongate.control.plane import ControlPlane, build_control
 from regiongate.core import Access, Grant, Location, Region
 from regiongate.fleet import Backend, Deployment, Fleet
 from regiongate.gateway import Gateway
-from regiongate.health import Ewma
+from regiongate.latency import TtftEstimate
+from regiongate.loadscrape import LoadCollector, LoadScraper
 from regiongate.metrics import Metrics
+from regiongate.probes import HealthCollector, Prober
+from regiongate.shared import Replica, Shared, build_shared, fit_fleet
 from regiongate.upstream.base import Upstream
 from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
@@ -33,11 +40,42 @@ class Runtime:
     metrics: Metrics
     usage: MemoryUsage
     generated_keys: dict[str, str] = field(default_factory=dict)  # team -> key printed at start-up
+    shared: Shared | None = None  # Redis link, rate limits, probes (regiongate.shared)
+    on_reload: list[Callable[[Runtime], None]] = field(default_factory=list)  # see regiongate.reload
+    control: ControlPlane | None = None  # teams, keys, usage store, receipts (regiongate.control)
+    mounts: list[tuple[str, Any]] = field(default_factory=list)  # (path prefix, ASGI app): admin, console
+    load: LoadScraper | None = None  # backends' own load metrics (regiongate.loadscrape)
+    # Other listeners' drains (gRPC), awaited before anything they use is closed.
+    drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _started: bool = False
+
+    async def start(self) -> None:
+        """Start background work (Redis heartbeat, probes) inside the serving loop. Idempotent: the first
+        listener to come up starts it, before it accepts any call."""
+        if self._started:
+            return
+        self._started = True
+        if self.shared is not None:
+            await self.shared.start()
+        if self.control is not None:
+            await self.control.start(self.gateway)  # before traffic: keys loaded, receipt key ready
+        if self.load is not None:
+            await self.load.start()
 
     async def aclose(self) -> None:
+        for drain in self.drains:
+            await drain()
+        if self.shared is not None:
+            await self.shared.aclose()  # probes stop, rate-limit settlements flush
+        if self.load is not None:
+            await self.load.aclose()
         await self.usage.aclose()
+        if self.control is not None:
+            await self.control.aclose()  # flushes every pending usage record
         await self.fleet.aclose()
-        await self.fleet.capacity.aclose()
+        await self.fleet.capacity.aclose()  # releases every lease still held
+        if self.shared is not None:
+            await self.shared.close_link()
 
 
 def _upstream(
@@ -80,7 +118,7 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
                     Backend(bid, _upstream(cfg, spec, bid, by_id[d.region], d.limit), upstream_model)
                 )
             deployments.append(
-                Deployment(model, d.region, d.limit, backends, Ewma(cfg.gateway.ttft_halflife_s))
+                Deployment(model, d.region, d.limit, backends, TtftEstimate(cfg.gateway.ttft_halflife_s))
             )
     return Fleet(
         regions,
@@ -116,11 +154,27 @@ def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKe
 
 
 def build_runtime(
-    cfg: Config, env: dict[str, str] | None = None, capacity: CapacityStore | None = None
+    cfg: Config,
+    env: dict[str, str] | None = None,
+    capacity: CapacityStore | None = None,
+    replica: Replica | None = None,
 ) -> Runtime:
     metrics = Metrics()
-    fleet = build_fleet(cfg, capacity)
+    shared = build_shared(cfg, replica or Replica(), capacity)
+    fleet = build_fleet(cfg, shared.capacity)
+    fit_fleet(fleet, cfg, shared)
     metrics.watch(fleet)
     usage = MemoryUsage()
     keys, generated = build_keys(cfg, env)
-    return Runtime(cfg, fleet, keys, Gateway(fleet, usage, metrics), metrics, usage, generated)
+    zones = {r.id: r.zone for r in cfg.regions}
+    control = build_control(cfg, dict(os.environ) if env is None else env, zones)
+    sink = TeeUsage(usage, control.writer) if control is not None else usage
+    gateway = Gateway(fleet, sink, metrics, hooks=[shared.limits])
+    rt = Runtime(cfg, fleet, keys, gateway, metrics, usage, generated, shared, control=control)
+    if control is not None:
+        control.attach(rt)
+    shared.prober = Prober(lambda: rt.fleet, cfg.health)
+    metrics.registry.register(HealthCollector(lambda: rt.fleet, shared.link))
+    rt.load = LoadScraper(lambda: rt.fleet, lambda: rt.config)
+    metrics.registry.register(LoadCollector(lambda: rt.fleet))
+    return rt

@@ -3,12 +3,14 @@ sharing one port through SO_REUSEPORT."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
@@ -31,6 +33,8 @@ class ServeOptions:
     log_level: str = "info"
     tls_cert: str | None = None
     tls_key: str | None = None
+    config_path: str | None = None  # re-read on SIGHUP (hot reload)
+    pid_file: str | None = None  # for `regiongate reload`
 
 
 def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -45,9 +49,32 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, draining on SIGTERM/SIGINT and then exiting 0 (uvicorn re-raises the signal after
+    its graceful shutdown, which would end the process as killed by it)."""
+
+    def __init__(self, config: uvicorn.Config, app: RestApp) -> None:
+        super().__init__(config)
+        self.app = app
+        self.on_drain: list[Callable[[], None]] = []
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if not self.should_exit:
+            log.info("draining: no new connections; in-flight requests may finish", extra={"signal": sig})
+        self.app.ready = False
+        for drain in self.on_drain:
+            drain()
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        self._captured_signals.clear()
+
+
 async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
-    runtime = build_runtime(cfg, dict(os.environ))
+    from regiongate.reload import install_sighup
+    from regiongate.shared import Replica
+
+    runtime = build_runtime(cfg, dict(os.environ), replica=Replica(worker, max(opts.workers, 1)))
     app = RestApp(runtime, access_log=opts.access_log)
+    install_sighup(runtime, opts.config_path)
     sock = bind(opts.host, opts.port, reuse_port=opts.workers > 1)
     ucfg = uvicorn.Config(
         app,
@@ -56,18 +83,36 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(cfg.gateway.shutdown_grace_s)),
         ssl_certfile=opts.tls_cert,
         ssl_keyfile=opts.tls_key,
         server_header=False,
+        proxy_headers=False,  # client addresses are trusted by our own rules (gateway.trusted_proxies)
         date_header=False,
     )
-    server = uvicorn.Server(ucfg)
+    server = _Server(ucfg, app)
     grpc = None
     if opts.grpc_port:
         from regiongate.grpc.server import start_grpc
 
-        grpc = await start_grpc(runtime, opts.host, opts.grpc_port, opts.tls_cert, opts.tls_key)
+        await runtime.start()  # keys loaded and probes running before the first gRPC call
+        grpc = await start_grpc(
+            runtime, opts.host, opts.grpc_port, opts.tls_cert, opts.tls_key, reuse_port=opts.workers > 1
+        )
+        grace = cfg.gateway.shutdown_grace_s
+        handle = grpc
+        draining: list[asyncio.Task[None]] = []
+
+        def drain_grpc() -> None:  # at SIGTERM, with REST: stop taking calls, let in-flight ones finish
+            if not draining:
+                draining.append(asyncio.ensure_future(handle.stop(grace)))
+
+        async def grpc_drained() -> None:
+            drain_grpc()
+            await draining[0]
+
+        server.on_drain.append(drain_grpc)
+        runtime.drains.append(grpc_drained)  # the runtime closes only after in-flight gRPC calls end
     log.info(
         "listening",
         extra={"rest": f"{opts.host}:{sock.getsockname()[1]}", "grpc": opts.grpc_port, "worker": worker},
@@ -76,7 +121,7 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
         await server.serve(sockets=[sock])
     finally:
         if grpc is not None:
-            await grpc.stop(5)
+            await grpc.stop(0)  # already drained unless serving ended another way
 
 
 def _worker(cfg: Config, opts: ServeOptions, worker: int) -> None:
@@ -100,6 +145,9 @@ def _demo_keys(cfg: Config) -> None:
 def serve(cfg: Config, opts: ServeOptions) -> None:
     setup_logging(opts.log_level)
     _demo_keys(cfg)
+    if opts.pid_file:
+        with open(opts.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
     if opts.workers <= 1:
         import uvloop
 
@@ -117,6 +165,7 @@ def serve(cfg: Config, opts: ServeOptions) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own runtime
     for p in procs:
         p.join()
     sys.exit(max((p.exitcode or 0) for p in procs))

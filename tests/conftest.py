@@ -99,7 +99,9 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         if "--grpc-port" not in cmd:
             cmd += ["--grpc-port", "0"]
         log = tmp_path / f"gateway-{len(procs)}.log"
-        p = Proc(_spawn(cmd, log, {"REGIONGATE_DEMO_API_KEY": key, **(env or {})}), port, log)
+        # Each test's gateways keep their control store and receipt keys under its tmp_path.
+        base = {"REGIONGATE_DEMO_API_KEY": key, "REGIONGATE_DATA_DIR": str(tmp_path / "data")}
+        p = Proc(_spawn(cmd, log, {**base, **(env or {})}), port, log)
         procs.append(p)
         wait_http(p.url + "/healthz", p.proc, log=log)
         return p

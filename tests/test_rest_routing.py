@@ -115,40 +115,54 @@ def test_unknown_region_label_is_404_not_global(start_gateway: Callable[..., Pro
     assert e.value.code == "unknown_region"
 
 
-def _long_stream_world(sim: Proc, **gateway: str) -> str:
+def _long_stream_world(sim: Proc) -> str:
     return world({r: [http_backend(sim.url + "/v1")] for r in GROK4_REGIONS})
 
 
-async def _open_streams(
-    gw: Proc,
-    host: str | None,
-    n: int,
-    release: Callable[[], None],
-    opened: asyncio.Event,
-    close: asyncio.Event,
-) -> list[object]:
-    """Open ``n`` long streams at once; each records its headers (or error) and stays open until ``close``."""
-    api = aclient(gw, host)
-    results: list[object] = []
+def hold_streams(
+    gw: Proc, sim: Proc, host: str | None, n: int, held: int, while_held: Callable[[], None] = lambda: None
+) -> list[tuple[str, str] | openai.APIStatusError]:
+    """Open ``n`` long streams at once against a ``--hold`` sim backend. Every request is routed before any
+    backend answers (the sim holds ``held`` of them), so no timing can reorder the decisions. Returns each
+    stream's (region, route) headers or its refusal; then closes every stream mid-way and checks that all
+    leases came back."""
 
-    async def one() -> None:
-        try:
-            async with api.chat.completions.with_streaming_response.create(
-                model="grok-4", messages=MSG, stream=True, max_tokens=100000
-            ) as resp:
-                results.append((resp.headers["x-regiongate-region"], resp.headers["x-regiongate-route"]))
+    async def scenario() -> list[tuple[str, str] | openai.APIStatusError]:
+        api = aclient(gw, host)
+        results: list[tuple[str, str] | openai.APIStatusError] = []
+        all_in, close = asyncio.Event(), asyncio.Event()
+
+        async def one() -> None:
+            try:
+                async with api.chat.completions.with_streaming_response.create(
+                    model="grok-4", messages=MSG, stream=True, max_tokens=100000
+                ) as resp:
+                    results.append((resp.headers["x-regiongate-region"], resp.headers["x-regiongate-route"]))
+                    if len(results) == n:
+                        all_in.set()
+                    await close.wait()
+            except openai.APIStatusError as e:
+                results.append(e)
                 if len(results) == n:
-                    opened.set()
-                await close.wait()
-        except openai.APIStatusError as e:
-            results.append(e)
-            if len(results) == n:
-                opened.set()
+                    all_in.set()
 
-    tasks = [asyncio.create_task(one()) for _ in range(n)]
-    await asyncio.to_thread(release)
-    await asyncio.wait_for(opened.wait(), 60)
-    return [results, tasks, api]  # type: ignore[list-item]
+        def release() -> None:
+            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == held)
+            while_held()
+            httpx.post(sim.url + "/sim/release")
+
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await asyncio.to_thread(release)
+        await asyncio.wait_for(all_in.wait(), 60)
+        snapshot = list(results)
+        close.set()  # clients go away mid-stream
+        await asyncio.gather(*tasks)
+        await api.close()
+        return snapshot
+
+    results = asyncio.run(scenario())
+    wait_until(lambda: sum(in_use(gw).values()) == 0)  # every lease came back
+    return results
 
 
 def test_global_spillover_fills_regions_in_order(
@@ -156,38 +170,17 @@ def test_global_spillover_fills_regions_in_order(
 ) -> None:
     sim = start_sim_backend("shared", "--hold", "--slots", "100", "--ttft-ms", "1")
     gw = start_gateway(_long_stream_world(sim))
+    full = {"us-east-1": 8, "us-west-2": 8, "eu-west-1": 8, "eu-central-1": 0, "ap-northeast-1": 0}
+    results = hold_streams(gw, sim, None, 24, 24, lambda: _assert_eq(in_use(gw), full))
+    assert Counter(results) == {
+        ("us-east-1", "nearest"): 8,
+        ("us-west-2", "spillover"): 8,
+        ("eu-west-1", "spillover"): 8,
+    }
 
-    async def scenario() -> None:
-        opened, close = asyncio.Event(), asyncio.Event()
 
-        def release() -> None:
-            # Every request is routed before any backend answers: no timing can reorder the decisions.
-            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == 24)
-            assert in_use(gw) == {
-                "us-east-1": 8,
-                "us-west-2": 8,
-                "eu-west-1": 8,
-                "eu-central-1": 0,
-                "ap-northeast-1": 0,
-            }
-            httpx.post(sim.url + "/sim/release")
-
-        results, tasks, api = await _open_streams(gw, None, 24, release, opened, close)
-        regions = Counter(r for r, _ in results)
-        assert regions == {"us-east-1": 8, "us-west-2": 8, "eu-west-1": 8}
-        routes = Counter((r, route) for r, route in results)
-        assert routes == {
-            ("us-east-1", "nearest"): 8,
-            ("us-west-2", "spillover"): 8,
-            ("eu-west-1", "spillover"): 8,
-        }
-        close.set()
-        await asyncio.gather(*tasks)
-        await api.close()
-
-    asyncio.run(scenario())
-    # Clients that went away mid-stream gave their leases back.
-    wait_until(lambda: sum(in_use(gw).values()) == 0)
+def _assert_eq(a: object, b: object) -> None:
+    assert a == b
 
 
 def test_regional_endpoint_never_spills(
@@ -195,30 +188,17 @@ def test_regional_endpoint_never_spills(
 ) -> None:
     sim = start_sim_backend("shared", "--hold", "--slots", "100", "--ttft-ms", "1")
     gw = start_gateway(_long_stream_world(sim))
-
-    async def scenario() -> None:
-        opened, close = asyncio.Event(), asyncio.Event()
-
-        def release() -> None:
-            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == 8)
-            httpx.post(sim.url + "/sim/release")
-
-        results, tasks, api = await _open_streams(gw, "us-east-1.localhost", 24, release, opened, close)
-        served = [r for r in results if isinstance(r, tuple)]
-        refused = [r for r in results if isinstance(r, openai.APIStatusError)]
-        assert served == [("us-east-1", "pinned")] * 8
-        assert len(refused) == 16
-        for e in refused:
-            assert e.status_code == 503 and e.code == "region_unavailable"
-            assert e.response.headers["retry-after"]
-            assert "us-west-2" in e.message  # names who could serve it right now
-        assert in_use(gw)["us-east-1"] == 8 and sum(in_use(gw).values()) == 8
-        close.set()
-        await asyncio.gather(*tasks)
-        await api.close()
-
-    asyncio.run(scenario())
-    wait_until(lambda: sum(in_use(gw).values()) == 0)
+    results = hold_streams(
+        gw, sim, "us-east-1.localhost", 24, 8, lambda: _assert_eq(sum(in_use(gw).values()), 8)
+    )
+    served = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, openai.APIStatusError)]
+    assert served == [("us-east-1", "pinned")] * 8
+    assert len(refused) == 16
+    for e in refused:
+        assert e.status_code == 503 and e.code == "region_unavailable"
+        assert e.response.headers["retry-after"]
+        assert "us-west-2" in e.message  # names who could serve it right now
 
 
 def test_all_regions_full_is_capacity_exhausted(
@@ -226,19 +206,6 @@ def test_all_regions_full_is_capacity_exhausted(
 ) -> None:
     sim = start_sim_backend("shared", "--hold", "--slots", "100", "--ttft-ms", "1")
     gw = start_gateway(world({"us-east-1": [http_backend(sim.url + "/v1")]}, limit=2))
-
-    async def scenario() -> None:
-        opened, close = asyncio.Event(), asyncio.Event()
-
-        def release() -> None:
-            wait_until(lambda: sim_gauge(sim, "regiongate_sim_held") == 2)
-            httpx.post(sim.url + "/sim/release")
-
-        results, tasks, api = await _open_streams(gw, None, 3, release, opened, close)
-        refused = [r for r in results if isinstance(r, openai.APIStatusError)]
-        assert len(refused) == 1 and refused[0].status_code == 503 and refused[0].code == "capacity_exhausted"
-        close.set()
-        await asyncio.gather(*tasks)
-        await api.close()
-
-    asyncio.run(scenario())
+    results = hold_streams(gw, sim, None, 3, 2)
+    refused = [r for r in results if isinstance(r, openai.APIStatusError)]
+    assert len(refused) == 1 and refused[0].status_code == 503 and refused[0].code == "capacity_exhausted"

@@ -29,9 +29,15 @@ def world(
     limit: int = 8,
     gateway: str = "",
     extra: str = "",
+    probes: bool = False,
 ) -> str:
-    """Demo regions; ``backends`` maps region -> backend specs (TOML inline tables) for ``model``."""
+    """Demo regions; ``backends`` maps region -> backend specs (TOML inline tables) for ``model``.
+
+    Active probes are off unless asked for: every test backend sits on loopback, so measured round trips
+    would (rightly) erase the geography these tests are about."""
     out = ["[gateway]", "lat = 39.04", "lon = -77.49", gateway, ""]
+    if not probes:
+        out += ["[health]", "probe_interval_s = 0", ""]
     for rid, (name, lat, lon, zone) in DEMO_REGIONS.items():
         out += [
             "[[regions]]",

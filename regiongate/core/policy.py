@@ -115,6 +115,12 @@ def _in_scope(snapshot: WorldSnapshot, request: RouteRequest, region: str) -> bo
     return request.access.zone is None or zone == request.access.zone
 
 
+def _in_fence(snapshot: WorldSnapshot, request: RouteRequest, region: str) -> bool:
+    """Inside the key's data zone (if any): refusals only ever point a fenced key at such regions."""
+    zone = request.access.zone
+    return zone is None or snapshot.regions[region].zone == zone
+
+
 def _serviceable(dep: DeploymentState) -> bool:
     return dep.free > 0 and bool(dep.healthy_backends)
 
@@ -134,7 +140,8 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
     visible = [d for d in snapshot.by_model.get(model, ()) if access.permits(model, d.region)]
     in_scope = [d for d in visible if _in_scope(snapshot, request, d.region)]
     if not in_scope:
-        return RouteError.model_not_found(model, _where(request), [d.region for d in visible])
+        hint = [d.region for d in visible if _in_fence(snapshot, request, d.region)]
+        return RouteError.model_not_found(model, _where(request), hint)
 
     ranked = sorted(
         ((_estimate(snapshot, d, request), d) for d in in_scope), key=lambda p: (p[0].total_ms, p[1].region)
@@ -150,7 +157,7 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
         if not dep.healthy_backends:
             reason = "no healthy backend"
         elif dep.free <= 0:
-            reason = f"full ({dep.in_use}/{dep.limit} in use)"
+            reason = f"full ({_full(dep)})"
         elif budget is not None and est.total_ms > best_ms + budget:
             reason = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
             over_budget = True
@@ -164,6 +171,12 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
     if candidates:
         return Plan(model, tuple(candidates), tuple(considered))
     return _refusal(snapshot, request, in_scope, over_budget)
+
+
+def _full(dep: DeploymentState) -> str:
+    if dep.in_use < dep.limit:  # the backends' own report of their load is what binds
+        return f"its backends report no free capacity; {dep.in_use}/{dep.limit} in use here"
+    return f"{dep.in_use}/{dep.limit} in use"
 
 
 def _route(request: RouteRequest, *, first_choice: bool) -> str:
@@ -182,17 +195,14 @@ def _refusal(
     could_serve = [
         d.region
         for d in snapshot.by_model.get(model, ())
-        if access.permits(model, d.region) and _serviceable(d)
+        if access.permits(model, d.region) and _serviceable(d) and _in_fence(snapshot, request, d.region)
     ]
     retry = snapshot.retry_after_s
     ep = request.endpoint
     if ep.kind is EndpointKind.REGION:
         dep = in_scope[0]
-        why = (
-            "no healthy backend"
-            if not dep.healthy_backends
-            else f"at capacity, {dep.in_use}/{dep.limit} in use"
-        )
+        why = "no healthy backend" if not dep.healthy_backends else f"at capacity, {_full(dep)}"
+
         return RouteError.region_unavailable(f"Region {ep.name}", model, why, could_serve, retry)
     if ep.kind is EndpointKind.ZONE:
         return RouteError.region_unavailable(

@@ -17,6 +17,7 @@ from regiongate.auth import Principal, bearer_token
 from regiongate.catalog import offering, region_views, visible_models
 from regiongate.core import Endpoint, Location, RouteError, parse_location, resolve_endpoint
 from regiongate.gateway import Inbound
+from regiongate.geoip import GeoIP, client_address, open_geoip
 from regiongate.rest.http import (
     JSON,
     ASGIApp,
@@ -32,11 +33,13 @@ from regiongate.rest.http import (
     send_json,
     stream_response,
 )
+from regiongate.rest.openapi import DOCUMENT_BYTES
 from regiongate.runtime import Runtime
 
 log = logging.getLogger("regiongate.access")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 CLIENT_LOCATION = b"x-regiongate-client-location"
+MAX_N = 128  # choices per request, as the OpenAI API allows
 
 
 class TrustedProxies:
@@ -64,17 +67,25 @@ def _new_request_id() -> str:
 class RestApp:
     def __init__(self, runtime: Runtime, access_log: bool = False) -> None:
         self.rt = runtime
+        self._configure(runtime)
+        runtime.on_reload.append(self._configure)
+        self.access_log = access_log
+        self.ready = True
+        # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
+        self.mounts: list[tuple[str, ASGIApp]] = list(runtime.mounts)
+
+    def _configure(self, runtime: Runtime) -> None:
+        """Read what the listener caches from the config (at start and after each reload)."""
         cfg = runtime.config
         self.base_domains = list(cfg.gateway.base_domains)
         self.region_ids = frozenset(runtime.fleet.regions)
         self.zones = frozenset(r.zone for r in runtime.fleet.regions.values())
         self.max_body = cfg.gateway.max_body_bytes
         self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
-        self.access_log = access_log
-        self.ready = True
+        old: GeoIP | None = getattr(self, "geoip", None)
+        path = cfg.gateway.geoip_database
+        self.geoip = old if old is not None and old.path == path else open_geoip(path)
         self._endpoints: dict[str, Endpoint | RouteError] = {}
-        # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
-        self.mounts: list[tuple[str, ASGIApp]] = []
 
     # --- ASGI entry ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,6 +99,7 @@ class RestApp:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
+                await self.rt.start()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 self.ready = False
@@ -111,11 +123,16 @@ class RestApp:
             elif path == "/readyz":
                 status = 200 if self.ready else 503
                 await send_json(send, status, {"status": "ready" if self.ready else "draining"})
+            elif path == "/openapi.json":
+                status = 200
+                await send_bytes(send, 200, DOCUMENT_BYTES)
             elif path == "/metrics":
                 status = 200
                 await send_bytes(
                     send, 200, self.rt.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8"
                 )
+            elif (mounted := self._mounted(path)) is not None:
+                status = await _with_status(mounted, scope, receive, send)
             else:
                 raise client_error(
                     404, f"Unknown path {method} {path}. See /v1/chat/completions.", "unknown_url"
@@ -142,6 +159,12 @@ class RestApp:
                     "ms": round((time.monotonic() - started) * 1000, 2),
                 },
             )
+
+    def _mounted(self, path: str) -> ASGIApp | None:
+        for prefix, app in self.mounts:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return app
+        return None
 
     # --- /v1 ---------------------------------------------------------------------------------------
     def _endpoint(self, headers: dict[bytes, bytes]) -> Endpoint:
@@ -172,21 +195,25 @@ class RestApp:
         return principal
 
     def _client_location(self, scope: Scope, headers: dict[bytes, bytes]) -> Location | None:
-        raw = headers.get(CLIENT_LOCATION)
-        if raw is None:
-            return None
+        """The explicit header from a trusted proxy, else GeoIP of the client address (regiongate.geoip)."""
         client = scope.get("client")
-        if not client or client[0] not in self.trusted:
-            return None  # only trusted proxies may say where the client is
-        loc = parse_location(raw.decode("latin-1"))
-        if loc is None:
-            raise client_error(
-                400,
-                "x-regiongate-client-location must be '<lat>,<lon>' in degrees.",
-                "invalid_client_location",
-                param="x-regiongate-client-location",
-            )
-        return loc
+        peer = client[0] if client else None
+        raw = headers.get(CLIENT_LOCATION)
+        if raw is not None and peer is not None and peer in self.trusted:  # only proxies may say it
+            loc = parse_location(raw.decode("latin-1"))
+            if loc is None:
+                raise client_error(
+                    400,
+                    "x-regiongate-client-location must be '<lat>,<lon>' in degrees.",
+                    "invalid_client_location",
+                    param="x-regiongate-client-location",
+                )
+            return loc
+        if self.geoip is None:
+            return None
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        addr = client_address(peer, forwarded, self.trusted)
+        return self.geoip.locate(addr) if addr else None
 
     async def _api(
         self,
@@ -241,7 +268,12 @@ class RestApp:
             )
             return 200
         if path == "/v1/usage":
-            await send_json(send, 200, {"object": "list", "data": self.rt.usage.for_team(principal.team)})
+            control = self.rt.control  # the store's aggregate (all gateways) when there is one
+            if control is not None and control.started:
+                rows = await control.usage_for(principal.team)
+            else:
+                rows = self.rt.usage.for_team(principal.team)
+            await send_json(send, 200, {"object": "list", "data": rows})
             return 200
         raise client_error(404, f"Unknown path GET {path}.", "unknown_url")
 
@@ -273,6 +305,9 @@ class RestApp:
             v = payload.get(name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise client_error(400, f"Field '{name}' must be a positive integer.", "invalid_value", name)
+        n = payload.get("n")
+        if isinstance(n, int) and n > MAX_N:
+            raise client_error(400, f"Field 'n' must be at most {MAX_N}.", "invalid_value", "n")
         if subpath == "/chat/completions":
             msgs = payload.get("messages")
             if not isinstance(msgs, list) or not msgs:
@@ -289,6 +324,7 @@ class RestApp:
             principal,
             rid,
             self._client_location(scope, headers),
+            explain=headers.get(b"x-regiongate-explain") == b"1",
         )
         routed = await self.rt.gateway.dispatch(inbound)
         extra = [
@@ -302,6 +338,20 @@ class RestApp:
             return routed.status
         await stream_response(receive, send, SSE_HEADERS + extra, routed.chunks, routed.aclose)
         return 200
+
+
+async def _with_status(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> int:
+    """Run a mounted app, noting the status it answers with (for the access log)."""
+    status = 0
+
+    async def noting(msg: Any) -> None:
+        nonlocal status
+        if msg["type"] == "http.response.start":
+            status = msg["status"]
+        await send(msg)
+
+    await app(scope, receive, noting)
+    return status
 
 
 def _parse(body: bytes) -> dict[str, Any]:
