@@ -93,7 +93,9 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
 
     cfg = _config(args.config)
     try:
-        print(explain(cfg, args.model, args.origin, args.endpoint, client_ip=args.client_ip, live=args.measure))
+        print(
+            explain(cfg, args.model, args.origin, args.endpoint, client_ip=args.client_ip, live=args.measure)
+        )
     except ValueError as e:
         print(f"regiongate: {e}", file=sys.stderr)
         return 2

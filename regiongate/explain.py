@@ -33,7 +33,7 @@ PROBE_ROUNDS = 3
 
 
 def explain_plan(fleet: Fleet, req: RouteRequest) -> Plan | RouteError:
-    return decide(fleet.snapshot_for(req.model), req)
+    return decide(fleet.snapshot_for(req.model), req, explain=True)
 
 
 def render(plan: Plan | RouteError, req: RouteRequest, origin: str = "") -> str:

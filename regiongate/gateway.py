@@ -110,7 +110,7 @@ class Gateway:
         request = RouteRequest(
             inbound.model, inbound.endpoint, inbound.client_location, inbound.principal.access
         )
-        return decide((fleet or self.fleet).snapshot_for(inbound.model), request)
+        return decide((fleet or self.fleet).snapshot_for(inbound.model), request, explain=inbound.explain)
 
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
@@ -191,7 +191,9 @@ class Gateway:
         return [
             d.region
             for d in snap.by_model.get(inbound.model, ())
-            if access.permits(inbound.model, d.region) and d.free > 0 and d.healthy_backends
+            if access.permits(inbound.model, d.region)
+            and d.free > 0
+            and d.healthy_backends
             and (access.zone is None or snap.regions[d.region].zone == access.zone)  # never outside the fence
         ]
 
@@ -270,11 +272,14 @@ class Gateway:
         self.fleet.record_success(a.backend)
         usage = None
         if resp.status == 200 and b'"usage"' in resp.body:
-            try:
-                parsed = orjson.loads(resp.body)
-                usage = parsed.get("usage") if isinstance(parsed, dict) else None
-            except orjson.JSONDecodeError:
-                usage = None
+            parsed = resp.parsed
+            if parsed is None:
+                try:
+                    loaded = orjson.loads(resp.body)
+                except orjson.JSONDecodeError:
+                    loaded = None
+                parsed = loaded if isinstance(loaded, dict) else None
+            usage = parsed.get("usage") if parsed is not None else None
         self._record(a.inbound, a.deployment.region, a.route, resp.status, usage, None, a.started)
         return Routed(
             resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=resp.body

@@ -61,6 +61,17 @@ class SseRelay:
         self._crlf = False
 
     def feed(self, chunk: bytes) -> bytes:
+        # Fast path, the common read: whole events that need no change pass through as the same bytes.
+        if (
+            not self._buf
+            and not self._crlf
+            and chunk.endswith(b"\n\n")
+            and b'"usage"' not in chunk
+            and b'"error"' not in chunk
+            and b"[DONE]" not in chunk
+            and b"\r" not in chunk
+        ):
+            return chunk
         if self._crlf or b"\r" in chunk:
             self._crlf = True
             chunk = chunk.replace(b"\r\n", b"\n")

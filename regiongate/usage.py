@@ -6,10 +6,16 @@ same records to SQLite or PostgreSQL in batches.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
+
+
+@functools.lru_cache(maxsize=64)
+def _day(epoch_day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch_day * 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,7 @@ class MemoryUsage:
         self.count = 0
 
     def record(self, rec: UsageRecord) -> None:
-        day = time.strftime("%Y-%m-%d", time.gmtime(rec.at))
+        day = _day(int(rec.at // 86400))
         t = self.totals[(rec.team, day, rec.model, rec.region)]
         t.requests += 1
         t.errors += rec.status >= 400

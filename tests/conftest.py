@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def wait_http(
-    url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, log: Path | None = None
+    url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0, log: Path | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -55,7 +55,7 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def poll(check: Callable[[], T | None], timeout: float = 10.0, every: float = 0.05) -> tuple[T, float]:
+def poll(check: Callable[[], T | None], timeout: float = 60.0, every: float = 0.05) -> tuple[T, float]:
     """Call ``check`` until it returns something truthy; returns it and the seconds it took."""
     start = time.monotonic()
     deadline = start + timeout

@@ -47,7 +47,7 @@ def unique_prefix() -> str:
     return f"rgtest:{uuid.uuid4().hex[:12]}:"
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 15.0, step: float = 0.05, what: str = "") -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

@@ -25,9 +25,9 @@ def test_core_imports_nothing_but_stdlib_and_itself() -> None:
     for f in files:
         for name in _imports(f):
             top = name.split(".")[0]
-            assert name.startswith("regiongate.core") or top in sys.stdlib_module_names or top == "__future__", (
-                f"{f.name} imports {name}"
-            )
+            assert (
+                name.startswith("regiongate.core") or top in sys.stdlib_module_names or top == "__future__"
+            ), f"{f.name} imports {name}"
 
 
 def test_core_reads_no_clock_and_does_no_io() -> None:

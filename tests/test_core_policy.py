@@ -50,7 +50,7 @@ def world(
 
 
 def plan(snapshot: WorldSnapshot, **kw: object) -> Plan:
-    result = decide(snapshot, RouteRequest("grok-4", **kw))  # type: ignore[arg-type]
+    result = decide(snapshot, RouteRequest("grok-4", **kw), explain=True)  # type: ignore[arg-type]
     assert isinstance(result, Plan), result
     return result
 
@@ -245,6 +245,14 @@ def test_decide_is_pure(data: st.DataObject) -> None:
     snapshot = data.draw(worlds())
     req = data.draw(requests(snapshot))
     first, second = decide(snapshot, req), decide(snapshot, req)
+    explained = decide(snapshot, req, explain=True)
+    if isinstance(explained, Plan):
+        assert isinstance(first, Plan) and explained.candidates == first.candidates, (
+            "explaining never changes routing"
+        )
+        assert {c.region for c in explained.considered if c.verdict == "kept"} == {
+            c.region for c in first.candidates
+        }
     if isinstance(first, RouteError):
         assert isinstance(second, RouteError) and (first.code, first.message) == (second.code, second.message)
     else:

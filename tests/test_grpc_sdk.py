@@ -131,7 +131,7 @@ class Gateway:
                     return int(m["capacity"]["in_use"])
         raise AssertionError(f"{model} not in {region}")
 
-    def wait_in_use(self, model: str, region: str, want: int, timeout: float = 15.0) -> None:
+    def wait_in_use(self, model: str, region: str, want: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.in_use(model, region) == want:
@@ -332,7 +332,7 @@ async def test_async_stream_cancel_frees_the_lease(gw: Gateway) -> None:
 
     task = asyncio.create_task(consume())
     try:
-        await asyncio.wait_for(started.wait(), 15)
+        await asyncio.wait_for(started.wait(), 60)
         assert await asyncio.to_thread(gw.in_use, "slow-model", "us-west-2") == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -402,7 +402,7 @@ def test_a_connection_that_mixes_hosts_is_refused_not_misrouted(gw: Gateway) -> 
         second = call(sock, 3, "us-east-1.localhost")
         assert second[b"grpc-status"] == str(grpc.StatusCode.FAILED_PRECONDITION.value[0]).encode()
         assert b"two hosts" in second[b"grpc-message"]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while gw.connections() != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gw.connections() == before

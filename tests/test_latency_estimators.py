@@ -136,7 +136,7 @@ def test_queue_estimate_ranks_a_deep_queue_lower_before_it_is_full() -> None:
 
 def test_backend_reported_capacity_binds_below_the_configured_limit() -> None:
     req = RouteRequest("m", GLOBAL, None, ALL_ACCESS)
-    plan = decide(_snapshot(_dep("near", reported_free=0, queue_depth=3), _dep("far")), req)
+    plan = decide(_snapshot(_dep("near", reported_free=0, queue_depth=3), _dep("far")), req, explain=True)
     assert isinstance(plan, Plan) and [c.region for c in plan.candidates] == ["far"]
     dropped = next(c for c in plan.considered if c.region == "near")
     assert dropped.verdict == "dropped" and dropped.free == 0

@@ -36,7 +36,7 @@ def in_use(gw: Proc, model: str = "grok-4") -> dict[str, int]:
     return {r["id"]: m["capacity"]["in_use"] for r in regions for m in r["models"] if m["id"] == model}
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

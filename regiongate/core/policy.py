@@ -23,7 +23,7 @@ from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.geo import rtt_from_distance_ms
 from regiongate.core.request import RouteRequest
-from regiongate.core.world import DeploymentState, WorldSnapshot
+from regiongate.core.world import BackendState, DeploymentState, WorldSnapshot
 
 QUEUE_STEP_MS = 50.0
 
@@ -63,7 +63,8 @@ class Considered:
 class Plan:
     model: str
     candidates: tuple[Candidate, ...]
-    considered: tuple[Considered, ...] = ()
+    considered: tuple[Considered, ...] = ()  # only with explain=True
+    first_choice: str = ""  # the best-ranked region in scope, whether or not it had room
 
 
 def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, request: RouteRequest) -> Estimate:
@@ -125,14 +126,16 @@ def _serviceable(dep: DeploymentState) -> bool:
     return dep.free > 0 and bool(dep.healthy_backends)
 
 
-def _backend_order(dep: DeploymentState) -> tuple[str, ...]:
-    healthy = sorted(
-        dep.healthy_backends, key=lambda b: (b.in_flight, b.rtt_ms if b.rtt_ms is not None else 0.0, b.id)
-    )
-    return tuple(b.id for b in healthy)
+def _backend_order(healthy: tuple[BackendState, ...]) -> tuple[str, ...]:
+    if len(healthy) == 1:
+        return (healthy[0].id,)
+    ordered = sorted(healthy, key=lambda b: (b.in_flight, b.rtt_ms if b.rtt_ms is not None else 0.0, b.id))
+    return tuple(b.id for b in ordered)
 
 
-def decide(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
+def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False) -> Plan | RouteError:
+    """The plan for ``request``. With ``explain``, the plan also lists every region considered and why it was
+    kept or dropped (``route explain``, the explain header); routing itself never needs that list."""
     fence = _fence_error(snapshot, request)
     if fence is not None:
         return fence
@@ -153,23 +156,27 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
     considered: list[Considered] = []
     over_budget = False
     for rank, (est, dep) in enumerate(ranked):
+        healthy = dep.healthy_backends
+        free = dep.free
         reason = ""
-        if not dep.healthy_backends:
+        if not healthy:
             reason = "no healthy backend"
-        elif dep.free <= 0:
-            reason = f"full ({_full(dep)})"
+        elif free <= 0:
+            reason = f"full ({_full(dep)})" if explain else "full"
         elif budget is not None and est.total_ms > best_ms + budget:
             reason = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
             over_budget = True
         if reason:
-            considered.append(Considered(dep.region, "dropped", reason, est, dep.free))
+            if explain:
+                considered.append(Considered(dep.region, "dropped", reason, est, free))
             continue
         route = _route(request, first_choice=rank == 0)
-        candidates.append(Candidate(dep.region, _backend_order(dep), route, est, dep.free))
-        considered.append(Considered(dep.region, "kept", f"rank {len(candidates)} ({route})", est, dep.free))
+        candidates.append(Candidate(dep.region, _backend_order(healthy), route, est, free))
+        if explain:
+            considered.append(Considered(dep.region, "kept", f"rank {len(candidates)} ({route})", est, free))
 
     if candidates:
-        return Plan(model, tuple(candidates), tuple(considered))
+        return Plan(model, tuple(candidates), tuple(considered), ranked[0][1].region)
     return _refusal(snapshot, request, in_scope, over_budget)
 
 

@@ -6,6 +6,7 @@ Listener -> authentication -> endpoint resolution (Host) -> parse only what rout
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import os
 import time
@@ -60,8 +61,16 @@ class TrustedProxies:
         return hit
 
 
-def _new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+class RequestIds:
+    """``req_`` + a random per-process prefix + a counter: unique across processes and restarts without
+    asking the kernel for randomness on every request."""
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + os.urandom(6).hex()
+        self._next = itertools.count(1).__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():012x}"
 
 
 class RestApp:
@@ -71,6 +80,7 @@ class RestApp:
         runtime.on_reload.append(self._configure)
         self.access_log = access_log
         self.ready = True
+        self._request_id = RequestIds()
         # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
         self.mounts: list[tuple[str, ASGIApp]] = list(runtime.mounts)
 
@@ -111,7 +121,7 @@ class RestApp:
         path: str = scope["path"]
         method: str = scope["method"]
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or _new_request_id()
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or self._request_id()
         started = time.monotonic()
         status = 0
         try:

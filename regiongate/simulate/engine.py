@@ -223,7 +223,7 @@ class Engine:
         ri = d.ri
         if not ctx.allowed[ri]:
             st.violations += 1
-        if cand is not plan.candidates[0] or (plan.considered and plan.considered[0].region != d.region):
+        if cand is not plan.candidates[0] or plan.first_choice != d.region:
             st.spilled[cell] += 1  # not the policy's own first choice: it was full or unhealthy
         if ri != ctx.home:
             st.remote[cell] += 1

@@ -38,6 +38,7 @@ class UpstreamResponse:
     body: bytes = b""  # non-streaming answer
     chunks: AsyncIterator[bytes] | None = None  # streaming answer: raw SSE bytes as they arrive
     closer: Any = None  # awaitable factory that frees the upstream connection
+    parsed: dict[str, Any] | None = None  # the body already parsed by the backend adapter, when it had to
 
     async def aclose(self) -> None:
         if self.chunks is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -18,12 +19,13 @@ from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResp
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 
-def _is_json_object(body: bytes) -> bool:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     # A 200 the client could not parse must not be relayed as a success: fail over instead.
     try:
-        return isinstance(orjson.loads(body), dict)
+        obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class HttpUpstream:
@@ -63,15 +65,13 @@ class HttpUpstream:
         return self._session
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
-        headers = dict(self._headers)
-        headers["x-request-id"] = call.request_id
+        headers = {**self._headers, "x-request-id": call.request_id}
         for k, v in call.headers:
             headers[k] = v
         try:
-            resp = await asyncio.wait_for(
-                self._client().post(self.base_url + call.path, data=call.body, headers=headers),
-                self.first_byte_timeout_s,
-            )
+            # asyncio.timeout, not wait_for: no extra task per request on 3.11
+            async with asyncio.timeout(self.first_byte_timeout_s):
+                resp = await self._client().post(self.base_url + call.path, data=call.body, headers=headers)
         except TimeoutError:
             raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
         except aiohttp.ClientError as e:
@@ -86,13 +86,17 @@ class HttpUpstream:
             resp.close()  # a 200 that is not an event stream is garbage for a stream request
             raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
         try:
-            body = await asyncio.wait_for(resp.read(), self.first_byte_timeout_s)
+            async with asyncio.timeout(self.first_byte_timeout_s):
+                body = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as e:
             resp.close()
             raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
-        if resp.status == 200 and not _is_json_object(body):
-            raise UpstreamFailure(self.id, "answered 200 with a body that is not a JSON object")
-        return UpstreamResponse(resp.status, ctype, body=body)
+        parsed = None
+        if resp.status == 200:
+            parsed = _json_object(body)
+            if parsed is None:
+                raise UpstreamFailure(self.id, "answered 200 with a body that is not a JSON object")
+        return UpstreamResponse(resp.status, ctype, body=body, parsed=parsed)
 
     @staticmethod
     def _closer(resp: aiohttp.ClientResponse):  # type: ignore[no-untyped-def]
