@@ -20,8 +20,9 @@ from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
 
 from regiongate.auth import Principal, bearer_token
 from regiongate.catalog import offering, visible_models
-from regiongate.core import Endpoint, EndpointKind, Location, RouteError, parse_location, resolve_endpoint
+from regiongate.core import Endpoint, EndpointKind, Location, RouteError, parse_location
 from regiongate.core.errors import ClientError
+from regiongate.endpoints import Endpoints
 from regiongate.gateway import Inbound, Routed
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
@@ -66,11 +67,8 @@ class XaiServices:
     def _configure(self, runtime: Runtime) -> None:
         """What is cached from the config, at start and after each reload (as the REST listener does)."""
         cfg = runtime.config
-        self.base_domains = list(cfg.gateway.base_domains)
-        self.region_ids = frozenset(runtime.fleet.regions)
-        self.zones = frozenset(r.zone for r in runtime.fleet.regions.values())
+        self.endpoints = Endpoints(cfg)
         self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
-        self._endpoints: dict[str, Endpoint | RouteError] = {}
 
     # --- who is calling, through which endpoint --------------------------------------------------------
     def _conn(self, context: Any) -> ConnInfo:
@@ -93,17 +91,7 @@ class XaiServices:
 
     def _endpoint(self, info: ConnInfo) -> Endpoint:
         authority = info.authority or ""
-        hit = self._endpoints.get(authority)
-        if hit is None:
-            try:
-                hit = resolve_endpoint(authority, self.base_domains, self.region_ids, self.zones)
-            except RouteError as e:
-                hit = e
-            if len(self._endpoints) < 4096:
-                self._endpoints[authority] = hit
-        if isinstance(hit, RouteError):
-            raise hit
-        return hit
+        return self.endpoints.resolve(authority)
 
     def _caller(self, context: Any, md: dict[str, str]) -> Caller:
         info = self._conn(context)

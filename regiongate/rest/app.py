@@ -16,7 +16,8 @@ import orjson
 
 from regiongate.auth import Principal, bearer_token
 from regiongate.catalog import offering, region_views, visible_models
-from regiongate.core import Endpoint, Location, RouteError, parse_location, resolve_endpoint
+from regiongate.core import Endpoint, Location, RouteError, parse_location
+from regiongate.endpoints import Endpoints
 from regiongate.gateway import Inbound
 from regiongate.geoip import GeoIP, client_address, open_geoip
 from regiongate.rest.http import (
@@ -87,15 +88,12 @@ class RestApp:
     def _configure(self, runtime: Runtime) -> None:
         """Read what the listener caches from the config (at start and after each reload)."""
         cfg = runtime.config
-        self.base_domains = list(cfg.gateway.base_domains)
-        self.region_ids = frozenset(runtime.fleet.regions)
-        self.zones = frozenset(r.zone for r in runtime.fleet.regions.values())
+        self.endpoints = Endpoints(cfg)
         self.max_body = cfg.gateway.max_body_bytes
         self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
         old: GeoIP | None = getattr(self, "geoip", None)
         path = cfg.gateway.geoip_database
         self.geoip = old if old is not None and old.path == path else open_geoip(path)
-        self._endpoints: dict[str, Endpoint | RouteError] = {}
 
     # --- ASGI entry ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -179,17 +177,7 @@ class RestApp:
     # --- /v1 ---------------------------------------------------------------------------------------
     def _endpoint(self, headers: dict[bytes, bytes]) -> Endpoint:
         host = headers.get(b"host", b"").decode("latin-1")
-        hit = self._endpoints.get(host)
-        if hit is None:
-            try:
-                hit = resolve_endpoint(host, self.base_domains, self.region_ids, self.zones)
-            except RouteError as e:
-                hit = e
-            if len(self._endpoints) < 4096:
-                self._endpoints[host] = hit
-        if isinstance(hit, RouteError):
-            raise hit
-        return hit
+        return self.endpoints.resolve(host)
 
     def _principal(self, headers: dict[bytes, bytes]) -> Principal:
         raw = headers.get(b"authorization")
