@@ -118,7 +118,7 @@ class SimulatedEngine:
         limit = _max_tokens(payload)
         n = min(natural, limit)
         words = intro.split()
-        words += [FILLER[(seed + i) % len(FILLER)] for i in range(max(0, n - len(words)))]
+        words += [FILLER[i % len(FILLER)] for i in range(max(0, n - len(words)))]
         toks = [("" if i == 0 else " ") + w for i, w in enumerate(words[:n])]
         toks[-1] += "." if n == natural else ""
         return toks, ("stop" if n == natural else "length")
