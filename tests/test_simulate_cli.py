@@ -41,6 +41,10 @@ def test_simulate_writes_the_report_and_charts(tmp_path: Path) -> None:
         assert pol["served"] + pol["rejected"] + pol["failed"] == 20_000, name
     gw = summary["policies"]["gateway"]
     assert gw["rejected"] < summary["policies"]["nearest-only"]["rejected"]  # spillover saves requests
+    assert gw["spillover"] > 0
+    # The baselines always serve their own first choice (or refuse): never a spillover.
+    assert summary["policies"]["nearest-only"]["spillover"] == 0
+    assert summary["policies"]["least-loaded"]["spillover"] == 0
     assert "simulate: 20,000/20,000 requests" in p.stderr  # progress
     assert "requests/s simulated" in p.stdout
 

@@ -97,7 +97,7 @@ class NearestOnly(_Baseline):
                     best, best_key = d, key
         if best is None or best.free <= 0:
             return _refuse(snapshot, request, scope)
-        return Plan(request.model, (_candidate(best, "nearest", best_key[0]),))
+        return Plan(request.model, (_candidate(best, "nearest", best_key[0]),), first_choice=best.region)
 
 
 class LeastLoaded(_Baseline):
@@ -111,6 +111,7 @@ class LeastLoaded(_Baseline):
         return Plan(
             request.model,
             tuple(_candidate(d, route, self.rtt_ms(snapshot, request, d.region)) for d in ranked),
+            first_choice=ranked[0].region,
         )
 
 

@@ -132,7 +132,7 @@ def _simulate_parallel(
         wall_s=wall,
         cpu_s=sum(p.cpu_s for p in parts),
         seed=seed,
-        peak_rss_mb=max(p.peak_rss_mb for p in parts),
+        peak_rss_mb=max(peak_rss_mb(), *(p.peak_rss_mb for p in parts)),
         traffic=first.traffic,
         jobs=min(jobs, len(names)),
     )
