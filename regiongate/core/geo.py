@@ -19,10 +19,16 @@ RTT_MS_PER_KM = 2 * 1.5 / 200.0
 RTT_BASE_MS = 2.0
 
 
+_RAD = math.pi / 180.0  # degrees to radians, as math.radians does, without a call per coordinate
+
+
 def great_circle_km(a: Location, b: Location) -> float:
     """Haversine distance in kilometres."""
-    lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    lat1, lat2 = a.lat * _RAD, b.lat * _RAD
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((b.lon - a.lon) * _RAD / 2) ** 2
+    )
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 

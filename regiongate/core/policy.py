@@ -141,7 +141,10 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
         return fence
     model, access = request.model, request.access
     visible = [d for d in snapshot.by_model.get(model, ()) if access.permits(model, d.region)]
-    in_scope = [d for d in visible if _in_scope(snapshot, request, d.region)]
+    if request.endpoint.kind is EndpointKind.GLOBAL and access.zone is None:
+        in_scope = visible  # global without a zone fence: everything the caller may use is in scope
+    else:
+        in_scope = [d for d in visible if _in_scope(snapshot, request, d.region)]
     if not in_scope:
         hint = [d.region for d in visible if _in_fence(snapshot, request, d.region)]
         return RouteError.model_not_found(model, _where(request), hint)
