@@ -101,3 +101,34 @@ def test_route_explain_locates_a_client_ip(tmp_path: Path) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.splitlines()
     assert out[0].endswith("ranked from client at 35.68,139.69 (GeoIP of 203.0.113.7)")
     assert out[2].startswith("ap-northeast-1") and "client-distance" in out[2]
+
+
+def test_grpc_clients_are_located_the_same_way(start_gateway: Callable[..., Proc], tmp_path: Path) -> None:
+    """The xAI SDK over gRPC: the front passes the real peer on, and X-Forwarded-For metadata from a
+    trusted proxy is walked exactly as the REST header is."""
+    from xai_sdk import Client
+    from xai_sdk.chat import user
+
+    from tests.conftest import free_port
+
+    db = build_mmdb(tmp_path / "city.mmdb")
+    sims = {r: ['{ kind = "simulated", ttft_ms = 1, tokens_per_s = 1000 }'] for r in GROK4_REGIONS}
+    port = free_port()
+    start_gateway(
+        world(sims, gateway=f'geoip_database = "{db}"\ntrusted_proxies = ["127.0.0.1/32"]'),
+        args=["--grpc-port", str(port)],
+    )
+
+    def served_in(metadata: tuple[tuple[str, str], ...]) -> str:
+        client = Client(api_key=DEMO_KEY, api_host=f"localhost:{port}", metadata=metadata)
+        try:
+            chat = client.chat.create(model="grok-4", max_tokens=16)
+            chat.append(user("Where am I served from?"))
+            text = chat.sample().content
+        finally:
+            client.close()
+        return next(r for r in GROK4_REGIONS if r in text)  # the simulated text names its region
+
+    assert served_in((("x-forwarded-for", "203.0.113.7"),)) == "ap-northeast-1"  # located by GeoIP
+    assert served_in((("x-forwarded-for", "203.0.113.7, 198.51.100.9"),)) == "us-east-1"  # stops at untrusted
+    assert served_in(()) == "us-east-1"  # 127.0.0.1 itself is not in the database

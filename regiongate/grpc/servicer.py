@@ -24,6 +24,7 @@ from regiongate.core import Endpoint, EndpointKind, Location, RouteError, parse_
 from regiongate.core.errors import ClientError
 from regiongate.endpoints import Endpoints
 from regiongate.gateway import Inbound, Routed
+from regiongate.geoip import GeoIP, client_address, open_geoip
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.status import abort, upstream_error
@@ -69,6 +70,9 @@ class XaiServices:
         cfg = runtime.config
         self.endpoints = Endpoints(cfg)
         self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
+        old: GeoIP | None = getattr(self, "geoip", None)
+        path = cfg.gateway.geoip_database
+        self.geoip = old if old is not None and old.path == path else open_geoip(path)
 
     # --- who is calling, through which endpoint --------------------------------------------------------
     def _conn(self, context: Any) -> ConnInfo:
@@ -115,6 +119,10 @@ class XaiServices:
                     code="invalid_client_location",
                     param="x-regiongate-client-location",
                 )
+        elif self.geoip is not None:  # as REST: the real peer, or what trusted proxies forwarded
+            forwarded = [md["x-forwarded-for"]] if "x-forwarded-for" in md else []
+            addr = client_address(info.client[0] if info.client else None, forwarded, self.trusted)
+            location = self.geoip.locate(addr) if addr else None
         return Caller(principal, endpoint, key, location)
 
     async def _route(
