@@ -198,8 +198,9 @@ class Config(_Model):
         return self
 
 
-def _format(e: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
+def format_validation_error(e: ValidationError, source: str, what: str = "config") -> str:
+    """One line per bad field, named by its path (``regions.1.lat: ...``)."""
+    lines = [f"{source}: invalid {what}"]
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}")
@@ -214,7 +215,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from regiongate.config import format_validation_error
+
 PolicyName = Literal["gateway", "nearest-only", "least-loaded"]
 POLICY_NAMES: tuple[PolicyName, ...] = ("gateway", "nearest-only", "least-loaded")
 ENDPOINT_KINDS = ("global", "zone", "region", "fenced")
@@ -183,14 +185,6 @@ class Scenario(_Model):
         return path if os.path.isabs(path) or not self.base_dir else os.path.join(self.base_dir, path)
 
 
-def _format(e: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid scenario"]
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def parse_scenario(text: str, source: str = "<scenario>", base_dir: str = "") -> Scenario:
     try:
         data = tomllib.loads(text)
@@ -202,7 +196,7 @@ def parse_scenario(text: str, source: str = "<scenario>", base_dir: str = "") ->
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(_format(e, source)) from None
+        raise ScenarioError(format_validation_error(e, source, "scenario")) from None
 
 
 def default_scenario_text() -> str:
