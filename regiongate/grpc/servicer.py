@@ -125,6 +125,15 @@ class XaiServices:
             location = self.geoip.locate(addr) if addr else None
         return Caller(principal, endpoint, key, location)
 
+    async def _caller_or_abort(self, context: Any) -> Caller:
+        """The caller of a call that needs nothing more than who and where; refusals end the call."""
+        md = _metadata(context)
+        try:
+            return self._caller(context, md)
+        except RouteError as e:
+            await abort(context, e, _request_id(md))
+            raise
+
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
     ) -> tuple[Routed, str]:
@@ -234,13 +243,7 @@ class XaiServices:
     async def list_language_models(
         self, request: empty_pb2.Empty, context: Any
     ) -> models_pb2.ListLanguageModelsResponse:
-        md = _metadata(context)
-        rid = _request_id(md)
-        try:
-            c = self._caller(context, md)
-        except RouteError as e:
-            await abort(context, e, rid)
-            raise
+        c = await self._caller_or_abort(context)
         views = visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models)
         return models_pb2.ListLanguageModelsResponse(models=[self._language_model(m) for m in views])
 
@@ -264,13 +267,7 @@ class XaiServices:
 
     # --- xai_api.Auth ------------------------------------------------------------------------------
     async def get_api_key_info(self, request: empty_pb2.Empty, context: Any) -> auth_pb2.ApiKey:
-        md = _metadata(context)
-        rid = _request_id(md)
-        try:
-            c = self._caller(context, md)
-        except RouteError as e:
-            await abort(context, e, rid)
-            raise
+        c = await self._caller_or_abort(context)
         access = c.principal.access
         if access.grants is None:
             acls = ["api-key:model:*", "api-key:endpoint:*"]
