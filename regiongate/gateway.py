@@ -132,7 +132,7 @@ class Gateway:
         failures: list[str] = []
         moved = False
         capacity = fleet.capacity
-        for cand in plan.candidates:
+        for cand in plan:  # later candidates are worked out only if the earlier ones fail
             dep = fleet.deployments[(inbound.model, cand.region)]
             lease = await capacity.acquire(dep.key, dep.limit)
             if lease is None:  # taken between snapshot and acquire (another replica or request)

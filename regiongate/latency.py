@@ -55,6 +55,13 @@ class TtftEstimate:
         self.at = max(self.at, now)
         return self.value
 
+    def drift_per_s(self, prior: float) -> float:
+        """An upper bound on how fast ``current`` moves (ms per second) while no sample arrives: the
+        relaxation toward ``prior`` is fastest right after a sample."""
+        if self.value is None:
+            return 0.0
+        return abs(self.value - prior) * math.log(2) / (self.halflife_s * IDLE_HALFLIFE_FACTOR)
+
     def current(self, now: float, prior: float) -> float:
         """The estimate at ``now``: ``prior`` without samples, else relaxing toward it while none arrive."""
         if self.value is None:

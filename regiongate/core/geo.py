@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,15 @@ def great_circle_km(a: Location, b: Location) -> float:
 
 
 def rtt_from_distance_ms(a: Location, b: Location) -> float:
-    return RTT_BASE_MS + great_circle_km(a, b) * RTT_MS_PER_KM
+    return _rtt_ms(a.lat, a.lon, b.lat, b.lon)
+
+
+# A memo of a pure function (same answer for the same arguments, so purity holds): clients come from a
+# bounded set of places (GeoIP cities, a simulation's metros) and regions are few, so per request the
+# haversine becomes a hash lookup. Bounded, so an unbounded stream of distinct coordinates cannot grow it.
+@lru_cache(maxsize=1 << 16)
+def _rtt_ms(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    return RTT_BASE_MS + great_circle_km(Location(lat1, lon1), Location(lat2, lon2)) * RTT_MS_PER_KM
 
 
 def parse_location(text: str) -> Location | None:

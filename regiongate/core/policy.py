@@ -17,13 +17,14 @@ kept region is ``nearest`` when it is the best ranked of all, else ``spillover``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
-from regiongate.core.geo import rtt_from_distance_ms
+from regiongate.core.geo import Location, rtt_from_distance_ms
 from regiongate.core.request import RouteRequest
-from regiongate.core.world import BackendState, DeploymentState, WorldSnapshot
+from regiongate.core.world import DeploymentState, WorldSnapshot
 
 QUEUE_STEP_MS = 50.0
 
@@ -59,27 +60,89 @@ class Considered:
     free: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Plan:
-    model: str
-    candidates: tuple[Candidate, ...]
-    considered: tuple[Considered, ...] = ()  # only with explain=True
-    first_choice: str = ""  # the best-ranked region in scope, whether or not it had room
+    """The ranked candidates for one request. The first is found by ``decide``; the rest, needed only when
+    the first fails, are worked out on demand from the same frozen snapshot (still a pure value: the same
+    snapshot and request give the same candidates), so a decision costs the ranking plus one candidate,
+    not one per region in scope."""
+
+    __slots__ = ("_done", "_pending", "considered", "first_choice", "model")
+
+    def __init__(
+        self,
+        model: str,
+        candidates: Iterable[Candidate] = (),
+        considered: tuple[Considered, ...] = (),  # only with explain=True
+        first_choice: str = "",  # the best-ranked region in scope, whether or not it had room
+        *,
+        more: Iterator[Candidate] | None = None,  # the candidates after ``candidates``, computed lazily
+    ) -> None:
+        self.model = model
+        self._done = list(candidates)
+        self._pending = more
+        self.considered = considered
+        self.first_choice = first_choice
+
+    def __iter__(self) -> Iterator[Candidate]:
+        """Candidates best first; later ones are computed only when the walk reaches them."""
+        i = 0
+        while True:
+            if i < len(self._done):
+                yield self._done[i]
+                i += 1
+                continue
+            if self._pending is None:
+                return
+            nxt = next(self._pending, None)
+            if nxt is None:
+                self._pending = None
+                return
+            self._done.append(nxt)
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        return tuple(self)
+
+    @property
+    def first(self) -> Candidate:
+        return self._done[0]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return (self.model, self.first_choice, self.considered, self.candidates) == (
+            other.model,
+            other.first_choice,
+            other.considered,
+            other.candidates,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside: compare, never hash
+
+    def __repr__(self) -> str:
+        return f"Plan({self.model!r}, {self.candidates!r}, first_choice={self.first_choice!r})"
 
 
-def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, request: RouteRequest) -> Estimate:
-    if request.client_location is not None:
-        region = snapshot.regions[dep.region]
-        network = rtt_from_distance_ms(request.client_location, region.location)
-        source = "client-distance"
-    else:
-        measured = [b.rtt_ms for b in dep.backends if b.healthy and b.rtt_ms is not None]
-        if measured:
-            network, source = min(measured), "measured"
-        else:
-            network, source = snapshot.gateway_rtt_ms[dep.region], "gateway-distance"
-    queue = dep.ttft_ms + dep.queue_depth * max(dep.ttft_ms, QUEUE_STEP_MS)
-    return Estimate(network, source, queue)
+def _network(snapshot: WorldSnapshot, dep: DeploymentState, loc: Location | None) -> tuple[float, str]:
+    if loc is not None:
+        return rtt_from_distance_ms(loc, snapshot.regions[dep.region].location), "client-distance"
+    best: float | None = None
+    for b in dep.backends:
+        if b.healthy and b.rtt_ms is not None and (best is None or b.rtt_ms < best):
+            best = b.rtt_ms
+    if best is not None:
+        return best, "measured"
+    return snapshot.gateway_rtt_ms[dep.region], "gateway-distance"
+
+
+def _queue_ms(dep: DeploymentState) -> float:
+    ttft = dep.ttft_ms
+    return ttft + dep.queue_depth * max(ttft, QUEUE_STEP_MS) if dep.queue_depth else ttft
+
+
+def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, loc: Location | None) -> Estimate:
+    network, source = _network(snapshot, dep, loc)
+    return Estimate(network, source, _queue_ms(dep))
 
 
 def _where(request: RouteRequest) -> str:
@@ -122,15 +185,60 @@ def _in_fence(snapshot: WorldSnapshot, request: RouteRequest, region: str) -> bo
     return zone is None or snapshot.regions[region].zone == zone
 
 
+def _has_healthy(dep: DeploymentState) -> bool:
+    backends = dep.backends
+    if len(backends) == 1:
+        return backends[0].healthy
+    return any(b.healthy for b in backends)
+
+
 def _serviceable(dep: DeploymentState) -> bool:
-    return dep.free > 0 and bool(dep.healthy_backends)
+    return dep.free > 0 and _has_healthy(dep)
 
 
-def _backend_order(healthy: tuple[BackendState, ...]) -> tuple[str, ...]:
-    if len(healthy) == 1:
-        return (healthy[0].id,)
-    ordered = sorted(healthy, key=lambda b: (b.in_flight, b.rtt_ms if b.rtt_ms is not None else 0.0, b.id))
-    return tuple(b.id for b in ordered)
+def _backend_order(dep: DeploymentState) -> tuple[str, ...]:
+    backends = dep.backends
+    if len(backends) == 1:
+        return (backends[0].id,)  # only called for a deployment with a healthy backend
+    healthy = [b for b in backends if b.healthy]
+    healthy.sort(key=lambda b: (b.in_flight, b.rtt_ms if b.rtt_ms is not None else 0.0, b.id))
+    return tuple(b.id for b in healthy)
+
+
+# Why a ranked region is not a candidate ("" when it is one).
+UNHEALTHY, FULL, OVER_BUDGET = "no healthy backend", "full", "over budget"
+
+
+def _drop(dep: DeploymentState, total_ms: float, limit_ms: float | None) -> str:
+    if not _has_healthy(dep):
+        return UNHEALTHY
+    if dep.free <= 0:
+        return FULL
+    if limit_ms is not None and total_ms > limit_ms:
+        return OVER_BUDGET
+    return ""
+
+
+Ranked = list[tuple[float, str, DeploymentState]]  # (estimate_ms, region, deployment), best first
+
+
+def _candidate(snapshot: WorldSnapshot, request: RouteRequest, dep: DeploymentState, rank: int) -> Candidate:
+    return Candidate(
+        dep.region,
+        _backend_order(dep),
+        _route(request, first_choice=rank == 0),
+        _estimate(snapshot, dep, request.client_location),
+        dep.free,
+    )
+
+
+def _later(
+    snapshot: WorldSnapshot, request: RouteRequest, ranked: Ranked, start: int, limit_ms: float | None
+) -> Iterator[Candidate]:
+    for rank in range(start, len(ranked)):
+        total, _, dep = ranked[rank]
+        if not _drop(dep, total, limit_ms):
+            yield _candidate(snapshot, request, dep, rank)
 
 
 def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False) -> Plan | RouteError:
@@ -140,7 +248,8 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
     if fence is not None:
         return fence
     model, access = request.model, request.access
-    visible = [d for d in snapshot.by_model.get(model, ()) if access.permits(model, d.region)]
+    deps = snapshot.by_model.get(model, ())
+    visible = deps if access.grants is None else [d for d in deps if access.permits(model, d.region)]
     if request.endpoint.kind is EndpointKind.GLOBAL and access.zone is None:
         in_scope = visible  # global without a zone fence: everything the caller may use is in scope
     else:
@@ -149,37 +258,57 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
         hint = [d.region for d in visible if _in_fence(snapshot, request, d.region)]
         return RouteError.model_not_found(model, _where(request), hint)
 
-    ranked = sorted(
-        ((_estimate(snapshot, d, request), d) for d in in_scope), key=lambda p: (p[0].total_ms, p[1].region)
-    )
-    best_ms = ranked[0][0].total_ms
+    loc = request.client_location
+    # Region ids are unique within a model, so the sort never compares deployments.
+    ranked: Ranked = sorted([(_network(snapshot, d, loc)[0] + _queue_ms(d), d.region, d) for d in in_scope])
     budget = access.spill_budget_ms if request.endpoint.kind is EndpointKind.GLOBAL else None
+    limit_ms = ranked[0][0] + budget if budget is not None else None
+    first_choice = ranked[0][1]
+    if explain:
+        return _explained(snapshot, request, ranked, limit_ms, budget, in_scope)
 
+    over_budget = False
+    for rank, (total, _, dep) in enumerate(ranked):
+        why = _drop(dep, total, limit_ms)
+        if not why:
+            first = _candidate(snapshot, request, dep, rank)
+            return Plan(
+                model, (first,), (), first_choice, more=_later(snapshot, request, ranked, rank + 1, limit_ms)
+            )
+        over_budget = over_budget or why is OVER_BUDGET
+    return _refusal(snapshot, request, in_scope, over_budget)
+
+
+def _explained(
+    snapshot: WorldSnapshot,
+    request: RouteRequest,
+    ranked: Ranked,
+    limit_ms: float | None,
+    budget: float | None,
+    in_scope: Sequence[DeploymentState],
+) -> Plan | RouteError:
+    """``decide`` with every region's verdict written down (``route explain``, the explain header)."""
     candidates: list[Candidate] = []
     considered: list[Considered] = []
     over_budget = False
-    for rank, (est, dep) in enumerate(ranked):
-        healthy = dep.healthy_backends
-        free = dep.free
-        reason = ""
-        if not healthy:
-            reason = "no healthy backend"
-        elif free <= 0:
-            reason = f"full ({_full(dep)})" if explain else "full"
-        elif budget is not None and est.total_ms > best_ms + budget:
-            reason = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
-            over_budget = True
-        if reason:
-            if explain:
-                considered.append(Considered(dep.region, "dropped", reason, est, free))
+    for rank, (total, _, dep) in enumerate(ranked):
+        why = _drop(dep, total, limit_ms)
+        est = _estimate(snapshot, dep, request.client_location)
+        if why:
+            over_budget = over_budget or why is OVER_BUDGET
+            if why is FULL:
+                why = f"full ({_full(dep)})"
+            elif why is OVER_BUDGET:
+                why = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
+            considered.append(Considered(dep.region, "dropped", why, est, dep.free))
             continue
-        route = _route(request, first_choice=rank == 0)
-        candidates.append(Candidate(dep.region, _backend_order(healthy), route, est, free))
-        if explain:
-            considered.append(Considered(dep.region, "kept", f"rank {len(candidates)} ({route})", est, free))
-
+        cand = _candidate(snapshot, request, dep, rank)
+        candidates.append(cand)
+        considered.append(
+            Considered(dep.region, "kept", f"rank {len(candidates)} ({cand.route})", est, dep.free)
+        )
     if candidates:
-        return Plan(model, tuple(candidates), tuple(considered), ranked[0][1].region)
+        return Plan(request.model, candidates, tuple(considered), ranked[0][1])
     return _refusal(snapshot, request, in_scope, over_budget)
 
 
@@ -199,7 +328,7 @@ def _route(request: RouteRequest, *, first_choice: bool) -> str:
 
 
 def _refusal(
-    snapshot: WorldSnapshot, request: RouteRequest, in_scope: list[DeploymentState], over_budget: bool
+    snapshot: WorldSnapshot, request: RouteRequest, in_scope: Sequence[DeploymentState], over_budget: bool
 ) -> RouteError:
     model, access = request.model, request.access
     could_serve = [
@@ -211,7 +340,7 @@ def _refusal(
     ep = request.endpoint
     if ep.kind is EndpointKind.REGION:
         dep = in_scope[0]
-        why = "no healthy backend" if not dep.healthy_backends else f"at capacity, {_full(dep)}"
+        why = UNHEALTHY if not _has_healthy(dep) else f"at capacity, {_full(dep)}"
 
         return RouteError.region_unavailable(f"Region {ep.name}", model, why, could_serve, retry)
     if ep.kind is EndpointKind.ZONE:

@@ -43,6 +43,7 @@ class Dep:
         "epoch",
         "epoch_ends",
         "factors",
+        "fresh_until",
         "in_use",
         "last",
         "limit",
@@ -50,6 +51,7 @@ class Dep:
         "model",
         "outages",
         "prefill_s",
+        "prior",
         "region",
         "ri",
         "running",
@@ -81,6 +83,8 @@ class Dep:
         self.epoch = 0
         self.epoch_ends: list[float] = []
         self.state: DeploymentState | None = None
+        self.prior = -1.0  # the model's typical TTFT that ``state`` was built against
+        self.fresh_until = -math.inf  # until then ``state``'s TTFT is within tolerance of the exact value
         self.last = 0.0
         self.busy = 0.0
         self.cap = 0.0
@@ -146,18 +150,23 @@ class Engine:
 
         A deployment's frozen state is rebuilt when it changed, or when its TTFT estimate (which relaxes
         with idle time toward the model's typical TTFT, the median of its measured deployments, exactly
-        as the fleet computes it) has moved by more than ``TTFT_TOLERANCE_MS``; the snapshot object is
-        reused when no state was rebuilt."""
+        as the fleet computes it) has moved by more than ``TTFT_TOLERANCE_MS``. The estimate moves at a
+        bounded rate, so a state stays within tolerance until ``fresh_until`` without recomputing it; the
+        snapshot object is reused when no state was rebuilt."""
         deps = self.by_model[mi]
-        measured = sorted(d.ttft.value for d in deps if d.ttft.value is not None)
+        measured = sorted([d.ttft.value for d in deps if d.ttft.value is not None])
         prior = measured[len(measured) // 2] if measured else 0.0
         qd = self.queue_depth
         rebuilt = False
         states = []
         for d in deps:
             s = d.state
+            if s is not None and now <= d.fresh_until and d.prior == prior:
+                states.append(s)
+                continue
             ttft = d.ttft.current(now, prior)
-            if s is None or abs(ttft - s.ttft_ms) > TTFT_TOLERANCE_MS:
+            off = abs(ttft - s.ttft_ms) if s is not None else 0.0
+            if s is None or off > TTFT_TOLERANCE_MS:
                 s = d.state = DeploymentState(
                     d.model,
                     d.region,
@@ -168,7 +177,11 @@ class Engine:
                     len(d.waiting) if qd else 0,
                     None,
                 )
+                off = 0.0
                 rebuilt = True
+            d.prior = prior
+            rate = d.ttft.drift_per_s(prior)
+            d.fresh_until = now + (TTFT_TOLERANCE_MS - off) / rate if rate > 0.0 else math.inf
             states.append(s)
         snap = self.snaps[mi]
         if snap is not None and not rebuilt:
@@ -212,18 +225,23 @@ class Engine:
             st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
             return
         dep_at = self.dep_at[mi]
-        for cand in plan.candidates:  # the gateway's waterfall: the first candidate with room
-            d = dep_at[cand.region]
-            if not d.outages and d.in_use < d.limit:
-                break
-        else:  # cannot happen with a current snapshot; counted, never hidden
-            st.rejected[cell] += 1
-            st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
-            return
+        first = cand = plan.first
+        d = dep_at[cand.region]
+        if (
+            d.outages or d.in_use >= d.limit
+        ):  # cannot happen with a current snapshot; walk on like the gateway
+            for cand in plan:
+                d = dep_at[cand.region]
+                if not d.outages and d.in_use < d.limit:
+                    break
+            else:  # counted, never hidden
+                st.rejected[cell] += 1
+                st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
+                return
         ri = d.ri
         if not ctx.allowed[ri]:
             st.violations += 1
-        if cand is not plan.candidates[0] or plan.first_choice != d.region:
+        if cand is not first or plan.first_choice != d.region:
             st.spilled[cell] += 1  # not the policy's own first choice: it was full or unhealthy
         if ri != ctx.home:
             st.remote[cell] += 1

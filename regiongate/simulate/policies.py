@@ -50,7 +50,8 @@ def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[Deployment
 
 
 def _healthy(d: DeploymentState) -> bool:
-    return any(b.healthy for b in d.backends)
+    backends = d.backends
+    return backends[0].healthy if len(backends) == 1 else any(b.healthy for b in backends)
 
 
 def _candidate(d: DeploymentState, route: str, network_ms: float) -> Candidate:
@@ -108,11 +109,9 @@ class LeastLoaded(_Baseline):
             return _refuse(snapshot, request, scope)
         ranked = sorted(open_, key=lambda d: (d.in_use / d.limit, d.region))
         route = "least-loaded"
-        return Plan(
-            request.model,
-            tuple(_candidate(d, route, self.rtt_ms(snapshot, request, d.region)) for d in ranked),
-            first_choice=ranked[0].region,
-        )
+        cands = (_candidate(d, route, self.rtt_ms(snapshot, request, d.region)) for d in ranked)
+        first = next(cands)
+        return Plan(request.model, (first,), first_choice=first.region, more=cands)
 
 
 def make_policy(name: str) -> Policy:
