@@ -55,12 +55,14 @@ class TtftEstimate:
         self.at = max(self.at, now)
         return self.value
 
-    def drift_per_s(self, prior: float) -> float:
-        """An upper bound on how fast ``current`` moves (ms per second) while no sample arrives: the
-        relaxation toward ``prior`` is fastest right after a sample."""
+    def drift_per_s(self, prior: float, prior_moves: float = 0.0) -> float:
+        """An upper bound on how fast ``current`` moves (ms per second) while no sample arrives and the
+        prior stays within ``prior_moves`` of ``prior``: the relaxation is fastest right after a sample."""
         if self.value is None:
             return 0.0
-        return abs(self.value - prior) * math.log(2) / (self.halflife_s * IDLE_HALFLIFE_FACTOR)
+        return (
+            (abs(self.value - prior) + prior_moves) * math.log(2) / (self.halflife_s * IDLE_HALFLIFE_FACTOR)
+        )
 
     def current(self, now: float, prior: float) -> float:
         """The estimate at ``now``: ``prior`` without samples, else relaxing toward it while none arrive."""

@@ -26,7 +26,9 @@ from regiongate.simulate.policies import Policy
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
 
 FIRST, DONE, TICK, EV_START, EV_END = 0, 1, 2, 3, 4
-TTFT_TOLERANCE_MS = 0.01  # a snapshot's TTFT estimates are never further than this from the exact value
+# A snapshot's TTFT estimates are never further than this from the exact value: far below the spread of
+# the samples the estimate smooths (tens of ms), so a ranking it changes was a coin toss anyway.
+TTFT_TOLERANCE_MS = 0.1
 _log = math.log
 
 
@@ -39,11 +41,12 @@ class Dep:
         "base_slots",
         "busy",
         "cap",
+        "checked_at",
         "down_backends",
+        "drift",
         "epoch",
         "epoch_ends",
         "factors",
-        "fresh_until",
         "in_use",
         "last",
         "limit",
@@ -55,6 +58,7 @@ class Dep:
         "region",
         "ri",
         "running",
+        "slack",
         "slots",
         "spec",
         "state",
@@ -83,8 +87,9 @@ class Dep:
         self.epoch = 0
         self.epoch_ends: list[float] = []
         self.state: DeploymentState | None = None
-        self.prior = -1.0  # the model's typical TTFT that ``state`` was built against
-        self.fresh_until = -math.inf  # until then ``state``'s TTFT is within tolerance of the exact value
+        # ``state``'s TTFT was checked at ``checked_at`` against the model's typical TTFT ``prior``: then
+        # ``slack`` ms from the tolerance were left, and it moves at most ``drift`` ms per second.
+        self.prior = self.checked_at = self.drift = self.slack = 0.0
         self.last = 0.0
         self.busy = 0.0
         self.cap = 0.0
@@ -151,7 +156,7 @@ class Engine:
         A deployment's frozen state is rebuilt when it changed, or when its TTFT estimate (which relaxes
         with idle time toward the model's typical TTFT, the median of its measured deployments, exactly
         as the fleet computes it) has moved by more than ``TTFT_TOLERANCE_MS``. The estimate moves at a
-        bounded rate, so a state stays within tolerance until ``fresh_until`` without recomputing it; the
+        bounded rate, so a state is known to stay within tolerance for a while without recomputing it; the
         snapshot object is reused when no state was rebuilt."""
         deps = self.by_model[mi]
         measured = sorted([d.ttft.value for d in deps if d.ttft.value is not None])
@@ -161,7 +166,9 @@ class Engine:
         states = []
         for d in deps:
             s = d.state
-            if s is not None and now <= d.fresh_until and d.prior == prior:
+            # The exact estimate moves by at most ``drift`` per second of idle time, and by at most as much
+            # as the prior moved: while both together stay within the slack, the state is still good.
+            if s is not None and d.drift * (now - d.checked_at) + abs(prior - d.prior) <= d.slack:
                 states.append(s)
                 continue
             ttft = d.ttft.current(now, prior)
@@ -179,9 +186,9 @@ class Engine:
                 )
                 off = 0.0
                 rebuilt = True
-            d.prior = prior
-            rate = d.ttft.drift_per_s(prior)
-            d.fresh_until = now + (TTFT_TOLERANCE_MS - off) / rate if rate > 0.0 else math.inf
+            d.prior, d.checked_at = prior, now
+            d.slack = TTFT_TOLERANCE_MS - off
+            d.drift = d.ttft.drift_per_s(prior, d.slack)
             states.append(s)
         snap = self.snaps[mi]
         if snap is not None and not rebuilt:

@@ -33,9 +33,12 @@ Policy = Callable[[WorldSnapshot, RouteRequest], Plan | RouteError]
 def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[DeploymentState]:
     """Deployments of the model that the endpoint, the key's zone fence and its grants allow."""
     ep, access, model = request.endpoint, request.access, request.model
+    deps = snapshot.by_model.get(model, ())
+    if ep.kind is EndpointKind.GLOBAL and access.zone is None and access.grants is None:
+        return list(deps)  # nothing narrows the scope
     regions = snapshot.regions
     out = []
-    for d in snapshot.by_model.get(model, ()):
+    for d in deps:
         if not access.permits(model, d.region):
             continue
         zone = regions[d.region].zone
