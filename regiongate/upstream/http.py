@@ -1,19 +1,19 @@
 """An OpenAI-compatible HTTP backend (vLLM, SGLang, llama.cpp, Ollama, TGI, a provider's regional API).
 
-One pooled keep-alive aiohttp session per backend. Bytes are forwarded as they are: the request body
-the gateway built and, for streams, the SSE bytes as they arrive.
+One pool of keep-alive HTTP/1.1 connections per backend (``regiongate.upstream.h1``). Bytes are forwarded
+as they are: the request body the gateway built and, for streams, the SSE bytes as they arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
 # Statuses that mean "this backend cannot serve it now": try the next candidate.
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
@@ -26,6 +26,11 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def _header_value(v: str) -> str:
+    # A value with CR or LF would let a caller inject headers into the upstream request.
+    return v.replace("\r", " ").replace("\n", " ") if ("\r" in v or "\n" in v) else v
 
 
 class HttpUpstream:
@@ -44,52 +49,45 @@ class HttpUpstream:
         self.base_url = base_url.rstrip("/")
         self.first_byte_timeout_s = first_byte_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        self._timeout = aiohttp.ClientTimeout(
-            total=total_timeout_s, sock_connect=connect_timeout_s, connect=connect_timeout_s
-        )
-        self._headers = {"content-type": "application/json"}
+        self.total_timeout_s = total_timeout_s
+        self._pool = H1Pool(self.base_url, connect_timeout_s=connect_timeout_s)
+        fixed = f"host: {self._pool.authority}\r\n"
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._session: aiohttp.ClientSession | None = None
+            fixed += f"authorization: Bearer {_header_value(api_key)}\r\n"
+        self._auth_headers = fixed
+        # Everything in a POST head but the path, the request id, extra headers and the length, built once.
+        self._post_headers = fixed + "content-type: application/json\r\n"
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Created lazily: a session must be made inside the running loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+    def _head(self, method: str, path: str, headers: str) -> bytes:
+        return f"{method} {self._pool.path_prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
-        headers = {**self._headers, "x-request-id": call.request_id}
+        headers = f"{self._post_headers}x-request-id: {_header_value(call.request_id)}\r\n"
         for k, v in call.headers:
-            headers[k] = v
+            headers += f"{_header_value(k)}: {_header_value(v)}\r\n"
+        headers += f"content-length: {len(call.body)}\r\n"
+        started = asyncio.get_running_loop().time()
         try:
-            # asyncio.timeout, not wait_for: no extra task per request on 3.11
             async with asyncio.timeout(self.first_byte_timeout_s):
-                resp = await self._client().post(self.base_url + call.path, data=call.body, headers=headers)
+                resp = await self._pool.request(self._head("POST", call.path, headers), call.body)
         except TimeoutError:
             raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamFailure(self.id, f"connection failed: {type(e).__name__}: {e}") from None
-        ctype = resp.headers.get("content-type", "application/json")
+        except UpstreamHttpError as e:
+            raise UpstreamFailure(self.id, f"connection failed: {e}") from None
+        ctype = resp.content_type or "application/json"
         if resp.status in RETRYABLE:
-            resp.release()
+            resp.release()  # pooled again only if the error body was already read to its end
             raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
         if call.stream and resp.status == 200:
             if ctype.startswith("text/event-stream"):
-                return UpstreamResponse(200, ctype, chunks=self._relay(resp), closer=self._closer(resp))
-            resp.close()  # a 200 that is not an event stream is garbage for a stream request
+                chunks = resp.stream(started + self.total_timeout_s)
+                return UpstreamResponse(200, ctype, chunks=chunks, closer=_closer(resp))
+            resp.release()  # a 200 that is not an event stream is garbage for a stream request
             raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
         try:
             async with asyncio.timeout(self.first_byte_timeout_s):
                 body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as e:
-            resp.close()
+        except (TimeoutError, UpstreamHttpError) as e:
             raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
         parsed = None
         if resp.status == 200:
@@ -98,32 +96,22 @@ class HttpUpstream:
                 raise UpstreamFailure(self.id, "answered 200 with a body that is not a JSON object")
         return UpstreamResponse(resp.status, ctype, body=body, parsed=parsed)
 
-    @staticmethod
-    def _closer(resp: aiohttp.ClientResponse):  # type: ignore[no-untyped-def]
-        async def close() -> None:
-            resp.close()
-
-        return close
-
-    async def _relay(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in resp.content.iter_any():
-                yield chunk
-        finally:
-            resp.release()
-
     async def probe(self, path: str, timeout_s: float) -> bool:
-        """GET ``<base_url><path>`` on the pooled connection; True for any answer below 500."""
-        headers = {k: v for k, v in self._headers.items() if k == "authorization"}
+        """GET ``<base_url><path>`` on a pooled connection; True for any answer below 500."""
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._client().get(self.base_url + path, headers=headers) as resp:
-                    await resp.read()
-                    return resp.status < 500
-        except (TimeoutError, aiohttp.ClientError, OSError):
+                resp = await self._pool.request(self._head("GET", path, self._auth_headers))
+                await resp.read()
+                return resp.status < 500
+        except (TimeoutError, UpstreamHttpError, OSError):
             return False
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.close()
+
+
+def _closer(resp: H1Response) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        resp.release()
+
+    return close
