@@ -48,6 +48,7 @@ class _Conn(asyncio.Protocol):
         self.framed = False  # content-length or chunked: else the body ends with the connection
         self.head_done = False
         self.complete = False
+        self.keep_alive = False
         self.got_bytes = False
         self.error: BaseException | None = None
         self._parts: list[bytes] = []
@@ -104,6 +105,7 @@ class _Conn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.status < 200:
             return  # the end of an interim 1xx; the parser goes on to the final response
+        self.keep_alive = self.parser.should_keep_alive()  # only meaningful while the message is current
         self.complete = True
         self._wake()
 
@@ -155,7 +157,7 @@ class _Conn(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self.error is None and self.parser.should_keep_alive()
+        return self.complete and self.keep_alive and not self.closed and self.error is None
 
     def close(self) -> None:
         self.closed = True
