@@ -4,6 +4,7 @@ sharing one port through SO_REUSEPORT."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -49,6 +50,14 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def settle_heap() -> None:
+    """Once started, hide everything alive (modules, config, pools, keys: ~400k objects) from the cyclic
+    garbage collector. Measured under load, each full collection otherwise walked all of them and paused
+    the loop for 26-46 ms, several times a minute: that was the p99. Garbage made later is still collected."""
+    gc.collect()
+    gc.freeze()
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, draining on SIGTERM/SIGINT and then exiting 0 (uvicorn re-raises the signal after
     its graceful shutdown, which would end the process as killed by it)."""
@@ -57,6 +66,10 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.app = app
         self.on_drain: list[Callable[[], None]] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
 
     def handle_exit(self, sig: int, frame: object) -> None:
         if not self.should_exit:
