@@ -172,6 +172,26 @@ async def _client_run(lib: str, url: str, body: bytes, conc: int, seconds: float
                 await resp.aclose()
 
         close = client.aclose
+    elif lib == "regiongate":
+        from regiongate.upstream.h1 import H1Pool
+
+        pool = H1Pool(url)
+        path = url.split("/", 3)[3] if url.count("/") >= 3 else ""
+        head = (
+            f"POST /{path} HTTP/1.1\r\nhost: {pool.authority}\r\ncontent-type: application/json\r\n"
+            f"x-request-id: req_bench\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode()
+
+        async def one() -> None:  # what regiongate.upstream.http does per request
+            resp = await pool.request(head, body)
+            if stream:
+                async for _ in resp.stream():
+                    pass
+            else:
+                await resp.read()
+
+        async def close() -> None:
+            pool.close()
     else:
         raise ValueError(lib)
     count = 0
@@ -209,7 +229,7 @@ def client_run(args: argparse.Namespace) -> None:
 def compare_clients(rounds: int, seconds: float, out: Path | None) -> str:
     work = Path(tempfile.mkdtemp(prefix="rg-compare-"))
     up = targets.start_upstream(work, "soon", None)
-    libs = ["aiohttp", "httpx", "raw"]
+    libs = ["regiongate", "aiohttp", "httpx", "raw"]
     cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         for _ in range(rounds):
@@ -232,7 +252,12 @@ def compare_clients(rounds: int, seconds: float, out: Path | None) -> str:
     finally:
         up.stop()
         shutil.rmtree(work, ignore_errors=True)
-    names = {"aiohttp": "aiohttp (current)", "httpx": "httpx", "raw": "raw Protocol + httptools (floor)"}
+    names = {
+        "regiongate": "regiongate.upstream.h1 (current)",
+        "aiohttp": "aiohttp",
+        "httpx": "httpx",
+        "raw": "raw Protocol + httptools (bench.probe: floor)",
+    }
     lines = [
         f"Upstream clients against the fake upstream, 32 concurrent, {rounds} rounds x {seconds:g} s "
         f"(medians); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",

@@ -56,7 +56,10 @@ SUBSYSTEMS = [
     ),
     ("request id", ["_new_request_id"]),
     ("SSE relay", ["sse.py"]),
-    ("aiohttp upstream client", ["aiohttp/", "upstream/http.py", "HttpUpstream"]),
+    (
+        "upstream client (regiongate.upstream.h1 + http)",
+        ["aiohttp/", "upstream/", "HttpUpstream", "H1Pool", "H1Response", "_Conn.", "(h1.py)"],
+    ),
     ("uvicorn server (httptools parse, ASGI, writes)", ["uvicorn/", "rest/http.py"]),
     ("asyncio/uvloop (tasks, timeouts, loop)", ["asyncio/", "uvloop", "runners.py"]),
     ("regiongate glue (app, gateway, auth, hooks)", ["regiongate", "app.py", "gateway.py", "auth.py"]),

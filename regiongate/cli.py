@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens-per-s", type=float, default=100.0)
     b.add_argument("--slots", type=int, default=8)
     b.add_argument("--rtt-ms", type=float, default=0.0)
-    b.add_argument("--mode", default="ok", choices=["ok", "hang", "error500", "garbage", "hang-stream"])
+    b.add_argument(
+        "--mode", default="ok", choices=["ok", "hang", "error500", "garbage", "hang-stream", "stall-stream"]
+    )
     b.add_argument(
         "--hold", action="store_true", help="hold requests before their first byte until POST /sim/release"
     )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import httpx
 import openai
+import pytest
 
 from tests.conftest import DEMO_KEY, Proc, free_port
 from tests.test_rest_routing import MSG, client, in_use, wait_until
@@ -144,3 +145,19 @@ def test_other_v1_posts_are_proxied_by_model(
         gw.url + "/v1/embeddings", json={"input": "x"}, headers={"Authorization": f"Bearer {DEMO_KEY}"}
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_stream_that_stalls_mid_answer_ends_with_an_error_after_idle_s(
+    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
+) -> None:
+    """After its first event the backend keeps the connection open and sends nothing more: the client gets
+    an in-band error naming the silence once ``idle_s`` has passed, never a clean end, and the lease is freed."""
+    stalled = start_sim_backend("us-east-1", "--mode", "stall-stream")
+    gw = start_gateway(world({"us-east-1": [http_backend(stalled.url + "/v1", idle_s=0.5)]}))
+    got = []
+    with pytest.raises(openai.APIError, match=r"went silent for 0\.5s"):
+        stream = client(gw).chat.completions.create(model="grok-4", messages=MSG, stream=True)
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 1
+    wait_until(lambda: sum(in_use(gw).values()) == 0)

@@ -249,7 +249,8 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
         return fence
     model, access = request.model, request.access
     deps = snapshot.by_model.get(model, ())
-    visible = deps if access.grants is None else [d for d in deps if access.permits(model, d.region)]
+    granted = access.regions_for(model)
+    visible = deps if granted is None else [d for d in deps if d.region in granted]
     if request.endpoint.kind is EndpointKind.GLOBAL and access.zone is None:
         in_scope = visible  # global without a zone fence: everything the caller may use is in scope
     else:

@@ -30,6 +30,18 @@ class Access:
             return True
         return any(g.model in ("*", model) and g.region in (None, region) for g in self.grants)
 
+    def regions_for(self, model: str) -> frozenset[str] | None:
+        """The regions where ``model`` is granted; None when every region is."""
+        if self.grants is None:
+            return None
+        regions = set()
+        for g in self.grants:
+            if g.model in ("*", model):
+                if g.region is None:
+                    return None
+                regions.add(g.region)
+        return frozenset(regions)
+
 
 ALL_ACCESS = Access()
 

@@ -12,7 +12,12 @@ import orjson
 from regiongate.rest.http import Receive, Scope, Send, read_body, send_bytes, send_json, stream_response
 from regiongate.upstream.simulated import SimulatedEngine
 
-MODES = ("ok", "hang", "error500", "garbage", "hang-stream")
+MODES = ("ok", "hang", "error500", "garbage", "hang-stream", "stall-stream")
+
+
+async def _stall(gen: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    yield await anext(gen)  # the first event, then silence with the connection open: a stalled engine
+    await asyncio.Event().wait()
 
 
 async def _silent() -> AsyncGenerator[bytes, None]:
@@ -125,6 +130,8 @@ class SimServer:
             gen = self.engine.stream(payload)
             if self.mode == "hang-stream":
                 gen = _silent()
+            elif self.mode == "stall-stream":
+                gen = _stall(gen)
             await stream_response(receive, send, [(b"content-type", b"text/event-stream")], gen, gen.aclose)
         else:
             await send_json(send, 200, await self.engine.complete(payload))
