@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure
 from regiongate.upstream.h1 import PAUSE_AT, H1Pool
 from regiongate.upstream.http import HttpUpstream
+from tests.certs import make_certs
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -266,3 +269,39 @@ async def test_a_slow_reader_pauses_the_upstream_instead_of_buffering_everything
     got = sum([len(c) async for c in resp.stream()])
     assert got == total
     pool.close()
+
+
+async def test_https_upstream_is_verified_against_trusted_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Providers' regional endpoints are HTTPS: the certificate is checked (here against a test CA given in
+    SSL_CERT_FILE, as an operator would for a private CA), and an untrusted one is a failure to fail over."""
+    ca, cert, key = make_certs(tmp_path, ("localhost",))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head, _ = await read_request(reader)
+            assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost:")
+            writer.write(fixed())
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://localhost:{srv.sockets[0].getsockname()[1]}/v1"
+    try:
+        untrusted = HttpUpstream("b", url)  # the system CAs do not know the test CA
+        with pytest.raises(UpstreamFailure, match="connection failed"):
+            await untrusted.send(call())
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        trusted = HttpUpstream("b", url)
+        resp = await trusted.send(call())
+        assert resp.status == 200 and resp.body == OK
+        await trusted.aclose()
+    finally:
+        srv.close()
+        await srv.wait_closed()
