@@ -122,8 +122,10 @@ async def test_two_replicas_share_one_count() -> None:
 
 async def test_leases_expire_without_heartbeat_and_live_with_it() -> None:
     url, prefix = shared_redis(), unique_prefix()
-    live = await _redis_store(url, prefix, lease_ttl_s=1.0, heartbeat_s=0.2)
-    dead = await _redis_store(url, prefix, lease_ttl_s=1.0, heartbeat_s=0.2)
+    # A TTL 15x the heartbeat: the live lease survives any stall of this process shorter than 2.8 s (a loaded
+    # CI machine), while the dead one must still go within one TTL.
+    live = await _redis_store(url, prefix, lease_ttl_s=3.0, heartbeat_s=0.2)
+    dead = await _redis_store(url, prefix, lease_ttl_s=3.0, heartbeat_s=0.2)
     try:
         assert await live.acquire("m@r", 2) is not None
         assert await dead.acquire("m@r", 2) is not None
@@ -131,12 +133,12 @@ async def test_leases_expire_without_heartbeat_and_live_with_it() -> None:
         dead._task.cancel()  # this replica stops renewing, as if it had died
         raw = aioredis.Redis.from_url(url)
         key = prefix + "cap:m@r"
-        for _ in range(200):  # the dead lease goes within the TTL; the renewed one stays
+        for _ in range(400):  # the dead lease goes within the TTL; the renewed one stays
             if await raw.zcard(key) == 1:
                 break
             await asyncio.sleep(0.05)
         assert await raw.zcard(key) == 1
-        await asyncio.sleep(1.5)  # longer than the TTL: the live lease is still there thanks to heartbeats
+        await asyncio.sleep(3.5)  # longer than the TTL: the live lease is still there thanks to heartbeats
         assert await raw.zcard(key) == 1
         assert await live.acquire("m@r", 2) is not None
         await raw.aclose()
