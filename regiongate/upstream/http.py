@@ -67,28 +67,30 @@ class HttpUpstream:
             headers += f"{_header_value(k)}: {_header_value(v)}\r\n"
         headers += f"content-length: {len(call.body)}\r\n"
         started = asyncio.get_running_loop().time()
+        resp: H1Response | None = None
+        # One deadline for the head and, for a non-streaming answer, its body: first_byte_s bounds the
+        # whole answer there; a stream's chunks are then bounded by idle_s (the gateway) and total_s.
         try:
             async with asyncio.timeout(self.first_byte_timeout_s):
                 resp = await self._pool.request(self._head("POST", call.path, headers), call.body)
-        except TimeoutError:
-            raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
-        except UpstreamHttpError as e:
-            raise UpstreamFailure(self.id, f"connection failed: {e}") from None
-        ctype = resp.content_type or "application/json"
-        if resp.status in RETRYABLE:
-            resp.release()  # pooled again only if the error body was already read to its end
-            raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
-        if call.stream and resp.status == 200:
-            if ctype.startswith("text/event-stream"):
-                chunks = resp.stream(started + self.total_timeout_s)
-                return UpstreamResponse(200, ctype, chunks=chunks, closer=_closer(resp))
-            resp.release()  # a 200 that is not an event stream is garbage for a stream request
-            raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
-        try:
-            async with asyncio.timeout(self.first_byte_timeout_s):
+                ctype = resp.content_type or "application/json"
+                if resp.status in RETRYABLE:
+                    resp.release()  # pooled again only if the error body was already read to its end
+                    raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
+                if call.stream and resp.status == 200:
+                    if ctype.startswith("text/event-stream"):
+                        chunks = resp.stream(started + self.total_timeout_s)
+                        return UpstreamResponse(200, ctype, chunks=chunks, closer=_closer(resp))
+                    resp.release()  # a 200 that is not an event stream is garbage for a stream request
+                    raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
                 body = await resp.read()
         except (TimeoutError, UpstreamHttpError) as e:
-            raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
+            if resp is not None:
+                resp.release()
+                raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
+            if isinstance(e, TimeoutError):
+                raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
+            raise UpstreamFailure(self.id, f"connection failed: {e}") from None
         parsed = None
         if resp.status == 200:
             parsed = _json_object(body)
