@@ -127,7 +127,7 @@ def test_probes_measure_rtt_and_take_dead_backends_out(
     start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
 ) -> None:
     near = start_sim_backend("us-east-1", "--rtt-ms", "5")
-    far = start_sim_backend("us-west-2", "--rtt-ms", "40")
+    far = start_sim_backend("us-west-2", "--rtt-ms", "150")  # far apart: a busy machine never swaps them
     cfg = world({"us-east-1": [http(near.url + "/v1")], "us-west-2": [http(far.url + "/v1")]}, extra=HEALTH)
     gw = start_gateway(cfg)
 
@@ -137,7 +137,7 @@ def test_probes_measure_rtt_and_take_dead_backends_out(
     wait_until(lambda: all(v is not None for v in rtts().values()), what="probes to measure RTT")
     got = rtts()
     assert got["us-east-1"] is not None and got["us-west-2"] is not None
-    assert got["us-west-2"] >= 40 > got["us-east-1"]  # each includes its emulated round trip
+    assert got["us-west-2"] >= 150 > got["us-east-1"]  # each includes its emulated round trip
     assert metric(gw.url + "/metrics", "regiongate_backend_rtt_ms", {"region": "us-west-2"}) is not None
     os.kill(near.proc.pid, signal.SIGKILL)
     near.proc.wait(5)
