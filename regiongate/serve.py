@@ -51,9 +51,9 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def settle_heap() -> None:
-    """Once started, hide everything alive (modules, config, pools, keys: ~400k objects) from the cyclic
+    """Once started, hide everything alive (modules, config, pools, keys) from the cyclic
     garbage collector. Measured under load, each full collection otherwise walked all of them and paused
-    the loop for 26-46 ms, several times a minute: that was the p99. Garbage made later is still collected."""
+    the loop for 26-46 ms, several times a minute, the worst of the p99. Garbage made later is still collected."""
     gc.collect()
     gc.freeze()
 
