@@ -14,12 +14,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from tests import worlds
 from tests.conftest import DEMO_KEY, free_port
+from tests.worlds import DEMO_REGIONS, http_backend
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MSG = [{"role": "user", "content": "hello"}]
@@ -97,51 +100,14 @@ def private_redis() -> Iterator[RedisServer]:
 
 # --- config worlds -------------------------------------------------------------------------------
 
-REGIONS = {
-    "us-east-1": ("Ashburn", 39.04, -77.49, "us"),
-    "us-west-2": ("Oregon", 45.84, -119.70, "us"),
-    "eu-west-1": ("Dublin", 53.35, -6.26, "eu"),
-}
+REGIONS = {rid: DEMO_REGIONS[rid] for rid in ("us-east-1", "us-west-2", "eu-west-1")}
 FAST_SIM = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 20000 }'
+http = http_backend
 
 
-def http(url: str, **timeouts: float) -> str:
-    t = ", timeouts = { " + ", ".join(f"{k} = {v}" for k, v in timeouts.items()) + " }" if timeouts else ""
-    return f'{{ kind = "http", url = "{url}"{t} }}'
-
-
-def world(
-    deployments: dict[str, list[str]],
-    *,
-    model: str = "grok-4",
-    limit: int = 8,
-    outage: dict[str, str] | None = None,
-    extra: str = "",
-    gateway: str = "",
-) -> str:
-    """Three regions; ``deployments`` maps region -> backend specs (TOML inline tables) for ``model``."""
-    out = ["[gateway]", "lat = 39.04", "lon = -77.49", gateway, ""]
-    for rid, (name, lat, lon, zone) in REGIONS.items():
-        out += [
-            "[[regions]]",
-            f'id = "{rid}"',
-            f'name = "{name}"',
-            f"lat = {lat}",
-            f"lon = {lon}",
-            f'zone = "{zone}"',
-        ]
-    for rid, specs in deployments.items():
-        out += ["[[deployments]]", f'region = "{rid}"', f'models = ["{model}"]', f"limit = {limit}"]
-        if outage and rid in outage:
-            out.append(f'on_redis_outage = "{outage[rid]}"')
-        out.append("backends = [" + ", ".join(specs) + "]")
-    out += [
-        "[[teams]]",
-        'name = "demo"',
-        'keys = [{ id = "demo", env = "REGIONGATE_DEMO_API_KEY" }]',
-        extra,
-    ]
-    return "\n".join(out) + "\n"
+def world(deployments: dict[str, list[str]], **kw: Any) -> str:
+    """Three of the demo regions, active probes on (``tests.worlds.world`` takes the same arguments)."""
+    return worlds.world(deployments, regions=REGIONS, probes=True, **kw)
 
 
 def shared_section(url: str, prefix: str, **kw: object) -> str:

@@ -30,15 +30,18 @@ def world(
     gateway: str = "",
     extra: str = "",
     probes: bool = False,
+    regions: dict[str, tuple[str, float, float, str]] = DEMO_REGIONS,
+    outage: dict[str, str] | None = None,
 ) -> str:
-    """Demo regions; ``backends`` maps region -> backend specs (TOML inline tables) for ``model``.
+    """``regions`` (the demo's by default); ``backends`` maps region -> backend specs (TOML inline tables)
+    for ``model``; ``outage`` maps region -> its ``on_redis_outage`` mode.
 
     Active probes are off unless asked for: every test backend sits on loopback, so measured round trips
     would (rightly) erase the geography these tests are about."""
     out = ["[gateway]", "lat = 39.04", "lon = -77.49", gateway, ""]
     if not probes:
         out += ["[health]", "probe_interval_s = 0", ""]
-    for rid, (name, lat, lon, zone) in DEMO_REGIONS.items():
+    for rid, (name, lat, lon, zone) in regions.items():
         out += [
             "[[regions]]",
             f'id = "{rid}"',
@@ -54,6 +57,7 @@ def world(
             f'region = "{rid}"',
             f'models = ["{model}"]',
             f"limit = {limit}",
+            *([f'on_redis_outage = "{outage[rid]}"'] if outage and rid in outage else []),
             f"backends = [{', '.join(specs)}]",
             "",
         ]
