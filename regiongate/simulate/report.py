@@ -153,21 +153,21 @@ def _continent_rows(result: SimResult, st: PolicyStats) -> list[list[str]]:
         n = st.total(st.requests, cells)
         if n == 0:
             continue
-        p50, p95, p99 = _quantiles(st, cells)
-        rows.append(
-            [
-                name,
-                f"{n:,}",
-                _pct(n, total),
-                _ms(p50),
-                _ms(p95),
-                _ms(p99),
-                _pct(st.total(st.spilled, cells), n),
-                _pct(st.total(st.remote, cells), n),
-                _pct(st.total(st.rejected, cells), n),
-            ]
-        )
+        rows.append([name, f"{n:,}", _pct(n, total), *_outcome_cells(st, cells, n)])
     return rows
+
+
+def _outcome_cells(st: PolicyStats, cells: Sequence[int], n: int) -> list[str]:
+    """p50/p95/p99 time to first token and the spillover, remote and rejected shares of ``cells``."""
+    p50, p95, p99 = _quantiles(st, cells)
+    return [
+        _ms(p50),
+        _ms(p95),
+        _ms(p99),
+        _pct(st.total(st.spilled, cells), n),
+        _pct(st.total(st.remote, cells), n),
+        _pct(st.total(st.rejected, cells), n),
+    ]
 
 
 def _region_rows(result: SimResult, st: PolicyStats) -> list[list[str]]:
@@ -176,18 +176,12 @@ def _region_rows(result: SimResult, st: PolicyStats) -> list[list[str]]:
     for ri, rid in enumerate(w.region_ids):
         cells = st.cells_of_home(ri)
         n = st.total(st.requests, cells)
-        p50, p95, p99 = _quantiles(st, cells)
         wait = st.mean_wait_s(ri)
         rows.append(
             [
                 f"{rid} ({w.regions[rid].zone})",
                 f"{n:,}",
-                _ms(p50),
-                _ms(p95),
-                _ms(p99),
-                _pct(st.total(st.spilled, cells), n),
-                _pct(st.total(st.remote, cells), n),
-                _pct(st.total(st.rejected, cells), n),
+                *_outcome_cells(st, cells, n),
                 f"{st.routed_region[ri]:,}",
                 _pct(st.inbound_region[ri], st.routed_region[ri]),
                 _util(st.mean_utilisation(ri)),
