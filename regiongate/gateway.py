@@ -193,7 +193,7 @@ class Gateway:
             for d in snap.by_model.get(inbound.model, ())
             if access.permits(inbound.model, d.region)
             and d.free > 0
-            and d.healthy_backends
+            and d.has_healthy_backend
             and (access.zone is None or snap.regions[d.region].zone == access.zone)  # never outside the fence
         ]
 

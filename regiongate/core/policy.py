@@ -185,15 +185,8 @@ def _in_fence(snapshot: WorldSnapshot, request: RouteRequest, region: str) -> bo
     return zone is None or snapshot.regions[region].zone == zone
 
 
-def _has_healthy(dep: DeploymentState) -> bool:
-    backends = dep.backends
-    if len(backends) == 1:
-        return backends[0].healthy
-    return any(b.healthy for b in backends)
-
-
 def _serviceable(dep: DeploymentState) -> bool:
-    return dep.free > 0 and _has_healthy(dep)
+    return dep.free > 0 and dep.has_healthy_backend
 
 
 def _backend_order(dep: DeploymentState) -> tuple[str, ...]:
@@ -210,7 +203,7 @@ UNHEALTHY, FULL, OVER_BUDGET = "no healthy backend", "full", "over budget"
 
 
 def _drop(dep: DeploymentState, total_ms: float, limit_ms: float | None) -> str:
-    if not _has_healthy(dep):
+    if not dep.has_healthy_backend:
         return UNHEALTHY
     if dep.free <= 0:
         return FULL
@@ -232,11 +225,11 @@ def _candidate(snapshot: WorldSnapshot, request: RouteRequest, dep: DeploymentSt
     )
 
 
-def _later(
-    snapshot: WorldSnapshot, request: RouteRequest, ranked: Ranked, start: int, limit_ms: float | None
+def _walk(
+    snapshot: WorldSnapshot, request: RouteRequest, ranked: Ranked, limit_ms: float | None
 ) -> Iterator[Candidate]:
-    for rank in range(start, len(ranked)):
-        total, _, dep = ranked[rank]
+    """The candidates in rank order, each built only when the walk reaches it."""
+    for rank, (total, _, dep) in enumerate(ranked):
         if not _drop(dep, total, limit_ms):
             yield _candidate(snapshot, request, dep, rank)
 
@@ -268,15 +261,11 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
     if explain:
         return _explained(snapshot, request, ranked, limit_ms, budget, in_scope)
 
-    over_budget = False
-    for rank, (total, _, dep) in enumerate(ranked):
-        why = _drop(dep, total, limit_ms)
-        if not why:
-            first = _candidate(snapshot, request, dep, rank)
-            return Plan(
-                model, (first,), (), first_choice, more=_later(snapshot, request, ranked, rank + 1, limit_ms)
-            )
-        over_budget = over_budget or why is OVER_BUDGET
+    walk = _walk(snapshot, request, ranked, limit_ms)
+    first = next(walk, None)
+    if first is not None:
+        return Plan(model, (first,), (), first_choice, more=walk)
+    over_budget = any(_drop(dep, total, limit_ms) is OVER_BUDGET for total, _, dep in ranked)
     return _refusal(snapshot, request, in_scope, over_budget)
 
 
@@ -294,20 +283,19 @@ def _explained(
     over_budget = False
     for rank, (total, _, dep) in enumerate(ranked):
         why = _drop(dep, total, limit_ms)
-        est = _estimate(snapshot, dep, request.client_location)
-        if why:
-            over_budget = over_budget or why is OVER_BUDGET
-            if why is FULL:
-                why = f"full ({_full(dep)})"
-            elif why is OVER_BUDGET:
-                why = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
-            considered.append(Considered(dep.region, "dropped", why, est, dep.free))
+        if not why:
+            cand = _candidate(snapshot, request, dep, rank)
+            candidates.append(cand)
+            verdict = f"rank {len(candidates)} ({cand.route})"
+            considered.append(Considered(dep.region, "kept", verdict, cand.estimate, dep.free))
             continue
-        cand = _candidate(snapshot, request, dep, rank)
-        candidates.append(cand)
-        considered.append(
-            Considered(dep.region, "kept", f"rank {len(candidates)} ({cand.route})", est, dep.free)
-        )
+        over_budget = over_budget or why is OVER_BUDGET
+        if why is FULL:
+            why = f"full ({_full(dep)})"
+        elif why is OVER_BUDGET:
+            why = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
+        est = _estimate(snapshot, dep, request.client_location)
+        considered.append(Considered(dep.region, "dropped", why, est, dep.free))
     if candidates:
         return Plan(request.model, candidates, tuple(considered), ranked[0][1])
     return _refusal(snapshot, request, in_scope, over_budget)
@@ -341,7 +329,7 @@ def _refusal(
     ep = request.endpoint
     if ep.kind is EndpointKind.REGION:
         dep = in_scope[0]
-        why = UNHEALTHY if not _has_healthy(dep) else f"at capacity, {_full(dep)}"
+        why = UNHEALTHY if not dep.has_healthy_backend else f"at capacity, {_full(dep)}"
 
         return RouteError.region_unavailable(f"Region {ep.name}", model, why, could_serve, retry)
     if ep.kind is EndpointKind.ZONE:

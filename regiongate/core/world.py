@@ -53,8 +53,11 @@ class DeploymentState:
         return max(free, 0)
 
     @property
-    def healthy_backends(self) -> tuple[BackendState, ...]:
-        return tuple(b for b in self.backends if b.healthy)
+    def has_healthy_backend(self) -> bool:
+        backends = self.backends
+        if len(backends) == 1:  # the common case, without a generator
+            return backends[0].healthy
+        return any(b.healthy for b in backends)
 
 
 @dataclass(frozen=True, slots=True)

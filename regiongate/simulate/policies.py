@@ -52,11 +52,6 @@ def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[Deployment
     return out
 
 
-def _healthy(d: DeploymentState) -> bool:
-    backends = d.backends
-    return backends[0].healthy if len(backends) == 1 else any(b.healthy for b in backends)
-
-
 def _candidate(d: DeploymentState, route: str, network_ms: float) -> Candidate:
     return Candidate(
         d.region,
@@ -95,7 +90,7 @@ class NearestOnly(_Baseline):
         scope = _in_scope(snapshot, request)
         best, best_key = None, (0.0, "")
         for d in scope:
-            if _healthy(d):
+            if d.has_healthy_backend:
                 key = (self.rtt_ms(snapshot, request, d.region), d.region)
                 if best is None or key < best_key:
                     best, best_key = d, key
@@ -107,7 +102,7 @@ class NearestOnly(_Baseline):
 class LeastLoaded(_Baseline):
     def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
         scope = _in_scope(snapshot, request)
-        open_ = [d for d in scope if d.free > 0 and _healthy(d)]
+        open_ = [d for d in scope if d.free > 0 and d.has_healthy_backend]
         if not open_:
             return _refuse(snapshot, request, scope)
         ranked = sorted(open_, key=lambda d: (d.in_use / d.limit, d.region))
