@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from regiongate.capacity import CapacityStore, deployment_key
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
 from regiongate.health import Ewma, Outlier
-from regiongate.latency import TtftEstimate
+from regiongate.latency import TtftEstimate, typical_ttft
 from regiongate.upstream.base import Upstream
 
 
@@ -44,13 +44,6 @@ class Deployment:
 
     def __post_init__(self) -> None:
         self.key = deployment_key(self.model, self.region)
-
-
-def _prior(deps: list[Deployment]) -> float:
-    """TTFT assumed for a deployment that has no measurement yet: the median of its model's measured
-    deployments, so an idle region is not ranked ahead of a busy one merely for lacking samples."""
-    measured = sorted(d.ttft.value for d in deps if d.ttft.value is not None)
-    return measured[len(measured) // 2] if measured else 0.0
 
 
 class Fleet:
@@ -90,7 +83,7 @@ class Fleet:
     def _snapshot(self, deps: Iterable[Deployment]) -> WorldSnapshot:
         now = self.clock()
         deps = list(deps)
-        prior = _prior(deps)
+        prior = typical_ttft(d.ttft for d in deps)
         states = {(d.model, d.region): self._state(d, now, prior) for d in deps}
         by_model: dict[str, tuple[DeploymentState, ...]] = {}
         for s in states.values():

@@ -18,6 +18,7 @@ All of it takes ``now`` from the caller (the fleet's clock), so tests drive it w
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,13 @@ class TtftEstimate:
         idle = max(now - self.at, 0.0)
         keep = math.pow(0.5, idle / (self.halflife_s * IDLE_HALFLIFE_FACTOR))
         return prior + (self.value - prior) * keep
+
+
+def typical_ttft(estimates: Iterable[TtftEstimate]) -> float:
+    """The TTFT assumed for a deployment without a measurement yet: the median of its model's measured
+    deployments, so an idle region is not ranked ahead of a busy one merely for lacking samples."""
+    measured = sorted([e.value for e in estimates if e.value is not None])
+    return measured[len(measured) // 2] if measured else 0.0
 
 
 # --- explaining a plan -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from heapq import heappop, heappush
 from typing import Any
 
 from regiongate.core import BackendState, DeploymentState, RouteError, WorldSnapshot
-from regiongate.latency import TtftEstimate
+from regiongate.latency import TtftEstimate, typical_ttft
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
 from regiongate.simulate.policies import Policy
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
@@ -129,6 +129,7 @@ class Engine:
             if d.mi >= 0:
                 self.by_model[d.mi].append(d)
         self.dep_at = [{d.region: d for d in ds} for ds in self.by_model]
+        self.ttfts = [[d.ttft for d in ds] for ds in self.by_model]  # each model's estimators, for its prior
         self.keys = [[(d.model, d.region) for d in ds] for ds in self.by_model]
         self.snaps: list[WorldSnapshot | None] = [None] * len(world.models)
         base = WorldSnapshot.build(world.regions, {}, world.gateway_location, world.retry_after_s)
@@ -159,8 +160,7 @@ class Engine:
         bounded rate, so a state is known to stay within tolerance for a while without recomputing it; the
         snapshot object is reused when no state was rebuilt."""
         deps = self.by_model[mi]
-        measured = sorted([d.ttft.value for d in deps if d.ttft.value is not None])
-        prior = measured[len(measured) // 2] if measured else 0.0
+        prior = typical_ttft(self.ttfts[mi])
         qd = self.queue_depth
         rebuilt = False
         states = []
