@@ -45,7 +45,7 @@ def _server_cmds(work: Path, up: int) -> dict[str, tuple[list[str], dict[str, st
     rg = [
         py,
         "-m",
-        "regiongate.cli",
+        "regiongate",
         "serve",
         "--config",
         str(cfg),

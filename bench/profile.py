@@ -45,24 +45,24 @@ def _short(frame: str, lines: bool) -> str:
 
 # Each sample is charged to the first of these that matches a frame, walking from the leaf to the root.
 SUBSYSTEMS = [
-    ("policy (snapshot_for + decide)", ["core/policy.py", "core/world.py", "fleet.py", "Gateway.plan"]),
-    ("receipts (signature per response)", ["receipts.py"]),
+    ("policy (snapshot_for + decide)", ["core/policy.py", "core/world.py", "state/fleet.py", "Gateway.plan"]),
+    ("receipts (signature per response)", ["pipeline/receipts.py"]),
     (
         "usage + metrics (record, store writer thread)",
         [
-            *("usage.py", "metering", "sqlstore", "sqlite", "metrics.py", "prometheus", "Gateway._record"),
+            *("pipeline/usage.py", "metering", "sqlstore", "sqlite", "health/metrics.py", "prometheus", "Gateway._record"),
             *("concurrent/futures", "threading.py"),
         ],
     ),
     ("request id", ["_new_request_id"]),
-    ("SSE relay", ["sse.py"]),
+    ("SSE relay", ["pipeline/sse.py"]),
     (
         "upstream client (regiongate.upstream.h1 + http)",
         ["aiohttp/", "upstream/", "HttpUpstream", "H1Pool", "H1Response", "_Conn.", "(h1.py)"],
     ),
-    ("uvicorn server (httptools parse, ASGI, writes)", ["uvicorn/", "rest/http.py"]),
+    ("uvicorn server (httptools parse, ASGI, writes)", ["uvicorn/", "asgi.py"]),
     ("asyncio/uvloop (tasks, timeouts, loop)", ["asyncio/", "uvloop", "runners.py"]),
-    ("regiongate glue (app, gateway, auth, hooks)", ["regiongate", "app.py", "gateway.py", "auth.py"]),
+    ("regiongate glue (app, gateway, auth, hooks)", ["regiongate", "app.py", "pipeline/failover.py", "pipeline/auth.py"]),
 ]
 
 

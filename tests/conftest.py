@@ -73,7 +73,7 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
     # Output goes to a file: a pipe nobody reads would block a chatty process once full.
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "regiongate.cli", *args],
+            [sys.executable, "-m", "regiongate", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full_env,

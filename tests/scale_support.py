@@ -24,7 +24,9 @@ from tests import worlds
 from tests.conftest import DEMO_KEY, free_port
 from tests.worlds import DEMO_REGIONS, http_backend
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# The database number is the machine's choice (REGIONGATE_TEST_REDIS_DB): keys are prefixed per test anyway.
+REDIS_DB = int(os.environ.get("REGIONGATE_TEST_REDIS_DB", "0"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 MSG = [{"role": "user", "content": "hello"}]
 
 

@@ -1,6 +1,6 @@
 """The control-plane CLI: teams, keys, the models x regions matrix and usage, with its error messages.
 
-Commands run in-process through ``regiongate.cli.main`` (the same argv a shell passes) against a fresh
+Commands run in-process through ``regiongate.app.cli.main`` (the same argv a shell passes) against a fresh
 SQLite store; one run goes through the installed console script."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from regiongate.cli import main
+from regiongate.app.cli import main
 from regiongate.control.store import open_store
-from regiongate.usage import UsageRecord
+from regiongate.pipeline.usage import UsageRecord
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_usage_table(capsys: pytest.CaptureFixture[str], store: str) -> None:
 
 def test_console_script(store: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "regiongate.cli", "teams", "create", "script-team", "--store", store],
+        [sys.executable, "-m", "regiongate", "teams", "create", "script-team", "--store", store],
         capture_output=True,
         text=True,
         timeout=60,

@@ -21,7 +21,7 @@ from regiongate.config import load_config
 from regiongate.control.ops import Operations
 from regiongate.control.store import open_store
 from regiongate.core import Grant
-from regiongate.usage import UsageRecord
+from regiongate.pipeline.usage import UsageRecord
 from tests.control_support import ADMIN_KEY, admin, chat, control_config, poll
 
 CHROMIUM = "/usr/bin/chromium"

@@ -14,11 +14,11 @@ import httpx
 import openai
 import pytest
 
-from regiongate import receipts
+from regiongate.app.runtime import build_runtime
 from regiongate.config import parse_config
 from regiongate.control.store import open_store
+from regiongate.pipeline import receipts
 from regiongate.rest.app import RestApp
-from regiongate.runtime import build_runtime
 from tests.conftest import DEMO_KEY
 from tests.control_support import ADMIN_KEY, CHAT, admin, chat, code, control_config, get, http, new_key, poll
 
@@ -392,7 +392,7 @@ async def test_admin_api_is_off_without_an_admin_key() -> None:
 
 
 async def test_config_reload_keeps_the_store_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from regiongate.reload import apply
+    from regiongate.app.reload import apply
 
     monkeypatch.setenv("REGIONGATE_DEMO_API_KEY", DEMO_KEY)  # a reload reads the environment again
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from regiongate import receipts
+from regiongate.pipeline import receipts
 from tests.control_support import (
     ADMIN_KEY,
     admin,

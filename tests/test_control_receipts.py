@@ -12,9 +12,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from regiongate import receipts
-from regiongate.cli import main
-from regiongate.receipts import KeyRing, ReceiptError, SigningKey, b64url, b64url_decode, sign, verify
+from regiongate.app.cli import main
+from regiongate.pipeline import receipts
+from regiongate.pipeline.receipts import (
+    KeyRing,
+    ReceiptError,
+    SigningKey,
+    b64url,
+    b64url_decode,
+    sign,
+    verify,
+)
 from tests.conftest import DEMO_KEY
 from tests.control_support import chat, control_config, http, poll
 

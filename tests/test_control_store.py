@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from regiongate.auth import Principal, hash_key
 from regiongate.control.keys import CachedKeys
 from regiongate.control.metering import BatchUsageWriter
 from regiongate.control.migrations import LATEST, MIGRATIONS
 from regiongate.control.model import AccessSnapshot, Conflict, Invalid, NewKey, NotFound, StoreUnavailable
 from regiongate.control.store import ControlStore, open_store, redact, split_pg_url
 from regiongate.core import Access, Grant
-from regiongate.usage import UsageRecord
+from regiongate.pipeline.auth import Principal, hash_key
+from regiongate.pipeline.usage import UsageRecord
 from tests.control_support import drop_schema, new_schema, pg_url, require_pg
 
 DAY = 86400.0

@@ -28,7 +28,7 @@ def _reload(pid_file: Path, config: Path) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable,
         "-m",
-        "regiongate.cli",
+        "regiongate",
         "reload",
         "--pid-file",
         str(pid_file),

@@ -11,6 +11,7 @@ from aiohttp import web
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from regiongate.app.runtime import build_fleet
 from regiongate.config import parse_config
 from regiongate.core import (
     ALL_ACCESS,
@@ -24,10 +25,7 @@ from regiongate.core import (
     WorldSnapshot,
     decide,
 )
-from regiongate.geoip import GeoIP, client_address
-from regiongate.health import Ewma
-from regiongate.latency import TtftEstimate, explain_header, explain_rows
-from regiongate.loadscrape import (
+from regiongate.health.load import (
     MISSING_RETRY_S,
     Load,
     LoadScraper,
@@ -35,8 +33,10 @@ from regiongate.loadscrape import (
     default_metrics_url,
     parse_load,
 )
+from regiongate.pipeline.geoip import GeoIP, client_address
 from regiongate.rest.app import TrustedProxies
-from regiongate.runtime import build_fleet
+from regiongate.state.outlier import Ewma
+from regiongate.state.ttft import TtftEstimate, explain_header, explain_rows
 from regiongate.upstream.simulated import SimulatedEngine
 from tests.worlds import world
 

@@ -96,7 +96,7 @@ def test_route_explain_locates_a_client_ip(tmp_path: Path) -> None:
     db = build_mmdb(tmp_path / "city.mmdb")
     sims = {r: ['{ kind = "simulated" }'] for r in GROK4_REGIONS}
     (tmp_path / "world.toml").write_text(world(sims, gateway=f'geoip_database = "{db}"'))
-    cmd = [sys.executable, "-m", "regiongate.cli", "route", "explain", "--model", "grok-4"]
+    cmd = [sys.executable, "-m", "regiongate", "route", "explain", "--model", "grok-4"]
     cmd += ["--config", str(tmp_path / "world.toml"), "--client-ip", "203.0.113.7"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.splitlines()
     assert out[0].endswith("ranked from client at 35.68,139.69 (GeoIP of 203.0.113.7)")

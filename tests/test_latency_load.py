@@ -110,7 +110,7 @@ def test_long_backend_queue_sends_global_requests_to_the_next_region(
 
         # `route explain --measure` probes and reads the backends as the gateway does, and says the same.
         (tmp_path / "world.toml").write_text(cfg)
-        cmd = [sys.executable, "-m", "regiongate.cli", "route", "explain", "--model", "grok-4", "--measure"]
+        cmd = [sys.executable, "-m", "regiongate", "route", "explain", "--model", "grok-4", "--measure"]
         out = subprocess.run(
             [*cmd, "--config", str(tmp_path / "world.toml")],
             capture_output=True,

@@ -200,7 +200,7 @@ def netlab(tmp_path: Path) -> Iterator[NetLab]:
 
 
 def start_backend(lab: NetLab, h: Host, region: str) -> None:
-    cmd = [sys.executable, "-m", "regiongate.cli", "sim-backend", "--region", region, "--host", h.addr]
+    cmd = [sys.executable, "-m", "regiongate", "sim-backend", "--region", region, "--host", h.addr]
     cmd += ["--port", str(PORT), "--model", "grok-4", "--ttft-ms", "20", "--tokens-per-s", "2000"]
     lab.spawn(h, cmd, lab.tmp / f"{region}.log")
 

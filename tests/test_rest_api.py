@@ -188,7 +188,7 @@ def test_curl_with_the_product_page_body(gw: Proc) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "regiongate.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "regiongate", *args], capture_output=True, text=True, timeout=60
     )
 
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from regiongate.capacity import CapacityStore, Lease, LocalCapacity
-from regiongate.capacity_redis import RedisCapacity
-from regiongate.config_scale import SharedConfig
+from regiongate.config.scale import SharedConfig
 from regiongate.core import RouteError
-from regiongate.redis_link import RedisLink, share_of
+from regiongate.state.capacity import CapacityStore, Lease, LocalCapacity
+from regiongate.state.capacity_redis import RedisCapacity
+from regiongate.state.redis_link import RedisLink, share_of
 from tests.scale_support import RedisServer, private_redis, shared_redis, unique_prefix
 
 __all__ = ["private_redis"]  # fixture re-exported for pytest

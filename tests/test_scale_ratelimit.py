@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from regiongate.config_scale import SharedConfig
-from regiongate.ratelimit import Bucket, LocalRates, RateStore, RedisRates, reset_text
-from regiongate.redis_link import RedisLink
+from regiongate.config.scale import SharedConfig
+from regiongate.pipeline.ratelimit import Bucket, LocalRates, RateStore, RedisRates, reset_text
+from regiongate.state.redis_link import RedisLink
 from tests.conftest import DEMO_KEY, Proc
 from tests.scale_support import FAST_SIM, MSG, shared_redis, shared_section, unique_prefix, world
 

@@ -12,7 +12,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "regiongate.cli", "simulate", *args],
+        [sys.executable, "-m", "regiongate", "simulate", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -60,7 +60,7 @@ def test_simulate_refuses_a_bad_scenario(tmp_path: Path) -> None:
 
 def test_the_gateway_never_loads_the_charting_library() -> None:
     code = (
-        "import sys, regiongate.cli, regiongate.runtime; regiongate.cli.build_parser();"
+        "import sys, regiongate.app.cli, regiongate.app.runtime; regiongate.app.cli.build_parser();"
         "import regiongate.simulate.runner;"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from regiongate.app.runtime import build_fleet
 from regiongate.config import parse_config
-from regiongate.fleet import Fleet
-from regiongate.runtime import build_fleet
+from regiongate.state.fleet import Fleet
 
 N_REGIONS = 30
 N_MODELS = 100

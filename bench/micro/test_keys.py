@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from regiongate.auth import Principal, StaticKeys, bearer_token, hash_key, new_key
 from regiongate.core import Access
+from regiongate.pipeline.auth import Principal, StaticKeys, bearer_token, hash_key, new_key
 
 
 @pytest.fixture(scope="module")

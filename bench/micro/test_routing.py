@@ -17,7 +17,7 @@ from regiongate.core import (
     RouteRequest,
     decide,
 )
-from regiongate.fleet import Fleet
+from regiongate.state.fleet import Fleet
 
 MODEL = "model-042"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from regiongate.sse import SseRelay
+from regiongate.pipeline.sse import SseRelay
 
 BASE = {"id": "chatcmpl-8f3a", "object": "chat.completion.chunk", "created": 1752019200, "model": "grok-4"}
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from regiongate.auth import bearer_token
-from regiongate.rest.http import Receive, Scope, Send, send_bytes, send_json
+from regiongate.asgi import Receive, Scope, Send, send_bytes, send_json
+from regiongate.pipeline.auth import bearer_token
 
 if TYPE_CHECKING:
-    from regiongate.runtime import Runtime
+    from regiongate.app.runtime import Runtime
 
 PREFIX = "/console"
 _TYPES = {

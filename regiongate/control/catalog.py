@@ -1,6 +1,6 @@
 """What the config offers (regions, zones, models per region) and the models x regions matrix a team
 or key sees. Used by the admin API, the CLI and the console's server side; the gateway's own
-``regiongate.catalog`` answers the same question from the live fleet."""
+``regiongate.pipeline.catalog`` answers the same question from the live fleet."""
 
 from __future__ import annotations
 

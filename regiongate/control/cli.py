@@ -30,9 +30,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _run(args: argparse.Namespace, body: Callable[[Any], Awaitable[int]]) -> int:
     """Open the store (migrating it if needed), run ``body(ops)``, turn control errors into messages."""
+    from regiongate.config.control import resolve
     from regiongate.control.model import ControlError
     from regiongate.control.ops import Operations
-    from regiongate.control.settings import resolve
     from regiongate.control.store import open_store
 
     cfg = _config(args)
@@ -236,15 +236,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 # --- receipts ----------------------------------------------------------------------------------------
 def _ring(args: argparse.Namespace) -> Any:
-    from regiongate.control.settings import resolve
-    from regiongate.receipts import KeyRing
+    from regiongate.config.control import resolve
+    from regiongate.pipeline.receipts import KeyRing
 
     cfg = _config(args)
     return KeyRing(resolve(cfg.control, dict(os.environ)).receipt_key_dir)
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
-    from regiongate import receipts
+    from regiongate.pipeline import receipts
 
     action = args.receipt_command
     if action == "verify":

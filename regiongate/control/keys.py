@@ -13,9 +13,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from regiongate.auth import Principal, StaticKeys, hash_key
 from regiongate.control.model import AccessSnapshot
 from regiongate.control.store import ControlStore
+from regiongate.pipeline.auth import Principal, StaticKeys, hash_key
 
 log = logging.getLogger("regiongate.control")
 

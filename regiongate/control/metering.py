@@ -11,7 +11,7 @@ import contextlib
 import logging
 
 from regiongate.control.store import ControlStore
-from regiongate.usage import UsageRecord, UsageSink
+from regiongate.pipeline.usage import UsageRecord, UsageSink
 
 log = logging.getLogger("regiongate.control")
 

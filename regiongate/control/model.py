@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from regiongate.auth import Principal
 from regiongate.core import Grant
+from regiongate.pipeline.auth import Principal
 
 # Team names appear in URLs, CLI arguments and receipts: keep them to a safe, readable alphabet.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

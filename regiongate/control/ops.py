@@ -8,7 +8,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from regiongate.auth import hash_key, new_key
 from regiongate.config import Config
 from regiongate.control.catalog import Offer
 from regiongate.control.model import (
@@ -24,6 +23,7 @@ from regiongate.control.model import (
 )
 from regiongate.control.store import ControlStore
 from regiongate.core import Access, Grant
+from regiongate.pipeline.auth import hash_key, new_key
 
 log = logging.getLogger("regiongate.control")
 

@@ -9,18 +9,18 @@ import time
 from typing import TYPE_CHECKING
 
 from regiongate.config import Config
+from regiongate.config.control import Resolved, resolve
 from regiongate.control.keys import CachedKeys, ControlKeys
 from regiongate.control.metering import BatchUsageWriter
 from regiongate.control.model import AccessSnapshot, ControlError
 from regiongate.control.ops import Operations
-from regiongate.control.settings import Resolved, resolve
 from regiongate.control.store import ControlStore, open_store
 from regiongate.core import GatewayError
-from regiongate.receipts import KeyRing, ReceiptHook, jwk_set
+from regiongate.pipeline.receipts import KeyRing, ReceiptHook, jwk_set
 
 if TYPE_CHECKING:
-    from regiongate.gateway import Gateway
-    from regiongate.runtime import Runtime
+    from regiongate.app.runtime import Runtime
+    from regiongate.pipeline.failover import Gateway
 
 log = logging.getLogger("regiongate.control")
 
@@ -45,7 +45,7 @@ class ControlPlane:
     def attach(self, rt: Runtime) -> None:
         """Wrap the runtime's key store, mount the HTTP surfaces, follow config reloads."""
         from regiongate.console import ConsoleApp
-        from regiongate.rest.admin import AdminApi, WellKnown
+        from regiongate.control.http import AdminApi, WellKnown
 
         rt.keys = ControlKeys(rt.keys, self.keys)
         rt.mounts.append(("/admin", AdminApi(self)))

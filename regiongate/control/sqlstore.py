@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TypeVar
 
-from regiongate.auth import Principal
 from regiongate.control.migrations import MIGRATIONS, MIGRATIONS_TABLE
 from regiongate.control.model import (
     AccessSnapshot,
@@ -31,7 +30,8 @@ from regiongate.control.model import (
     check_name,
 )
 from regiongate.core import Access, Grant
-from regiongate.usage import UsageRecord
+from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.usage import UsageRecord
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from regiongate.control.model import AccessSnapshot, ApiKey, Invalid, NewKey, Team, UsageRow
 from regiongate.core import Grant
-from regiongate.usage import UsageRecord
+from regiongate.pipeline.usage import UsageRecord
 
 
 class ControlStore(Protocol):

@@ -18,19 +18,19 @@ from google.protobuf import empty_pb2, message_factory
 from google.protobuf.timestamp_pb2 import Timestamp
 from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
 
-from regiongate.auth import Principal, bearer_token
-from regiongate.catalog import offering, visible_models
+from regiongate.app.runtime import Runtime
 from regiongate.core import Endpoint, EndpointKind, Location, RouteError, parse_location
 from regiongate.core.errors import ClientError
-from regiongate.endpoints import Endpoints
-from regiongate.gateway import Inbound, Routed
-from regiongate.geoip import GeoIP, client_address, open_geoip
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.status import abort, upstream_error
+from regiongate.pipeline.auth import Principal, bearer_token
+from regiongate.pipeline.catalog import offering, visible_models
+from regiongate.pipeline.endpoints import Endpoints
+from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.geoip import GeoIP, client_address, open_geoip
+from regiongate.pipeline.sse import iter_json_events
 from regiongate.rest.app import MAX_N, TrustedProxies
-from regiongate.runtime import Runtime
-from regiongate.sse import iter_json_events
 
 SERVED = (
     "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "

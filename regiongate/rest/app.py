@@ -14,13 +14,8 @@ from typing import Any
 
 import orjson
 
-from regiongate.auth import Principal, bearer_token
-from regiongate.catalog import offering, region_views, visible_models
-from regiongate.core import Endpoint, Location, RouteError, parse_location
-from regiongate.endpoints import Endpoints
-from regiongate.gateway import Inbound
-from regiongate.geoip import GeoIP, client_address, open_geoip
-from regiongate.rest.http import (
+from regiongate.app.runtime import Runtime
+from regiongate.asgi import (
     JSON,
     ASGIApp,
     BodyTooLarge,
@@ -35,8 +30,13 @@ from regiongate.rest.http import (
     send_json,
     stream_response,
 )
+from regiongate.core import Endpoint, Location, RouteError, parse_location
+from regiongate.pipeline.auth import Principal, bearer_token
+from regiongate.pipeline.catalog import offering, region_views, visible_models
+from regiongate.pipeline.endpoints import Endpoints
+from regiongate.pipeline.failover import Inbound
+from regiongate.pipeline.geoip import GeoIP, client_address, open_geoip
 from regiongate.rest.openapi import DOCUMENT_BYTES
-from regiongate.runtime import Runtime
 
 log = logging.getLogger("regiongate.access")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -193,7 +193,7 @@ class RestApp:
         return principal
 
     def _client_location(self, scope: Scope, headers: dict[bytes, bytes]) -> Location | None:
-        """The explicit header from a trusted proxy, else GeoIP of the client address (regiongate.geoip)."""
+        """The explicit header from a trusted proxy, else GeoIP of the client address (regiongate.pipeline.geoip)."""
         client = scope.get("client")
         peer = client[0] if client else None
         raw = headers.get(CLIENT_LOCATION)

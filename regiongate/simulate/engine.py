@@ -20,10 +20,10 @@ from heapq import heappop, heappush
 from typing import Any
 
 from regiongate.core import BackendState, DeploymentState, RouteError, WorldSnapshot
-from regiongate.latency import TtftEstimate, typical_ttft
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
 from regiongate.simulate.policies import Policy
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
+from regiongate.state.ttft import TtftEstimate, typical_ttft
 
 FIRST, DONE, TICK, EV_START, EV_END = 0, 1, 2, 3, 4
 # A snapshot's TTFT estimates are never further than this from the exact value: far below the spread of

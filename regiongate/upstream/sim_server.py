@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from regiongate.rest.http import Receive, Scope, Send, read_body, send_bytes, send_json, stream_response
+from regiongate.asgi import Receive, Scope, Send, read_body, send_bytes, send_json, stream_response
 from regiongate.upstream.simulated import SimulatedEngine
 
 MODES = ("ok", "hang", "error500", "garbage", "hang-stream", "stall-stream")

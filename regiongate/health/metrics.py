@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from regiongate.fleet import Fleet
+    from regiongate.state.fleet import Fleet
 
 
 class _FleetCollector(Collector):

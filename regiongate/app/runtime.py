@@ -9,23 +9,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from regiongate.auth import Principal, StaticKeys, hash_key, new_key
-from regiongate.capacity import CapacityStore, LocalCapacity
+from regiongate.app.scaleout import Replica, Shared, build_shared, fit_fleet
 from regiongate.config import Config, HttpBackend, SimulatedBackend
 from regiongate.control.metering import TeeUsage
 from regiongate.control.plane import ControlPlane, build_control
 from regiongate.core import Access, Grant, Location, Region
-from regiongate.fleet import Backend, Deployment, Fleet
-from regiongate.gateway import Gateway
-from regiongate.latency import TtftEstimate
-from regiongate.loadscrape import LoadCollector, LoadScraper
-from regiongate.metrics import Metrics
-from regiongate.probes import HealthCollector, Prober
-from regiongate.shared import Replica, Shared, build_shared, fit_fleet
+from regiongate.health.load import LoadCollector, LoadScraper
+from regiongate.health.metrics import Metrics
+from regiongate.health.probes import HealthCollector, Prober
+from regiongate.pipeline.auth import Principal, StaticKeys, hash_key, new_key
+from regiongate.pipeline.failover import Gateway
+from regiongate.pipeline.usage import MemoryUsage
+from regiongate.state.capacity import CapacityStore, LocalCapacity
+from regiongate.state.fleet import Backend, Deployment, Fleet
+from regiongate.state.ttft import TtftEstimate
 from regiongate.upstream.base import Upstream
 from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
-from regiongate.usage import MemoryUsage
 
 log = logging.getLogger("regiongate")
 DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
@@ -40,11 +40,11 @@ class Runtime:
     metrics: Metrics
     usage: MemoryUsage
     generated_keys: dict[str, str] = field(default_factory=dict)  # team -> key printed at start-up
-    shared: Shared | None = None  # Redis link, rate limits, probes (regiongate.shared)
-    on_reload: list[Callable[[Runtime], None]] = field(default_factory=list)  # see regiongate.reload
+    shared: Shared | None = None  # Redis link, rate limits, probes (regiongate.app.scaleout)
+    on_reload: list[Callable[[Runtime], None]] = field(default_factory=list)  # see regiongate.app.reload
     control: ControlPlane | None = None  # teams, keys, usage store, receipts (regiongate.control)
     mounts: list[tuple[str, Any]] = field(default_factory=list)  # (path prefix, ASGI app): admin, console
-    load: LoadScraper | None = None  # backends' own load metrics (regiongate.loadscrape)
+    load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _started: bool = False

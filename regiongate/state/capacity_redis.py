@@ -22,9 +22,9 @@ import itertools
 import logging
 from collections.abc import Mapping
 
-from regiongate.capacity import Lease
-from regiongate.config_scale import OutageMode
-from regiongate.redis_link import ERRORS, RedisLink, shared_unavailable
+from regiongate.config.scale import OutageMode
+from regiongate.state.capacity import Lease
+from regiongate.state.redis_link import ERRORS, RedisLink, shared_unavailable
 
 log = logging.getLogger("regiongate.capacity")
 

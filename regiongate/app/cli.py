@@ -18,7 +18,7 @@ def _config(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from regiongate.serve import ServeOptions, serve
+    from regiongate.app.serve import ServeOptions, serve
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("regiongate: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from regiongate.reload import signal_reload
+    from regiongate.app.reload import signal_reload
 
     if args.config:
         _config(args.config)  # refuse an invalid file here, with its errors, before signalling
@@ -89,7 +89,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
-    from regiongate.explain import explain
+    from regiongate.pipeline.explain import explain
 
     cfg = _config(args.config)
     try:

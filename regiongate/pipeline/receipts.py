@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 if TYPE_CHECKING:
-    from regiongate.gateway import Inbound, Routed
-    from regiongate.usage import UsageRecord
+    from regiongate.pipeline.failover import Inbound, Routed
+    from regiongate.pipeline.usage import UsageRecord
 
 HEADER = "x-regiongate-receipt"
 JWKS_PATH = "/.well-known/regiongate-keys.json"

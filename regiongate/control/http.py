@@ -26,11 +26,11 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from regiongate.auth import bearer_token, hash_key
+from regiongate.asgi import BodyTooLarge, Receive, Scope, Send, read_body, send_json
 from regiongate.control.model import ControlError, Invalid, NotFound
 from regiongate.control.ops import config_team
-from regiongate.receipts import JWKS_PATH
-from regiongate.rest.http import BodyTooLarge, Receive, Scope, Send, read_body, send_json
+from regiongate.pipeline.auth import bearer_token, hash_key
+from regiongate.pipeline.receipts import JWKS_PATH
 
 if TYPE_CHECKING:
     from regiongate.control.plane import ControlPlane

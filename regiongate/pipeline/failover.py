@@ -17,16 +17,16 @@ from typing import Any, Protocol
 
 import orjson
 
-from regiongate.auth import Principal
-from regiongate.capacity import Lease
 from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide
 from regiongate.core.errors import GatewayError
-from regiongate.fleet import Backend, Deployment, Fleet
-from regiongate.latency import EXPLAIN_HEADER, explain_header
-from regiongate.metrics import Metrics
-from regiongate.sse import SseRelay, event
+from regiongate.health.metrics import Metrics
+from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.sse import SseRelay, event
+from regiongate.pipeline.usage import UsageRecord, UsageSink
+from regiongate.state.capacity import Lease
+from regiongate.state.fleet import Backend, Deployment, Fleet
+from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
-from regiongate.usage import UsageRecord, UsageSink
 
 log = logging.getLogger("regiongate.gateway")
 

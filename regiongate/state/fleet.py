@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from regiongate.capacity import CapacityStore, deployment_key
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
-from regiongate.health import Ewma, Outlier
-from regiongate.latency import TtftEstimate, typical_ttft
+from regiongate.state.capacity import CapacityStore, deployment_key
+from regiongate.state.outlier import Ewma, Outlier
+from regiongate.state.ttft import TtftEstimate, typical_ttft
 from regiongate.upstream.base import Upstream
 
 
@@ -21,7 +21,7 @@ class Backend:
     outlier: Outlier = field(default_factory=Outlier)
     in_flight: int = 0
     rtt: Ewma | None = None  # filled by active probes
-    probe_healthy: bool = True  # False after failed active probes (regiongate.probes)
+    probe_healthy: bool = True  # False after failed active probes (regiongate.health.probes)
 
     def healthy(self, now: float) -> bool:
         return self.probe_healthy and not self.outlier.ejected(now)
@@ -37,7 +37,7 @@ class Deployment:
     region: str
     limit: int
     backends: list[Backend]
-    ttft: TtftEstimate  # queueing + prefill, network round trip taken out (regiongate.latency)
+    ttft: TtftEstimate  # queueing + prefill, network round trip taken out (regiongate.state.ttft)
     key: str = ""
     queue_depth: int = 0
     reported_free: int | None = None

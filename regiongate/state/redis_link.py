@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from regiongate.config_scale import SharedConfig
+from regiongate.config.scale import SharedConfig
 from regiongate.core.errors import GatewayError
 
 log = logging.getLogger("regiongate.shared")

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from regiongate.config_scale import HealthConfig
-from regiongate.health import Ewma
+from regiongate.config.scale import HealthConfig
+from regiongate.state.outlier import Ewma
 from regiongate.upstream.http import HttpUpstream
 
 if TYPE_CHECKING:
-    from regiongate.fleet import Backend, Fleet
-    from regiongate.redis_link import RedisLink
+    from regiongate.state.fleet import Backend, Fleet
+    from regiongate.state.redis_link import RedisLink
 
 log = logging.getLogger("regiongate.health")
 

@@ -19,12 +19,12 @@ import os
 import signal
 from pathlib import Path
 
-from regiongate.auth import Principal, StaticKeys, hash_key
+from regiongate.app.runtime import Runtime, build_fleet, build_keys
+from regiongate.app.scaleout import fit_fleet
 from regiongate.config import Config, ConfigError, HttpBackend, SimulatedBackend, load_config
 from regiongate.core import Access, Grant
-from regiongate.fleet import Backend, Fleet
-from regiongate.runtime import Runtime, build_fleet, build_keys
-from regiongate.shared import fit_fleet
+from regiongate.pipeline.auth import Principal, StaticKeys, hash_key
+from regiongate.state.fleet import Backend, Fleet
 
 log = logging.getLogger("regiongate.reload")
 

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from regiongate.config_scale import HealthConfig, LimitsConfig, OutageMode, SharedConfig
-from regiongate.control.settings import ControlConfig
+from regiongate.config.control import ControlConfig
+from regiongate.config.scale import HealthConfig, LimitsConfig, OutageMode, SharedConfig
 
 REGION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -125,7 +125,7 @@ class GatewayConfig(_Model):
     @classmethod
     def _geoip(cls, v: str | None) -> str | None:
         if v is not None:
-            from regiongate.geoip import check_database
+            from regiongate.pipeline.geoip import check_database
 
             check_database(v)  # a missing or unreadable file is a config error, at start and on reload
         return v
@@ -142,7 +142,7 @@ class GatewayConfig(_Model):
 
 
 class LoadConfig(_Model):
-    """Load read from the backends' own Prometheus metrics (``regiongate.loadscrape``)."""
+    """Load read from the backends' own Prometheus metrics (``regiongate.health.load``)."""
 
     scrape_interval_s: float = Field(2.0, ge=0)  # 0 turns scraping off
     scrape_timeout_s: float = Field(1.0, gt=0)

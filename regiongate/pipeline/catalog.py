@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from regiongate.config import ModelInfo
 from regiongate.core import Access, Endpoint, EndpointKind
-from regiongate.fleet import Fleet
-from regiongate.probes import backend_health
+from regiongate.health.probes import backend_health
+from regiongate.state.fleet import Fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ def region_views(fleet: Fleet, access: Access) -> list[dict[str, object]]:
                 {
                     "id": model,
                     "capacity": {"in_use": fleet.capacity.in_use(d.key), "limit": d.limit},
-                    # What the backends report of their own load (regiongate.loadscrape); free: None = unknown.
+                    # What the backends report of their own load (regiongate.health.load); free: None = unknown.
                     "load": {"queue_depth": d.queue_depth, "reported_free": d.reported_free},
                     "backends": {"healthy": healthy, "total": len(d.backends)},
                     "health": [backend_health(b, now) for b in d.backends],  # passive + active, RTT

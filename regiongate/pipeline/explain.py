@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from regiongate.app.runtime import build_fleet
 from regiongate.config import Config
 from regiongate.core import (
     ALL_ACCESS,
@@ -22,12 +23,11 @@ from regiongate.core import (
     parse_location,
     resolve_endpoint,
 )
-from regiongate.fleet import Fleet
-from regiongate.geoip import GeoIP
-from regiongate.latency import explain_rows
-from regiongate.loadscrape import LoadScraper
-from regiongate.probes import Prober
-from regiongate.runtime import build_fleet
+from regiongate.health.load import LoadScraper
+from regiongate.health.probes import Prober
+from regiongate.pipeline.geoip import GeoIP
+from regiongate.state.fleet import Fleet
+from regiongate.state.ttft import explain_rows
 
 PROBE_ROUNDS = 3
 

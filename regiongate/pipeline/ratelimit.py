@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from regiongate.config_scale import LimitsConfig, OutageMode, RateLimit
+from regiongate.config.scale import LimitsConfig, OutageMode, RateLimit
 from regiongate.core import RouteError
-from regiongate.gateway import Inbound, Routed
-from regiongate.redis_link import ERRORS, RedisLink, shared_unavailable
+from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.usage import UsageRecord
+from regiongate.state.redis_link import ERRORS, RedisLink, shared_unavailable
 from regiongate.upstream.simulated import count_prompt_tokens
-from regiongate.usage import UsageRecord
 
 log = logging.getLogger("regiongate.ratelimit")
 WINDOW_MS = 60_000.0

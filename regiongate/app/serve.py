@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from regiongate.app.logs import setup_logging
+from regiongate.app.runtime import build_keys, build_runtime
 from regiongate.config import Config
-from regiongate.logs import setup_logging
 from regiongate.rest.app import RestApp
-from regiongate.runtime import build_keys, build_runtime
 
 log = logging.getLogger("regiongate")
 
@@ -82,8 +82,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
-    from regiongate.reload import install_sighup
-    from regiongate.shared import Replica
+    from regiongate.app.reload import install_sighup
+    from regiongate.app.scaleout import Replica
 
     runtime = build_runtime(cfg, dict(os.environ), replica=Replica(worker, max(opts.workers, 1)))
     app = RestApp(runtime, access_log=opts.access_log)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from regiongate.capacity import CapacityStore, LocalCapacity, deployment_key
-from regiongate.capacity_redis import RedisCapacity
 from regiongate.config import Config
-from regiongate.config_scale import OutageMode
-from regiongate.fleet import Fleet
-from regiongate.health import Outlier
-from regiongate.probes import Prober
-from regiongate.ratelimit import LocalRates, RateLimits, RateStore, RedisRates
-from regiongate.redis_link import RedisLink, share_of
+from regiongate.config.scale import OutageMode
+from regiongate.health.probes import Prober
+from regiongate.pipeline.ratelimit import LocalRates, RateLimits, RateStore, RedisRates
+from regiongate.state.capacity import CapacityStore, LocalCapacity, deployment_key
+from regiongate.state.capacity_redis import RedisCapacity
+from regiongate.state.fleet import Fleet
+from regiongate.state.outlier import Outlier
+from regiongate.state.redis_link import RedisLink, share_of
 
 
 @dataclass(frozen=True, slots=True)

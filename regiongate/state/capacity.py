@@ -1,7 +1,7 @@
 """Capacity leases: where concurrency per deployment (model x region) is counted.
 
 One interface, two implementations: ``LocalCapacity`` (in-process, the default) and the shared Redis one
-(``regiongate.capacity_redis``). A lease is taken before a backend is called and released exactly once,
+(``regiongate.state.capacity_redis``). A lease is taken before a backend is called and released exactly once,
 on completion, error or client disconnect.
 """
 

@@ -49,7 +49,7 @@ from regiongate.upstream.simulated import SimulatedEngine
 
 if TYPE_CHECKING:
     from regiongate.config import Config, LoadConfig
-    from regiongate.fleet import Backend, Deployment, Fleet
+    from regiongate.state.fleet import Backend, Deployment, Fleet
 
 log = logging.getLogger("regiongate.load")
 

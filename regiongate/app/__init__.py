@@ -1,0 +1,1 @@
+"""The composition root: runtime, serve, reload, command line, logs."""

@@ -1,0 +1,1 @@
+"""Live state behind small interfaces: the fleet, capacity (in process and Redis), outlier, TTFT."""
