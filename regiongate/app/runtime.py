@@ -18,6 +18,7 @@ from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
 from regiongate.pipeline.auth import Principal, StaticKeys, hash_key, new_key
+from regiongate.pipeline.caller import Callers
 from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.usage import MemoryUsage
 from regiongate.state.capacity import CapacityStore, LocalCapacity
@@ -39,6 +40,7 @@ class Runtime:
     gateway: Gateway
     metrics: Metrics
     usage: MemoryUsage
+    callers: Callers  # who calls, through which endpoint: both listeners resolve callers here
     generated_keys: dict[str, str] = field(default_factory=dict)  # team -> key printed at start-up
     shared: Shared | None = None  # Redis link, rate limits, probes (regiongate.app.scaleout)
     on_reload: list[Callable[[Runtime], None]] = field(default_factory=list)  # see regiongate.app.reload
@@ -170,7 +172,9 @@ def build_runtime(
     control = build_control(cfg, dict(os.environ) if env is None else env, zones)
     sink = TeeUsage(usage, control.writer) if control is not None else usage
     gateway = Gateway(fleet, sink, metrics, hooks=[shared.limits])
-    rt = Runtime(cfg, fleet, keys, gateway, metrics, usage, generated, shared, control=control)
+    rt = Runtime(cfg, fleet, keys, gateway, metrics, usage, Callers(cfg, lambda: rt.keys), generated, shared)
+    rt.control = control
+    rt.on_reload.append(lambda r: r.callers.configure(r.config))
     if control is not None:
         control.attach(rt)
     shared.prober = Prober(lambda: rt.fleet, cfg.health)

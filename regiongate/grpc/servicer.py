@@ -7,9 +7,7 @@ Every other method of every service xai-sdk ships answers UNIMPLEMENTED naming w
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -19,18 +17,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
 
 from regiongate.app.runtime import Runtime
-from regiongate.core import Endpoint, EndpointKind, Location, RouteError, parse_location
+from regiongate.core import EndpointKind, RouteError
 from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.status import abort, upstream_error
-from regiongate.pipeline.auth import Principal, bearer_token
+from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n
 from regiongate.pipeline.catalog import offering, visible_models
-from regiongate.pipeline.endpoints import Endpoints
 from regiongate.pipeline.failover import Inbound, Routed
-from regiongate.pipeline.geoip import GeoIP, client_address, open_geoip
 from regiongate.pipeline.sse import iter_json_events
-from regiongate.rest.app import MAX_N, TrustedProxies
 
 SERVED = (
     "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "
@@ -42,18 +37,6 @@ class _BadEvent(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    principal: Principal
-    endpoint: Endpoint
-    key: str
-    location: Location | None
-
-
-def _request_id(md: dict[str, str]) -> str:
-    return md.get("x-request-id", "")[:128] or "req_" + os.urandom(12).hex()
-
-
 def _metadata(context: Any) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
@@ -62,17 +45,7 @@ class XaiServices:
     def __init__(self, runtime: Runtime, conns: Connections) -> None:
         self.rt = runtime
         self.conns = conns
-        self._configure(runtime)
-        runtime.on_reload.append(self._configure)
-
-    def _configure(self, runtime: Runtime) -> None:
-        """What is cached from the config, at start and after each reload (as the REST listener does)."""
-        cfg = runtime.config
-        self.endpoints = Endpoints(cfg)
-        self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
-        old: GeoIP | None = getattr(self, "geoip", None)
-        path = cfg.gateway.geoip_database
-        self.geoip = old if old is not None and old.path == path else open_geoip(path)
+        self.callers = runtime.callers  # the REST listener's too: one config cache, one id sequence
 
     # --- who is calling, through which endpoint --------------------------------------------------------
     def _conn(self, context: Any) -> ConnInfo:
@@ -93,37 +66,20 @@ class XaiServices:
             )
         return info
 
-    def _endpoint(self, info: ConnInfo) -> Endpoint:
-        authority = info.authority or ""
-        return self.endpoints.resolve(authority)
-
     def _caller(self, context: Any, md: dict[str, str]) -> Caller:
         info = self._conn(context)
-        key = bearer_token(md.get("authorization"))
-        principal = self.rt.keys.lookup(key) if key else None
-        if principal is None or key is None:
-            what = (
-                "Incorrect API key provided."
-                if key
-                else "No API key provided: send 'authorization: Bearer <key>' metadata."
-            )
-            raise ClientError(what, code="invalid_api_key", status=401, type="authentication_error")
-        endpoint = self._endpoint(info)
-        location = None
-        raw = md.get("x-regiongate-client-location")
-        if raw is not None and info.client is not None and info.client[0] in self.trusted:
-            location = parse_location(raw)
-            if location is None:
-                raise ClientError(
-                    "x-regiongate-client-location must be '<lat>,<lon>' in degrees.",
-                    code="invalid_client_location",
-                    param="x-regiongate-client-location",
-                )
-        elif self.geoip is not None:  # as REST: the real peer, or what trusted proxies forwarded
-            forwarded = [md["x-forwarded-for"]] if "x-forwarded-for" in md else []
-            addr = client_address(info.client[0] if info.client else None, forwarded, self.trusted)
-            location = self.geoip.locate(addr) if addr else None
-        return Caller(principal, endpoint, key, location)
+        forwarded = [md["x-forwarded-for"]] if "x-forwarded-for" in md else []
+        return self.callers.resolve(
+            authorization=md.get("authorization"),
+            how="'authorization: Bearer <key>' metadata",
+            host=info.authority or "",
+            peer=info.client[0] if info.client else None,
+            explicit_location=md.get(CLIENT_LOCATION),
+            forwarded=forwarded,
+        )
+
+    def _request_id(self, md: dict[str, str]) -> str:
+        return md.get("x-request-id", "")[:128] or self.callers.request_id()
 
     async def _caller_or_abort(self, context: Any) -> Caller:
         """The caller of a call that needs nothing more than who and where; refusals end the call."""
@@ -131,19 +87,18 @@ class XaiServices:
         try:
             return self._caller(context, md)
         except RouteError as e:
-            await abort(context, e, _request_id(md))
+            await abort(context, e, self._request_id(md))
             raise
 
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
     ) -> tuple[Routed, str]:
         md = _metadata(context)
-        rid = _request_id(md)
+        rid = self._request_id(md)
         try:
             caller = self._caller(context, md)
             payload = translate.chat_payload(request, stream)
-            if payload.get("n", 1) > MAX_N:
-                raise ClientError(f"Field 'n' must be at most {MAX_N}.", code="invalid_value", param="n")
+            check_n(payload.get("n", 1))
             inbound = Inbound(
                 "/chat/completions",
                 payload,
@@ -251,7 +206,7 @@ class XaiServices:
         self, request: models_pb2.GetModelRequest, context: Any
     ) -> models_pb2.LanguageModel:
         md = _metadata(context)
-        rid = _request_id(md)
+        rid = self._request_id(md)
         try:
             c = self._caller(context, md)
             for m in visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models):

@@ -5,10 +5,7 @@ Listener -> authentication -> endpoint resolution (Host) -> parse only what rout
 
 from __future__ import annotations
 
-import ipaddress
-import itertools
 import logging
-import os
 import time
 from typing import Any
 
@@ -30,70 +27,32 @@ from regiongate.asgi import (
     send_json,
     stream_response,
 )
-from regiongate.core import Endpoint, Location, RouteError, parse_location
-from regiongate.pipeline.auth import Principal, bearer_token
+from regiongate.core import Endpoint, Location, RouteError
+from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.caller import CLIENT_LOCATION, check_n
 from regiongate.pipeline.catalog import offering, region_views, visible_models
-from regiongate.pipeline.endpoints import Endpoints
 from regiongate.pipeline.failover import Inbound
-from regiongate.pipeline.geoip import GeoIP, client_address, open_geoip
 from regiongate.rest.openapi import DOCUMENT_BYTES
 
 log = logging.getLogger("regiongate.access")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-CLIENT_LOCATION = b"x-regiongate-client-location"
-MAX_N = 128  # choices per request, as the OpenAI API allows
-
-
-class TrustedProxies:
-    def __init__(self, networks: list[str]) -> None:
-        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
-        self._cache: dict[str, bool] = {}
-
-    def __contains__(self, addr: str) -> bool:
-        hit = self._cache.get(addr)
-        if hit is None:
-            try:
-                ip = ipaddress.ip_address(addr)
-                hit = any(ip in n for n in self._nets)
-            except ValueError:
-                hit = False
-            if len(self._cache) < 4096:
-                self._cache[addr] = hit
-        return hit
-
-
-class RequestIds:
-    """``req_`` + a random per-process prefix + a counter: unique across processes and restarts without
-    asking the kernel for randomness on every request."""
-
-    def __init__(self) -> None:
-        self._prefix = "req_" + os.urandom(6).hex()
-        self._next = itertools.count(1).__next__
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{self._next():012x}"
 
 
 class RestApp:
     def __init__(self, runtime: Runtime, access_log: bool = False) -> None:
         self.rt = runtime
+        self.callers = runtime.callers
         self._configure(runtime)
         runtime.on_reload.append(self._configure)
         self.access_log = access_log
         self.ready = True
-        self._request_id = RequestIds()
+        self._request_id = self.callers.request_id
         # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
         self.mounts: list[tuple[str, ASGIApp]] = list(runtime.mounts)
 
     def _configure(self, runtime: Runtime) -> None:
         """Read what the listener caches from the config (at start and after each reload)."""
-        cfg = runtime.config
-        self.endpoints = Endpoints(cfg)
-        self.max_body = cfg.gateway.max_body_bytes
-        self.trusted = TrustedProxies(cfg.gateway.trusted_proxies)
-        old: GeoIP | None = getattr(self, "geoip", None)
-        path = cfg.gateway.geoip_database
-        self.geoip = old if old is not None and old.path == path else open_geoip(path)
+        self.max_body = runtime.config.gateway.max_body_bytes
 
     # --- ASGI entry ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,42 +135,19 @@ class RestApp:
 
     # --- /v1 ---------------------------------------------------------------------------------------
     def _endpoint(self, headers: dict[bytes, bytes]) -> Endpoint:
-        host = headers.get(b"host", b"").decode("latin-1")
-        return self.endpoints.resolve(host)
+        return self.callers.endpoint(headers.get(b"host", b"").decode("latin-1"))
 
     def _principal(self, headers: dict[bytes, bytes]) -> Principal:
         raw = headers.get(b"authorization")
-        key = bearer_token(raw.decode("latin-1") if raw else None)
-        principal = self.rt.keys.lookup(key) if key else None
-        if principal is None:
-            what = (
-                "Incorrect API key provided."
-                if key
-                else "No API key provided: send 'Authorization: Bearer <key>'."
-            )
-            raise client_error(401, what, "invalid_api_key", type="authentication_error")
-        return principal
+        how = "'Authorization: Bearer <key>'"
+        return self.callers.principal(raw.decode("latin-1") if raw else None, how)[0]
 
     def _client_location(self, scope: Scope, headers: dict[bytes, bytes]) -> Location | None:
-        """The explicit header from a trusted proxy, else GeoIP of the client address (regiongate.pipeline.geoip)."""
         client = scope.get("client")
-        peer = client[0] if client else None
-        raw = headers.get(CLIENT_LOCATION)
-        if raw is not None and peer is not None and peer in self.trusted:  # only proxies may say it
-            loc = parse_location(raw.decode("latin-1"))
-            if loc is None:
-                raise client_error(
-                    400,
-                    "x-regiongate-client-location must be '<lat>,<lon>' in degrees.",
-                    "invalid_client_location",
-                    param="x-regiongate-client-location",
-                )
-            return loc
-        if self.geoip is None:
-            return None
+        raw = headers.get(CLIENT_LOCATION.encode())
         forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
-        addr = client_address(peer, forwarded, self.trusted)
-        return self.geoip.locate(addr) if addr else None
+        explicit = raw.decode("latin-1") if raw is not None else None
+        return self.callers.location(client[0] if client else None, explicit, forwarded)
 
     async def _api(
         self,
@@ -303,9 +239,7 @@ class RestApp:
             v = payload.get(name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise client_error(400, f"Field '{name}' must be a positive integer.", "invalid_value", name)
-        n = payload.get("n")
-        if isinstance(n, int) and n > MAX_N:
-            raise client_error(400, f"Field 'n' must be at most {MAX_N}.", "invalid_value", "n")
+        check_n(payload.get("n"))
         if subpath == "/chat/completions":
             msgs = payload.get("messages")
             if not isinstance(msgs, list) or not msgs:
