@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from regiongate.core import scope
 from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.geo import Location, rtt_from_distance_ms
@@ -157,32 +158,17 @@ def _where(request: RouteRequest) -> str:
 
 
 def _fence_error(snapshot: WorldSnapshot, request: RouteRequest) -> RouteError | None:
-    """A key fenced to a zone may not address a region or zone outside it."""
-    zone = request.access.zone
     ep = request.endpoint
-    if zone is None or ep.kind is EndpointKind.GLOBAL:
-        return None
-    if ep.kind is EndpointKind.ZONE and ep.name != zone:
-        return RouteError.region_not_allowed(f"data zone {ep.name}", f"data zone {zone}")
-    if ep.kind is EndpointKind.REGION and snapshot.regions[ep.name].zone != zone:
-        return RouteError.region_not_allowed(f"region {ep.name}", f"data zone {zone}")
-    return None
+    ep_zone = snapshot.regions[ep.name].zone if ep.kind is EndpointKind.REGION else None
+    return scope.fence_error(ep, request.access, ep_zone)
 
 
 def _in_scope(snapshot: WorldSnapshot, request: RouteRequest, region: str) -> bool:
-    ep = request.endpoint
-    if ep.kind is EndpointKind.REGION and region != ep.name:
-        return False
-    zone = snapshot.regions[region].zone
-    if ep.kind is EndpointKind.ZONE and zone != ep.name:
-        return False
-    return request.access.zone is None or zone == request.access.zone
+    return scope.in_scope(request.endpoint, request.access, region, snapshot.regions[region].zone)
 
 
 def _in_fence(snapshot: WorldSnapshot, request: RouteRequest, region: str) -> bool:
-    """Inside the key's data zone (if any): refusals only ever point a fenced key at such regions."""
-    zone = request.access.zone
-    return zone is None or snapshot.regions[region].zone == zone
+    return scope.in_fence(request.access, snapshot.regions[region].zone)
 
 
 def _serviceable(dep: DeploymentState) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regiongate.config import ModelInfo
-from regiongate.core import Access, Endpoint, EndpointKind
+from regiongate.core import Access, Endpoint, scope
 from regiongate.health.probes import backend_health
 from regiongate.state.fleet import Fleet
 
@@ -19,14 +19,7 @@ class ModelView:
 
 
 def in_endpoint(fleet: Fleet, endpoint: Endpoint, access: Access, region: str) -> bool:
-    zone = fleet.regions[region].zone
-    if access.zone is not None and zone != access.zone:
-        return False
-    if endpoint.kind is EndpointKind.REGION:
-        return region == endpoint.name
-    if endpoint.kind is EndpointKind.ZONE:
-        return zone == endpoint.name
-    return True
+    return scope.in_scope(endpoint, access, region, fleet.regions[region].zone)
 
 
 def visible_models(
@@ -50,7 +43,7 @@ def offering(fleet: Fleet, model: str, access: Access) -> list[str]:
         d.region
         for d in fleet.by_model.get(model, ())
         if access.permits(model, d.region)
-        and (access.zone is None or fleet.regions[d.region].zone == access.zone)
+        and scope.in_fence(access, fleet.regions[d.region].zone)
     ]
 
 

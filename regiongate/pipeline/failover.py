@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide
+from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide, scope
 from regiongate.core.errors import GatewayError
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
@@ -194,7 +194,7 @@ class Gateway:
             if access.permits(inbound.model, d.region)
             and d.free > 0
             and d.has_healthy_backend
-            and (access.zone is None or snap.regions[d.region].zone == access.zone)  # never outside the fence
+            and scope.in_fence(access, snap.regions[d.region].zone)  # a hint never points outside the fence
         ]
 
     def _call(self, inbound: Inbound, backend: Backend) -> UpstreamCall:

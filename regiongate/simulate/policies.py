@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 from regiongate.core import (
     DeploymentState,
-    EndpointKind,
     Location,
     RouteError,
     RouteRequest,
     WorldSnapshot,
     decide,
     rtt_from_distance_ms,
+    scope,
 )
 from regiongate.core.policy import Candidate, Estimate, Plan
 
@@ -34,22 +34,10 @@ def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[Deployment
     """Deployments of the model that the endpoint, the key's zone fence and its grants allow."""
     ep, access, model = request.endpoint, request.access, request.model
     deps = snapshot.by_model.get(model, ())
-    if ep.kind is EndpointKind.GLOBAL and access.zone is None and access.grants is None:
-        return list(deps)  # nothing narrows the scope
+    if scope.unbounded(ep, access):
+        return list(deps)
     regions = snapshot.regions
-    out = []
-    for d in deps:
-        if not access.permits(model, d.region):
-            continue
-        zone = regions[d.region].zone
-        if ep.kind is EndpointKind.REGION and d.region != ep.name:
-            continue
-        if ep.kind is EndpointKind.ZONE and zone != ep.name:
-            continue
-        if access.zone is not None and zone != access.zone:
-            continue
-        out.append(d)
-    return out
+    return [d for d in deps if scope.serves(ep, access, model, d.region, regions[d.region].zone)]
 
 
 def _candidate(d: DeploymentState, route: str, network_ms: float) -> Candidate:
