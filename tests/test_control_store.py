@@ -13,9 +13,10 @@ import pytest
 from regiongate.control.keys import CachedKeys
 from regiongate.control.metering import BatchUsageWriter
 from regiongate.control.migrations import LATEST, MIGRATIONS
-from regiongate.control.model import AccessSnapshot, Conflict, Invalid, NewKey, NotFound, StoreUnavailable
+from regiongate.control.model import AccessSnapshot, NewKey
 from regiongate.control.store import ControlStore, open_store, redact, split_pg_url
 from regiongate.core import Access, Grant
+from regiongate.core.errors import Conflict, Invalid, NotFound, StoreUnavailable
 from regiongate.pipeline.auth import Principal, hash_key
 from regiongate.pipeline.usage import UsageRecord
 from tests.control_support import drop_schema, new_schema, pg_url, require_pg

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 
 from regiongate.config import Config
-from regiongate.control.model import Invalid
 from regiongate.core import Access, Grant
+from regiongate.core.errors import Invalid
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,9 +31,9 @@ def _config(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace, body: Callable[[Any], Awaitable[int]]) -> int:
     """Open the store (migrating it if needed), run ``body(ops)``, turn control errors into messages."""
     from regiongate.config.control import resolve
-    from regiongate.control.model import ControlError
     from regiongate.control.ops import Operations
     from regiongate.control.store import open_store
+    from regiongate.core.errors import RouteError
 
     cfg = _config(args)
     url = args.store or resolve(cfg.control, dict(os.environ)).store_url
@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace, body: Callable[[Any], Awaitable[int]]) -> int
 
     try:
         return asyncio.run(main())
-    except ControlError as e:
+    except RouteError as e:
         print(f"regiongate: {e.message}", file=sys.stderr)
         return 1
 
@@ -76,8 +76,8 @@ def _when(at: float | None) -> str:
 
 # --- teams -------------------------------------------------------------------------------------------
 def cmd_teams(args: argparse.Namespace) -> int:
-    from regiongate.control.model import NotFound
     from regiongate.control.ops import config_team
+    from regiongate.core.errors import NotFound
 
     async def body(ops: Any) -> int:
         action = args.teams_command

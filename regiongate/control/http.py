@@ -27,8 +27,8 @@ from urllib.parse import parse_qs
 import orjson
 
 from regiongate.asgi import BodyTooLarge, Receive, Scope, Send, read_body, send_json
-from regiongate.control.model import ControlError, Invalid, NotFound
 from regiongate.control.ops import config_team
+from regiongate.core.errors import Invalid, NotFound, RouteError
 from regiongate.pipeline.auth import bearer_token, hash_key
 from regiongate.pipeline.receipts import JWKS_PATH
 
@@ -144,7 +144,7 @@ class AdminApi:
                 continue
             try:
                 status, body = await handler(Call(scope, receive, match.groupdict()))
-            except ControlError as e:
+            except RouteError as e:
                 status, body = e.status, _error(e.status, e.message, e.code, e.param)
             await send_json(send, status, body)
             return

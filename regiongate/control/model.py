@@ -1,9 +1,9 @@
-"""The control plane's values (teams, keys, usage rows) and its one error tree.
+"""The control plane's values (teams, keys, usage rows) and the checks of their names and labels.
 
-``ControlError`` is split by what went wrong, each with the HTTP status the admin API answers with:
-``Invalid`` (400, a malformed name or value), ``NotFound`` (404, unknown team or key), ``Conflict``
-(409, a duplicate name or an already revoked key), ``StoreUnavailable`` (503, the database cannot be
-reached). Messages name the offending field and say what is allowed.
+Refusals are the core's one error tree (``regiongate.core.errors``): ``Invalid`` (a malformed name or
+value), ``NotFound`` (unknown team or key), ``Conflict`` (a duplicate name or an already revoked key),
+``StoreUnavailable`` (the database cannot be reached). Messages name the offending field and say what is
+allowed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from regiongate.core import Grant
+from regiongate.core.errors import Invalid
 from regiongate.pipeline.auth import Principal
 
 # Team names appear in URLs, CLI arguments and receipts: keep them to a safe, readable alphabet.
@@ -19,36 +20,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 KEY_ID_RE = re.compile(r"^key_[0-9a-f]{8,32}$")
 LABEL_MAX = 128
-
-
-class ControlError(Exception):
-    status = 400
-    code = "invalid_value"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class Invalid(ControlError):
-    status = 400
-    code = "invalid_value"
-
-
-class NotFound(ControlError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(ControlError):
-    status = 409
-    code = "conflict"
-
-
-class StoreUnavailable(ControlError):
-    status = 503
-    code = "store_unavailable"
 
 
 def check_name(name: object, what: str = "team") -> str:

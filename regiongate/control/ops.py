@@ -10,19 +10,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from regiongate.config import Config
 from regiongate.control.catalog import Offer
-from regiongate.control.model import (
-    ApiKey,
-    Conflict,
-    Invalid,
-    NewKey,
-    NotFound,
-    Team,
-    UsageRow,
-    check_label,
-    check_name,
-)
+from regiongate.control.model import ApiKey, NewKey, Team, UsageRow, check_label, check_name
 from regiongate.control.store import ControlStore
 from regiongate.core import Access, Grant
+from regiongate.core.errors import Conflict, Invalid, NotFound
 from regiongate.pipeline.auth import hash_key, new_key
 
 log = logging.getLogger("regiongate.control")

@@ -12,10 +12,11 @@ from regiongate.config import Config
 from regiongate.config.control import Resolved, resolve
 from regiongate.control.keys import CachedKeys, ControlKeys
 from regiongate.control.metering import BatchUsageWriter
-from regiongate.control.model import AccessSnapshot, ControlError
+from regiongate.control.model import AccessSnapshot
 from regiongate.control.ops import Operations
 from regiongate.control.store import ControlStore, open_store
 from regiongate.core import GatewayError
+from regiongate.core.errors import RouteError
 from regiongate.pipeline.receipts import KeyRing, ReceiptHook, jwk_set
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class ControlPlane:
         since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days - 1) * 86400))
         try:
             rows = await self.store.usage(team, since)
-        except ControlError as e:
+        except RouteError as e:
             raise GatewayError(e.message, code="store_unavailable", status=503, retry_after=1.0) from None
         return [r.to_json() for r in rows]
 

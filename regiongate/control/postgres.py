@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg
 
-from regiongate.control.model import Invalid
 from regiongate.control.sqlstore import Conn, SqlStore
 from regiongate.control.store import redact
+from regiongate.core.errors import Invalid
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

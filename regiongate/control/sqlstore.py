@@ -18,18 +18,9 @@ from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TypeVar
 
 from regiongate.control.migrations import MIGRATIONS, MIGRATIONS_TABLE
-from regiongate.control.model import (
-    AccessSnapshot,
-    ApiKey,
-    Conflict,
-    NewKey,
-    NotFound,
-    StoreUnavailable,
-    Team,
-    UsageRow,
-    check_name,
-)
+from regiongate.control.model import AccessSnapshot, ApiKey, NewKey, Team, UsageRow, check_name
 from regiongate.core import Access, Grant
+from regiongate.core.errors import Conflict, NotFound, StoreUnavailable
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.usage import UsageRecord
 

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from regiongate.control.model import AccessSnapshot, ApiKey, Invalid, NewKey, Team, UsageRow
+from regiongate.control.model import AccessSnapshot, ApiKey, NewKey, Team, UsageRow
 from regiongate.core import Grant
+from regiongate.core.errors import Invalid
 from regiongate.pipeline.usage import UsageRecord
 
 

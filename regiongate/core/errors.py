@@ -1,9 +1,16 @@
-"""One error type for every refusal, split by fault (like h11's Local/RemoteProtocolError).
+"""The one exception tree, split by fault (like h11's Local/RemoteProtocolError)::
 
-``ClientError`` (4xx): the caller asked for something wrong or not allowed. ``GatewayError`` (503): we cannot
-serve it now (capacity, region down). ``UpstreamError`` (502/504): a backend failed after we chose it.
-Each carries what both protocol adapters need: HTTP status, OpenAI ``type``/``code``, a message that says
-what to do, and an optional retry hint. The gRPC adapter maps ``status`` to a status code.
+    RouteError                   every refusal: status, OpenAI type/code/param, message, retry hint, headers
+    +-- ClientError      4xx     the caller asked for something wrong or not allowed
+    |   +-- Invalid      400     a malformed value (control plane: names, labels, grants)
+    |   +-- NotFound     404     no such team, key or object
+    |   +-- Conflict     409     it exists already
+    +-- GatewayError     503     we cannot serve it now (capacity, region down)
+    |   +-- StoreUnavailable     the control-plane store did not answer
+    +-- UpstreamError    502/504 the backends we chose failed
+
+Each carries what every adapter needs (REST, gRPC, the admin API, the CLI): the gRPC adapter maps ``status``
+to a status code, the others render ``body()``. Messages say what happened and what to do.
 """
 
 from __future__ import annotations
@@ -127,3 +134,33 @@ class GatewayError(RouteError):
 class UpstreamError(RouteError):
     status = 502
     type = "upstream_error"
+
+
+class _Coded:
+    """A refusal whose code and status are the class's own: raised as ``NotFound(message, param=...)``."""
+
+    code: str
+    status: int
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        RouteError.__init__(self, message, code=type(self).code, param=param)  # type: ignore[arg-type]
+
+
+class Invalid(_Coded, ClientError):
+    status = 400
+    code = "invalid_value"
+
+
+class NotFound(_Coded, ClientError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(_Coded, ClientError):
+    status = 409
+    code = "conflict"
+
+
+class StoreUnavailable(_Coded, GatewayError):
+    status = 503
+    code = "store_unavailable"

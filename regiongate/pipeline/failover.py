@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide, scope
-from regiongate.core.errors import GatewayError
+from regiongate.core.errors import GatewayError, UpstreamError
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.sse import SseRelay, event
@@ -174,11 +174,11 @@ class Gateway:
                 retry,
             )
         else:
-            err = GatewayError(
+            full = all(f.endswith(": full") for f in failures)  # nothing failed: every region filled up
+            err = (GatewayError if full else UpstreamError)(
                 f"No region could serve '{inbound.model}': tried {', '.join(regions)} ({'; '.join(failures)}). "
                 f"Retry after {retry:g}s.",
                 code="upstream_unavailable",
-                status=503 if all(f.endswith(": full") for f in failures) else 502,
                 type="upstream_error",
                 retry_after=retry,
             )
