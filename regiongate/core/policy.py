@@ -24,6 +24,7 @@ from regiongate.core import scope
 from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.geo import Location, rtt_from_distance_ms
+from regiongate.core.labels import Drop, Route
 from regiongate.core.request import RouteRequest
 from regiongate.core.world import DeploymentState, WorldSnapshot
 
@@ -45,7 +46,7 @@ class Estimate:
 class Candidate:
     region: str
     backends: tuple[str, ...]  # healthy backend ids, best first
-    route: str  # nearest | spillover | pinned | zone
+    route: Route
     estimate: Estimate
     free: int
 
@@ -185,7 +186,7 @@ def _backend_order(dep: DeploymentState) -> tuple[str, ...]:
 
 
 # Why a ranked region is not a candidate ("" when it is one).
-UNHEALTHY, FULL, OVER_BUDGET = "no healthy backend", "full", "over budget"
+UNHEALTHY, FULL, OVER_BUDGET = Drop.UNHEALTHY, Drop.FULL, Drop.OVER_BUDGET
 
 
 def _drop(dep: DeploymentState, total_ms: float, limit_ms: float | None) -> str:
@@ -293,13 +294,13 @@ def _full(dep: DeploymentState) -> str:
     return f"{dep.in_use}/{dep.limit} in use"
 
 
-def _route(request: RouteRequest, *, first_choice: bool) -> str:
+def _route(request: RouteRequest, *, first_choice: bool) -> Route:
     kind = request.endpoint.kind
     if kind is EndpointKind.REGION:
-        return "pinned"
+        return Route.PINNED
     if kind is EndpointKind.ZONE:
-        return "zone"
-    return "nearest" if first_choice else "spillover"
+        return Route.ZONE
+    return Route.NEAREST if first_choice else Route.SPILLOVER
 
 
 def _refusal(

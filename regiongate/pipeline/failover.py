@@ -19,6 +19,7 @@ import orjson
 
 from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide, scope
 from regiongate.core.errors import GatewayError, UpstreamError
+from regiongate.core.labels import Route
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.sse import SseRelay, event
@@ -57,7 +58,7 @@ class Routed:
     status: int
     content_type: str
     region: str
-    route: str
+    route: Route
     backend: str
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None  # for streams
@@ -81,7 +82,7 @@ class _Attempt:
     deployment: Deployment
     backend: Backend
     lease: Lease
-    route: str
+    route: Route
     started: float
 
 
@@ -127,7 +128,7 @@ class Gateway:
         fleet = self.fleet  # one fleet for the whole request, even when a reload swaps it meanwhile
         plan = self.plan(inbound, fleet)
         if isinstance(plan, RouteError):
-            self._record(inbound, "", "", plan.status, None, None, started)
+            self._record(inbound, "", Route.NONE, plan.status, None, None, started)
             raise plan
         failures: list[str] = []
         moved = False
@@ -144,7 +145,7 @@ class Gateway:
                     backend = fleet.backends[bid]
                     # A global request that moved after a failure says so; regional and zone requests keep
                     # their label, which states where the data may be processed.
-                    route = "failover" if moved and cand.route in ("nearest", "spillover") else cand.route
+                    route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
                     attempt = _Attempt(inbound, dep, backend, lease, route, started)
                     try:
                         routed = await self._try(attempt)
@@ -182,7 +183,7 @@ class Gateway:
                 type="upstream_error",
                 retry_after=retry,
             )
-        self._record(inbound, "", "", err.status, None, None, started)
+        self._record(inbound, "", Route.NONE, err.status, None, None, started)
         return err
 
     def _could_serve(self, inbound: Inbound) -> list[str]:
@@ -349,7 +350,7 @@ class Gateway:
         self,
         inbound: Inbound,
         region: str,
-        route: str,
+        route: Route,
         status: int,
         usage: dict[str, Any] | None,
         ttft_ms: float | None,

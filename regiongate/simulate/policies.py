@@ -25,6 +25,7 @@ from regiongate.core import (
     rtt_from_distance_ms,
     scope,
 )
+from regiongate.core.labels import Route
 from regiongate.core.policy import Candidate, Estimate, Plan
 
 Policy = Callable[[WorldSnapshot, RouteRequest], Plan | RouteError]
@@ -40,7 +41,7 @@ def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[Deployment
     return [d for d in deps if scope.serves(ep, access, model, d.region, regions[d.region].zone)]
 
 
-def _candidate(d: DeploymentState, route: str, network_ms: float) -> Candidate:
+def _candidate(d: DeploymentState, route: Route, network_ms: float) -> Candidate:
     return Candidate(
         d.region,
         tuple(b.id for b in d.backends if b.healthy),
@@ -84,7 +85,7 @@ class NearestOnly(_Baseline):
                     best, best_key = d, key
         if best is None or best.free <= 0:
             return _refuse(snapshot, request, scope)
-        return Plan(request.model, (_candidate(best, "nearest", best_key[0]),), first_choice=best.region)
+        return Plan(request.model, (_candidate(best, Route.NEAREST, best_key[0]),), first_choice=best.region)
 
 
 class LeastLoaded(_Baseline):
@@ -94,7 +95,7 @@ class LeastLoaded(_Baseline):
         if not open_:
             return _refuse(snapshot, request, scope)
         ranked = sorted(open_, key=lambda d: (d.in_use / d.limit, d.region))
-        route = "least-loaded"
+        route = Route.LEAST_LOADED
         cands = (_candidate(d, route, self.rtt_ms(snapshot, request, d.region)) for d in ranked)
         first = next(cands)
         return Plan(request.model, (first,), first_choice=first.region, more=cands)

@@ -1,0 +1,27 @@
+"""The words the gateway answers with: routes in ``x-regiongate-route`` and the reasons a region was dropped.
+
+``StrEnum`` members are their own strings, so headers, metrics labels, receipts and JSON carry the plain
+word, and a typo in a comparison is a NameError instead of a silent mismatch.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Route(StrEnum):
+    NEAREST = "nearest"  # global: the best-ranked region in scope had room
+    SPILLOVER = "spillover"  # global: the best had no room, the next-closest with room took it
+    FAILOVER = "failover"  # global: a region failed before the first byte, another answered
+    PINNED = "pinned"  # a regional endpoint: that region or nothing
+    ZONE = "zone"  # a zone endpoint or a zone-fenced key: inside the data zone
+    LEAST_LOADED = "least-loaded"  # the simulator's least-loaded baseline, never the gateway
+    NONE = ""  # refused before any region was chosen
+
+
+class Drop(StrEnum):
+    """Why ``route explain`` lists a region as dropped."""
+
+    UNHEALTHY = "no healthy backend"
+    FULL = "full"
+    OVER_BUDGET = "over budget"
