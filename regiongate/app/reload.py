@@ -69,9 +69,8 @@ async def _retire(backends: list[Backend], deadline_s: float) -> None:
         await b.upstream.aclose()
 
 
-def _keys(rt: Runtime, cfg: Config) -> StaticKeys | None:
-    if not isinstance(rt.keys, StaticKeys):
-        return None  # a control-plane key store reloads itself
+def _keys(rt: Runtime, cfg: Config) -> StaticKeys:
+    """The config's keys again (a control-plane store refreshes its own)."""
     keys, generated = build_keys(cfg)
     # A key generated at start-up was shown once; keep accepting it rather than minting a new one.
     for t in cfg.teams:
@@ -101,8 +100,7 @@ def apply(rt: Runtime, cfg: Config) -> None:
     rt.fleet = new
     rt.gateway.fleet = new
     rt.metrics.watch(new)
-    if keys is not None:
-        rt.keys = keys
+    rt.use_keys(keys)
     for hook in rt.on_reload:
         hook(rt)
     if retired:

@@ -17,7 +17,7 @@ from regiongate.core import Access, Grant, Location, Region
 from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
-from regiongate.pipeline.auth import Principal, StaticKeys, hash_key, new_key
+from regiongate.pipeline.auth import KeyStore, Principal, StaticKeys, hash_key, new_key
 from regiongate.pipeline.caller import Callers
 from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.usage import MemoryUsage
@@ -36,7 +36,7 @@ DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
 class Runtime:
     config: Config
     fleet: Fleet
-    keys: StaticKeys
+    config_keys: StaticKeys  # the config file's keys (and the demo key), rebuilt by each reload
     gateway: Gateway
     metrics: Metrics
     usage: MemoryUsage
@@ -49,7 +49,16 @@ class Runtime:
     load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
     _started: bool = False
+
+    def __post_init__(self) -> None:
+        self.use_keys(self.config_keys)
+
+    def use_keys(self, config_keys: StaticKeys) -> None:
+        """Install the config's keys, under the control plane's when there is one."""
+        self.config_keys = config_keys
+        self.keys = self.control.keys_over(config_keys) if self.control is not None else config_keys
 
     async def start(self) -> None:
         """Start background work (Redis heartbeat, probes) inside the serving loop. Idempotent: the first
@@ -155,6 +164,18 @@ def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKe
     return keys, generated
 
 
+def _mount_control(rt: Runtime, control: ControlPlane) -> None:
+    """The control plane's HTTP surfaces on the runtime (admin API, key set, console), following reloads."""
+    from regiongate.console import ConsoleApp
+    from regiongate.control.http import AdminApi, WellKnown
+
+    rt.mounts.append(("/admin", AdminApi(control)))
+    rt.mounts.append(("/.well-known", WellKnown(control)))
+    if rt.config.control.console:
+        rt.mounts.append(("/console", ConsoleApp(rt.callers, lambda: rt.config)))
+    rt.on_reload.append(lambda r: control.reconfigure(r.config))
+
+
 def build_runtime(
     cfg: Config,
     env: dict[str, str] | None = None,
@@ -172,11 +193,11 @@ def build_runtime(
     control = build_control(cfg, dict(os.environ) if env is None else env, zones)
     sink = TeeUsage(usage, control.writer) if control is not None else usage
     gateway = Gateway(fleet, sink, metrics, hooks=[shared.limits])
-    rt = Runtime(cfg, fleet, keys, gateway, metrics, usage, Callers(cfg, lambda: rt.keys), generated, shared)
-    rt.control = control
+    callers = Callers(cfg, lambda: rt.keys)
+    rt = Runtime(cfg, fleet, keys, gateway, metrics, usage, callers, generated, shared, control=control)
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
     if control is not None:
-        control.attach(rt)
+        _mount_control(rt, control)
     shared.prober = Prober(lambda: rt.fleet, cfg.health)
     metrics.registry.register(HealthCollector(lambda: rt.fleet, shared.link))
     rt.load = LoadScraper(lambda: rt.fleet, lambda: rt.config)

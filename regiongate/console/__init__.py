@@ -8,14 +8,13 @@ The page signs in with an API key kept in the tab's sessionStorage and calls the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from regiongate.asgi import Receive, Scope, Send, send_bytes, send_json
-from regiongate.pipeline.auth import bearer_token
-
-if TYPE_CHECKING:
-    from regiongate.app.runtime import Runtime
+from regiongate.config import Config
+from regiongate.core.errors import ClientError
+from regiongate.pipeline.caller import Callers
 
 PREFIX = "/console"
 _TYPES = {
@@ -42,8 +41,9 @@ def _error(status: int, message: str, code: str) -> dict[str, object]:
 
 
 class ConsoleApp:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, callers: Callers, config: Callable[[], Config]) -> None:
+        self.callers = callers
+        self.config = config  # read per request: the config in force after a reload
         root = resources.files(__name__)
         self.files = {name: root.joinpath(name).read_bytes() for name in _TYPES}
 
@@ -67,14 +67,13 @@ class ConsoleApp:
 
     async def _session(self, scope: Scope, send: Send) -> None:
         raw = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        key = bearer_token(raw.decode("latin-1") if raw else None)
-        principal = self.rt.keys.lookup(key) if key else None
-        if principal is None:
-            msg = "Incorrect API key provided." if key else "Sign in with an API key."
-            await send_json(send, 401, _error(401, msg, "invalid_api_key"))
+        try:
+            principal, _ = self.callers.principal(raw.decode("latin-1") if raw else None, "an API key")
+        except ClientError as e:
+            await send_json(send, e.status, _error(e.status, e.message, e.code))
             return
         a = principal.access
-        cfg = self.rt.config
+        cfg = self.config()
         await send_json(
             send,
             200,

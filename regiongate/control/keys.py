@@ -71,15 +71,14 @@ class CachedKeys:
             self._task = None
 
 
-class ControlKeys(StaticKeys):
-    """The config's keys (a ``StaticKeys``, so a config reload can still rebuild them) and then the
-    store's cached keys, with one hash per lookup."""
+class ControlKeys:
+    """The config's keys and then the store's cached keys, with one hash per lookup. A config reload
+    builds a new one over the new config keys (``Runtime.use_keys``)."""
 
     def __init__(self, static: StaticKeys, cached: CachedKeys) -> None:
-        super().__init__()
-        self._by_hash = static._by_hash
+        self.static = static
         self.cached = cached
 
     def lookup(self, key: str) -> Principal | None:
         h = hash_key(key)
-        return self._by_hash.get(h) or self.cached.snapshot.by_hash.get(h)
+        return self.static.by_hash(h) or self.cached.snapshot.by_hash.get(h)

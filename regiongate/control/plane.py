@@ -17,10 +17,10 @@ from regiongate.control.ops import Operations
 from regiongate.control.store import ControlStore, open_store
 from regiongate.core import GatewayError
 from regiongate.core.errors import RouteError
+from regiongate.pipeline.auth import KeyStore, StaticKeys
 from regiongate.pipeline.receipts import KeyRing, ReceiptHook, jwk_set
 
 if TYPE_CHECKING:
-    from regiongate.app.runtime import Runtime
     from regiongate.pipeline.failover import Gateway
 
 log = logging.getLogger("regiongate.control")
@@ -43,25 +43,16 @@ class ControlPlane:
         self._local_jwks: list[dict[str, str]] = []
         self.started = False
 
-    def attach(self, rt: Runtime) -> None:
-        """Wrap the runtime's key store, mount the HTTP surfaces, follow config reloads."""
-        from regiongate.console import ConsoleApp
-        from regiongate.control.http import AdminApi, WellKnown
+    def keys_over(self, config_keys: StaticKeys) -> KeyStore:
+        """The key store callers are looked up in: the store's keys first, then the config's."""
+        return ControlKeys(config_keys, self.keys)
 
-        rt.keys = ControlKeys(rt.keys, self.keys)
-        rt.mounts.append(("/admin", AdminApi(self)))
-        rt.mounts.append(("/.well-known", WellKnown(self)))
-        if self.cfg.control.console:
-            rt.mounts.append(("/console", ConsoleApp(rt)))
-        rt.on_reload.append(self._reloaded)
-
-    def _reloaded(self, rt: Runtime) -> None:
-        if not isinstance(rt.keys, ControlKeys):  # the reload rebuilt the config keys: chain the store again
-            rt.keys = ControlKeys(rt.keys, self.keys)
-        self.cfg = rt.config
-        self.ops.reconfigure(rt.config)
+    def reconfigure(self, cfg: Config) -> None:
+        """After a config reload: new teams and grants for the operations, new zones for receipts."""
+        self.cfg = cfg
+        self.ops.reconfigure(cfg)
         self.zones.clear()
-        self.zones.update({r.id: r.zone for r in rt.config.regions})
+        self.zones.update({r.id: r.zone for r in cfg.regions})
 
     async def start(self, gateway: Gateway) -> None:
         if self.started:

@@ -49,6 +49,9 @@ class StaticKeys:
     def lookup(self, key: str) -> Principal | None:
         return self._by_hash.get(hash_key(key))
 
+    def by_hash(self, key_hash: str) -> Principal | None:
+        return self._by_hash.get(key_hash)
+
     def principals(self) -> list[Principal]:
         return list(self._by_hash.values())
 
