@@ -89,7 +89,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
-    from regiongate.pipeline.explain import explain
+    from regiongate.app.explain import explain
 
     cfg = _config(args.config)
     try:

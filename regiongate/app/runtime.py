@@ -73,6 +73,11 @@ class Runtime:
         if self.load is not None:
             await self.load.start()
 
+    async def usage_for(self, team: str) -> list[dict[str, object]]:
+        if self.control is not None and self.control.started:  # every gateway's usage, from the store
+            return await self.control.usage_for(team)
+        return self.usage.for_team(team)
+
     async def aclose(self) -> None:
         for drain in self.drains:
             await drain()

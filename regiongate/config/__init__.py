@@ -21,6 +21,18 @@ from regiongate.config.scale import HealthConfig, LimitsConfig, OutageMode, Shar
 REGION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
+def _check_geoip_database(path: str) -> None:
+    """Raise ValueError unless ``path`` opens as a MaxMind DB."""
+    import maxminddb
+
+    try:
+        maxminddb.open_database(path).close()
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {path}") from None
+    except (OSError, maxminddb.InvalidDatabaseError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable MaxMind DB file: {e}") from None
+
+
 class ConfigError(ValueError):
     """The config file is missing, not TOML, or fails validation; the message names each bad field."""
 
@@ -125,9 +137,7 @@ class GatewayConfig(_Model):
     @classmethod
     def _geoip(cls, v: str | None) -> str | None:
         if v is not None:
-            from regiongate.pipeline.geoip import check_database
-
-            check_database(v)  # a missing or unreadable file is a config error, at start and on reload
+            _check_geoip_database(v)  # a missing or unreadable file is a config error, at start and on reload
         return v
 
     @field_validator("trusted_proxies")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from regiongate.core import Grant
 from regiongate.core.errors import Invalid
@@ -134,3 +135,12 @@ def grants_json(grants: tuple[Grant, ...] | None) -> list[dict[str, str | None]]
     if grants is None:
         return None
     return [{"model": g.model, "region": g.region} for g in grants]
+
+
+def redact(url: str) -> str:
+    """``url`` without a password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

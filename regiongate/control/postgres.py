@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
+from regiongate.control.model import redact
 from regiongate.control.sqlstore import Conn, SqlStore
-from regiongate.control.store import redact
 from regiongate.core.errors import Invalid
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from regiongate.control.model import AccessSnapshot, ApiKey, NewKey, Team, UsageRow
+from regiongate.control.model import AccessSnapshot, ApiKey, NewKey, Team, UsageRow, redact
 from regiongate.core import Grant
 from regiongate.core.errors import Invalid
 from regiongate.pipeline.usage import UsageRecord
@@ -59,15 +59,6 @@ class ControlStore(Protocol):
     async def publish_signing_key(self, kid: str, jwk: dict[str, str]) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-def redact(url: str) -> str:
-    """``url`` without a password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def sqlite_path(url: str) -> str:

@@ -18,9 +18,9 @@ import grpc
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from regiongate.app.runtime import Runtime
 from regiongate.grpc.front import Connections, GrpcFront
 from regiongate.grpc.servicer import XaiServices, service_handlers
+from regiongate.pipeline.services import Services
 
 log = logging.getLogger("regiongate.grpc")
 MIB = 1024 * 1024
@@ -73,7 +73,7 @@ class GrpcHandle:
 
 
 async def start_grpc(
-    runtime: Runtime,
+    runtime: Services,
     host: str,
     port: int,
     tls_cert: str | None,

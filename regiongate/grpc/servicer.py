@@ -16,7 +16,6 @@ from google.protobuf import empty_pb2, message_factory
 from google.protobuf.timestamp_pb2 import Timestamp
 from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
 
-from regiongate.app.runtime import Runtime
 from regiongate.core import EndpointKind, RouteError
 from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
@@ -25,6 +24,7 @@ from regiongate.grpc.status import abort, upstream_error
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n
 from regiongate.pipeline.catalog import offering, visible_models
 from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.services import Services
 from regiongate.pipeline.sse import iter_json_events
 
 SERVED = (
@@ -42,7 +42,7 @@ def _metadata(context: Any) -> dict[str, str]:
 
 
 class XaiServices:
-    def __init__(self, runtime: Runtime, conns: Connections) -> None:
+    def __init__(self, runtime: Services, conns: Connections) -> None:
         self.rt = runtime
         self.conns = conns
         self.callers = runtime.callers  # the REST listener's too: one config cache, one id sequence

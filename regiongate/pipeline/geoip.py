@@ -28,19 +28,9 @@ CACHE_MAX = 16384
 
 
 class Trusted(Protocol):
-    """The trusted proxy networks (``rest.app.TrustedProxies``): ``addr in trusted``."""
+    """The trusted proxy networks (``pipeline.caller.TrustedProxies``): ``addr in trusted``."""
 
     def __contains__(self, addr: str, /) -> bool: ...
-
-
-def check_database(path: str) -> None:
-    """Raise ValueError unless ``path`` opens as a MaxMind DB (config validation)."""
-    try:
-        maxminddb.open_database(path).close()
-    except FileNotFoundError:
-        raise ValueError(f"no such file: {path}") from None
-    except (OSError, maxminddb.InvalidDatabaseError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable MaxMind DB file: {e}") from None
 
 
 def _host(entry: str) -> str | None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from regiongate.app.runtime import Runtime
 from regiongate.asgi import (
     JSON,
     ASGIApp,
@@ -32,6 +31,7 @@ from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n
 from regiongate.pipeline.catalog import offering, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
+from regiongate.pipeline.services import Services
 from regiongate.rest.openapi import DOCUMENT_BYTES
 
 log = logging.getLogger("regiongate.access")
@@ -39,7 +39,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 
 class RestApp:
-    def __init__(self, runtime: Runtime, access_log: bool = False) -> None:
+    def __init__(self, runtime: Services, access_log: bool = False) -> None:
         self.rt = runtime
         self.callers = runtime.callers
         self._configure(runtime)
@@ -50,7 +50,7 @@ class RestApp:
         # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
         self.mounts: list[tuple[str, ASGIApp]] = list(runtime.mounts)
 
-    def _configure(self, runtime: Runtime) -> None:
+    def _configure(self, runtime: Services) -> None:
         """Read what the listener caches from the config (at start and after each reload)."""
         self.max_body = runtime.config.gateway.max_body_bytes
 
@@ -202,11 +202,7 @@ class RestApp:
             )
             return 200
         if path == "/v1/usage":
-            control = self.rt.control  # the store's aggregate (all gateways) when there is one
-            if control is not None and control.started:
-                rows = await control.usage_for(principal.team)
-            else:
-                rows = self.rt.usage.for_team(principal.team)
+            rows = await self.rt.usage_for(principal.team)
             await send_json(send, 200, {"object": "list", "data": rows})
             return 200
         raise client_error(404, f"Unknown path GET {path}.", "unknown_url")

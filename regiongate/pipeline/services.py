@@ -1,0 +1,37 @@
+"""What a listener receives from the composition root: the parts it uses, and nothing to build them with.
+
+``app.runtime.Runtime`` is the one implementation; REST, gRPC and the console are typed against this
+protocol so that no listener imports the app that assembles it (imports run core <- state <- pipeline <-
+listeners <- app). The fleet and the config are read through it on every request, so a reload that swaps
+them is seen at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from regiongate.config import Config
+from regiongate.health.metrics import Metrics
+from regiongate.pipeline.caller import Callers
+from regiongate.pipeline.failover import Gateway
+from regiongate.state.fleet import Fleet
+
+
+class Services(Protocol):
+    config: Config
+    fleet: Fleet
+    gateway: Gateway
+    callers: Callers
+    metrics: Metrics
+    mounts: list[tuple[str, Any]]  # (path prefix, ASGI app): admin API, key set, console
+    on_reload: list[Callable[[Any], None]]  # called with the services after each config reload
+
+    async def start(self) -> None:
+        """Start background work once, before the first listener accepts a call."""
+
+    async def aclose(self) -> None:
+        """Drain the other listeners, then close everything the services opened."""
+
+    async def usage_for(self, team: str) -> list[dict[str, object]]:
+        """The team's usage: the control-plane store's aggregate when there is one, else this process's."""
