@@ -33,8 +33,8 @@ from regiongate.health.load import (
     default_metrics_url,
     parse_load,
 )
+from regiongate.pipeline.caller import TrustedProxies
 from regiongate.pipeline.geoip import GeoIP, client_address
-from regiongate.rest.app import TrustedProxies
 from regiongate.state.outlier import Ewma
 from regiongate.state.ttft import TtftEstimate, explain_header, explain_rows
 from regiongate.upstream.simulated import SimulatedEngine

@@ -18,7 +18,6 @@ from regiongate.pipeline.ratelimit import LocalRates, RateLimits, RateStore, Red
 from regiongate.state.capacity import CapacityStore, LocalCapacity, deployment_key
 from regiongate.state.capacity_redis import RedisCapacity
 from regiongate.state.fleet import Fleet
-from regiongate.state.outlier import Outlier
 from regiongate.state.redis_link import RedisLink, share_of
 
 
@@ -53,8 +52,7 @@ class Shared:
         self.started = True
         if self.link is not None:
             await self.link.start()
-        if isinstance(self.capacity, RedisCapacity):
-            await self.capacity.start()
+        await self.capacity.start()
         if self.prober is not None:
             await self.prober.start()
 
@@ -88,27 +86,17 @@ def build_shared(cfg: Config, replica: Replica, capacity: CapacityStore | None =
 def fit_fleet(fleet: Fleet, cfg: Config, shared: Shared) -> None:
     """Apply what the config says about limits per worker, outlier thresholds and outage modes."""
     h = cfg.health
-    for b in fleet.backends.values():
-        o = b.outlier
-        b.outlier = Outlier(
-            h.consecutive_failures,
-            h.base_ejection_s,
-            h.max_ejection_s,
-            o.streak,
-            o.ejections,
-            o.ejected_until,
-        )
+    for b in fleet.backends.values():  # thresholds of the config in force; a carried backend keeps its streak
+        b.outlier.configure(h.consecutive_failures, h.base_ejection_s, h.max_ejection_s)
     limits: dict[str, int] = {}
     for d in fleet.deployments.values():
         d.limit = shared.share(d.limit)
         limits[d.key] = d.limit
-    if isinstance(shared.capacity, RedisCapacity):
-        modes: dict[str, OutageMode] = {}
-        for dc in cfg.deployments:
-            if dc.on_redis_outage is not None:
-                for m in dc.models:
-                    modes[deployment_key(m, dc.region)] = dc.on_redis_outage
-        shared.capacity.configure(limits, modes, cfg.shared.on_redis_outage)
+    modes: dict[str, OutageMode] = {}
+    for dc in cfg.deployments:
+        if dc.on_redis_outage is not None:
+            for m in dc.models:
+                modes[deployment_key(m, dc.region)] = dc.on_redis_outage
+    shared.capacity.configure(limits, modes, cfg.shared.on_redis_outage)
     shared.limits.cfg = cfg.limits
-    if isinstance(shared.limits.store, RedisRates):
-        shared.limits.store.mode = cfg.shared.on_redis_outage
+    shared.limits.store.configure(cfg.shared.on_redis_outage)

@@ -44,8 +44,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from regiongate.upstream.http import HttpUpstream
-from regiongate.upstream.simulated import SimulatedEngine
+from regiongate.upstream.base import Upstream
 
 if TYPE_CHECKING:
     from regiongate.config import Config, LoadConfig
@@ -153,7 +152,7 @@ class LoadScraper:
     def cfg(self) -> LoadConfig:
         return self.config().load
 
-    def _targets(self, fleet: Fleet) -> Iterator[tuple[Backend, str, str | SimulatedEngine]]:
+    def _targets(self, fleet: Fleet) -> Iterator[tuple[Backend, str, str | Upstream]]:
         """(backend, model name upstream, metrics URL or in-process engine) for every readable backend."""
         overrides = {
             b.url: b.metrics_url for d in self.config().deployments for b in d.backends if b.kind == "http"
@@ -162,9 +161,9 @@ class LoadScraper:
             for b in d.backends:
                 model = b.upstream_model or d.model
                 up = b.upstream
-                if isinstance(up, SimulatedEngine):
+                if up.base_url is None:
                     yield b, model, up
-                elif isinstance(up, HttpUpstream):
+                else:
                     url = overrides.get(up.base_url)
                     if url is None:
                         url = default_metrics_url(up.base_url)
@@ -200,8 +199,8 @@ class LoadScraper:
         texts = dict(zip(urls, await asyncio.gather(*(self._fetch(u) for u in urls)), strict=True))
         now = self.clock()
         for b, model, source in targets:
-            if isinstance(source, SimulatedEngine):
-                self.readings[b.id] = (now, parse_load(source.metrics_text(model), model))
+            if not isinstance(source, str):
+                self.readings[b.id] = (now, parse_load(source.metrics_text(model) or "", model))
             elif texts.get(source) is not None:
                 self.readings[b.id] = (now, parse_load(texts[source] or "", model))
         self.apply(fleet, now)

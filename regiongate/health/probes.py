@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 
 from regiongate.config.scale import HealthConfig
 from regiongate.state.outlier import Ewma
-from regiongate.upstream.http import HttpUpstream
 
 if TYPE_CHECKING:
     from regiongate.state.fleet import Backend, Fleet
@@ -45,8 +44,8 @@ class Prober:
     async def probe(self, b: Backend) -> bool:
         """Probe one backend now; True when it answered."""
         up = b.upstream
-        if not isinstance(up, HttpUpstream):
-            return True
+        if up.base_url is None:
+            return True  # an engine in this process: no network between us to measure
         started = time.monotonic()
         ok = await up.probe(self.cfg.probe_path, self.cfg.probe_timeout_s)
         now = time.monotonic()

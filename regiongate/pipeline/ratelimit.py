@@ -57,6 +57,9 @@ class RateStore(Protocol):
     async def settle(self, key: str, capacity: int, delta: int) -> None:
         """Charge ``delta`` more units (negative: give back), without refusing."""
 
+    def configure(self, mode: OutageMode) -> None:
+        """What to do while a shared store is unreachable (the config in force)."""
+
     async def aclose(self) -> None: ...
 
 
@@ -70,6 +73,9 @@ class LocalRates:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at_ms)
+
+    def configure(self, mode: OutageMode) -> None:
+        pass  # nothing shared, no outage
 
     def _level(self, key: str, capacity: int, now_ms: float) -> float:
         got = self._buckets.get(key)
@@ -162,6 +168,9 @@ class RedisRates:
         self._take = link.client.register_script(TAKE)
         self._settle = link.client.register_script(SETTLE)
         self._fallback = LocalRates()
+
+    def configure(self, mode: OutageMode) -> None:
+        self.mode = mode
 
     def _k(self, key: str) -> str:
         return self.link.key("rl", key)

@@ -8,8 +8,11 @@ on completion, error or client disconnect.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from regiongate.config.scale import OutageMode
 
 
 def deployment_key(model: str, region: str) -> str:
@@ -31,6 +34,14 @@ class CapacityStore(Protocol):
 
     def in_use(self, key: str) -> int:
         """Slots held now, as this process knows it (never blocks: the policy reads it per request)."""
+
+    def configure(
+        self, limits: Mapping[str, int], modes: Mapping[str, OutageMode], default_mode: OutageMode
+    ) -> None:
+        """The limits and Redis-outage modes of the config in force (a shared store needs them to fall
+        back to per-replica shares; an in-process one already has the limit on every acquire)."""
+
+    async def start(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -54,6 +65,14 @@ class LocalCapacity:
         held = self._held.get(lease.key)
         if held is not None:
             held.discard(lease.token)
+
+    def configure(
+        self, limits: Mapping[str, int], modes: Mapping[str, OutageMode], default_mode: OutageMode
+    ) -> None:
+        pass  # limits come with every acquire; there is no outage to plan for
+
+    async def start(self) -> None:
+        pass
 
     def in_use(self, key: str) -> int:
         held = self._held.get(key)

@@ -41,6 +41,9 @@ class Outlier:
     ejections: int = 0
     ejected_until: float = 0.0
 
+    def configure(self, consecutive: int, base_s: float, max_s: float) -> None:
+        self.consecutive, self.base_s, self.max_s = consecutive, base_s, max_s
+
     def success(self) -> None:
         self.streak = 0
         self.ejections = 0

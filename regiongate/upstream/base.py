@@ -55,6 +55,20 @@ class Upstream(Protocol):
     first_byte_timeout_s: float
     idle_timeout_s: float
 
+    @property
+    def base_url(self) -> str | None:
+        """Where a remote backend answers; None for an engine in this process."""
+        ...
+
     async def send(self, call: UpstreamCall) -> UpstreamResponse: ...
+
+    async def probe(self, path: str, timeout_s: float) -> bool:
+        """True when the backend answered ``GET <path>`` in time (an in-process engine always does)."""
+        ...
+
+    def metrics_text(self, model: str) -> str | None:
+        """An in-process engine's load as Prometheus text; None for a remote backend, whose load is read
+        from its own metrics URL."""
+        ...
 
     async def aclose(self) -> None: ...

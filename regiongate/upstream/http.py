@@ -98,6 +98,9 @@ class HttpUpstream:
                 raise UpstreamFailure(self.id, "answered 200 with a body that is not a JSON object")
         return UpstreamResponse(resp.status, ctype, body=body, parsed=parsed)
 
+    def metrics_text(self, model: str) -> None:
+        return None  # read from the backend's own /metrics by the load scraper
+
     async def probe(self, path: str, timeout_s: float) -> bool:
         """GET ``<base_url><path>`` on a pooled connection; True for any answer below 500."""
         try:

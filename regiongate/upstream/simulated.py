@@ -84,6 +84,7 @@ class SimulatedEngine:
     """One simulated regional cluster; serves any model name it is asked for."""
 
     first_byte_timeout_s = 30.0
+    base_url = None  # in this process: nothing to probe, load read directly
     idle_timeout_s = 60.0
 
     def __init__(
@@ -263,6 +264,9 @@ class SimulatedEngine:
             "model": str(payload.get("model", "")),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def probe(self, path: str, timeout_s: float) -> bool:
+        return True
 
     def metrics_text(self, model: str) -> str:
         """vLLM-named gauges, so the gateway scrapes a simulated cluster exactly as a real one."""
