@@ -1,5 +1,5 @@
 """Small ASGI helpers: read a bounded body, send JSON and OpenAI-shaped errors. No framework on the hot
-path: a raw ASGI callable measured fastest (see README, "Choices measured")."""
+path: a raw ASGI callable measured fastest (see docs/bench/README.md, "Choosing the hot path's building blocks by measurement")."""
 
 from __future__ import annotations
 
