@@ -87,7 +87,7 @@ def compare_servers(rounds: int, seconds: float, out: Path | None) -> str:
         for name, (cmd, env, flag) in _server_cmds(work, up.port).items():
             port = targets.free_port()
             log = work / f"{len(running)}.log"
-            t = targets.Target(name, port, targets._spawn([*cmd, flag, str(port)], log, env), log)
+            t = targets.Target(name, port, targets.spawn([*cmd, flag, str(port)], log, env), log)
             health = "/healthz" if "regiongate" in name else "/health"
             try:
                 targets.wait_ready(f"http://127.0.0.1:{port}{health}", t.proc, log, 60)  # type: ignore[arg-type]

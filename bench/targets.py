@@ -129,7 +129,7 @@ class Target:
             p.wait(5)
 
 
-def _spawn(
+def spawn(
     cmd: list[str], log: Path, env: dict[str, str] | None = None, cpus: str | None = None
 ) -> subprocess.Popen[bytes]:
     if cpus:
@@ -144,7 +144,7 @@ def start_upstream(work: Path, gap: str, cpus: str | None) -> Target:
     port = free_port()
     log = work / "upstream.log"
     cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--gap", gap]
-    t = Target("direct", port, _spawn(cmd, log, cpus=cpus), log, proxy=False, note="fake upstream, no proxy")
+    t = Target("direct", port, spawn(cmd, log, cpus=cpus), log, proxy=False, note="fake upstream, no proxy")
     wait_ready(f"http://127.0.0.1:{port}/health", t.proc, log, 15)  # type: ignore[arg-type]
     return t
 
@@ -191,7 +191,7 @@ def start_regiongate(work: Path, upstream: int, workers: int, cpus: str | None, 
     cmd = [exe, "serve", "--config", str(cfg), "--port", str(port), "--grpc-port", "0"]
     cmd += ["--workers", str(workers), "--log-level", "warning", *extra]
     env = {"REGIONGATE_BENCH_KEY": BENCH_KEY, "REGIONGATE_DATA_DIR": str(data)}
-    t = Target(f"regiongate-w{workers}", port, _spawn(cmd, log, env, cpus), log, note=f"--workers {workers}")
+    t = Target(f"regiongate-w{workers}", port, spawn(cmd, log, env, cpus), log, note=f"--workers {workers}")
     wait_ready(f"http://127.0.0.1:{port}/healthz", t.proc, log, 60)  # type: ignore[arg-type]
     if workers > 1:  # every worker must be listening before load starts, or one takes it all
         deadline = time.monotonic() + 60
@@ -241,7 +241,7 @@ def start_nginx(work: Path, upstream: int, cpus: str | None, workers: int = 1) -
     conf = work / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workers=workers, work=work, up=upstream, port=port))
     log = work / "nginx.log"
-    t = Target("nginx", port, _spawn([exe, "-c", str(conf), "-p", str(work)], log, cpus=cpus), log)
+    t = Target("nginx", port, spawn([exe, "-c", str(conf), "-p", str(work)], log, cpus=cpus), log)
     t.note = f"proxy_pass, {workers} worker, keepalive upstream"
     wait_ready(f"http://127.0.0.1:{port}/health", t.proc, log, 15)  # type: ignore[arg-type]
     return t
@@ -280,6 +280,6 @@ def start_litellm(work: Path, upstream: int, cpus: str | None, workers: int = 1)
     cmd = [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--num_workers", str(workers)]
     env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
-    t = Target(f"litellm-w{workers}", port, _spawn(cmd, log, env, cpus), log, note=f"{workers} worker")
+    t = Target(f"litellm-w{workers}", port, spawn(cmd, log, env, cpus), log, note=f"{workers} worker")
     wait_ready(f"http://127.0.0.1:{port}/health/liveliness", t.proc, log, 180)  # type: ignore[arg-type]
     return t

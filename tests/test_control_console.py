@@ -22,7 +22,7 @@ from regiongate.control.ops import Operations
 from regiongate.control.store import open_store
 from regiongate.core import Grant
 from regiongate.pipeline.usage import UsageRecord
-from tests.control_support import ADMIN_KEY, admin, chat, control_config, poll
+from tests.support.control import ADMIN_KEY, admin, chat, control_config, poll
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

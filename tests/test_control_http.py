@@ -19,8 +19,8 @@ from regiongate.config import parse_config
 from regiongate.control.store import open_store
 from regiongate.pipeline import receipts
 from regiongate.rest.app import RestApp
-from tests.conftest import DEMO_KEY
-from tests.control_support import ADMIN_KEY, CHAT, admin, chat, code, control_config, get, http, new_key, poll
+from tests.support.control import ADMIN_KEY, CHAT, admin, chat, code, control_config, get, http, new_key, poll
+from tests.support.procs import DEMO_KEY
 
 ENV = {"REGIONGATE_ADMIN_KEY": ADMIN_KEY}
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from regiongate.pipeline import receipts
-from tests.control_support import (
+from tests.support.control import (
     ADMIN_KEY,
     admin,
     chat,

@@ -23,8 +23,8 @@ from regiongate.pipeline.receipts import (
     sign,
     verify,
 )
-from tests.conftest import DEMO_KEY
-from tests.control_support import chat, control_config, http, poll
+from tests.support.control import chat, control_config, http, poll
+from tests.support.procs import DEMO_KEY
 
 CLAIMS = {
     "rid": "req_1",

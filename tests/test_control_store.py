@@ -19,7 +19,7 @@ from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, Invalid, NotFound, StoreUnavailable
 from regiongate.pipeline.auth import Principal, hash_key
 from regiongate.pipeline.usage import UsageRecord
-from tests.control_support import drop_schema, new_schema, pg_url, require_pg
+from tests.support.control import drop_schema, new_schema, pg_url, require_pg
 
 DAY = 86400.0
 

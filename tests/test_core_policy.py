@@ -213,16 +213,40 @@ def requests(draw: st.DrawFn, snapshot: WorldSnapshot) -> RouteRequest:
     return RouteRequest(draw(st.sampled_from(MODELS)), ep, loc, Access("t", grants, zone))
 
 
+def _servable(snapshot: WorldSnapshot, req: RouteRequest) -> set[str]:
+    """The regions that may and can serve ``req``, worked out here from the rule as the README states it
+    (not through the code under test): endpoint, key fence, grant, room, a healthy backend."""
+    out = set()
+    for (model, region), dep in snapshot.deployments.items():
+        zone = snapshot.regions[region].zone
+        ep = req.endpoint
+        if model != req.model or (ep.kind is EndpointKind.REGION and region != ep.name):
+            continue
+        if ep.kind is EndpointKind.ZONE and zone != ep.name:
+            continue
+        if req.access.zone is not None and zone != req.access.zone:
+            continue
+        if req.access.grants is not None and not any(
+            g.model in ("*", model) and g.region in (None, region) for g in req.access.grants
+        ):
+            continue
+        if dep.free > 0 and any(b.healthy for b in dep.backends):
+            out.add(region)
+    return out
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_plans_respect_scope_model_grants_and_rank(data: st.DataObject) -> None:
     snapshot = data.draw(worlds())
     req = data.draw(requests(snapshot))
     result = decide(snapshot, req)
+    servable = _servable(snapshot, req)
     if isinstance(result, RouteError):
         assert result.status in (403, 404, 503)
+        assert not servable, f"refused ({result.code}) although {sorted(servable)} could serve it"
         return
-    assert result.candidates
+    assert {c.region for c in result.candidates} == servable, "every region that can serve it, and no other"
     for c in result.candidates:
         dep = snapshot.deployment(req.model, c.region)
         assert dep is not None, "a plan never contains a region lacking the model"

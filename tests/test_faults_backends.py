@@ -12,8 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.scale_support import (
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.scale import (
     FAST_SIM,
     MSG,
     Outcome,
@@ -22,7 +22,6 @@ from tests.scale_support import (
     join_all,
     metric,
     stream_chat,
-    wait_until,
     world,
 )
 

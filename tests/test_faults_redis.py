@@ -11,8 +11,8 @@ from collections.abc import Callable
 import httpx
 import redis
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.scale_support import (
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.scale import (
     MSG,
     Outcome,
     RedisServer,
@@ -23,7 +23,6 @@ from tests.scale_support import (
     shared_section,
     stream_chat,
     unique_prefix,
-    wait_until,
     world,
 )
 
@@ -97,8 +96,11 @@ def test_redis_outage_per_deployment_mode_then_resume(
     wait_until(lambda: client.zcard(prefix + "replicas") == 1, timeout=5, what="the replica to re-register")
     wait_until(lambda: client.zcard(prefix + "cap:grok-4@us-west-2") >= 1, timeout=5, what="leases in Redis")
     client.close()
-    with lock:
-        wait_until(lambda: len(outcomes) > during, timeout=1, what="load to go on")
+    def grown() -> bool:
+        with lock:  # the load threads append under this lock: hold it only to read
+            return len(outcomes) > during
+
+    wait_until(grown, timeout=30, what="load to go on after Redis came back")
     stop.set()
     join_all(threads, timeout=30)
     assert outcomes and all(o.ok for o in outcomes), [o for o in outcomes if not o.ok][:3]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.scale_support import FAST_SIM, MSG, Outcome, in_threads, join_all, stream_chat, wait_until, world
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.scale import FAST_SIM, MSG, Outcome, in_threads, join_all, stream_chat, world
 
 SLOW = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 60 }'
 

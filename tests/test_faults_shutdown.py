@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.conftest import Proc
-from tests.scale_support import (
+from tests.support.procs import Proc, wait_until
+from tests.support.scale import (
     Outcome,
     in_threads,
     join_all,
@@ -20,7 +20,6 @@ from tests.scale_support import (
     shared_section,
     stream_chat,
     unique_prefix,
-    wait_until,
     world,
 )
 

@@ -21,7 +21,7 @@ from xai_sdk import AsyncClient, Client
 from xai_sdk.chat import user
 from xai_sdk.proto import chat_pb2, chat_pb2_grpc
 
-from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
 
 EU_KEY = "rg-test-eu-fenced-key-0123456789"
 LIMITED_KEY = "rg-test-limited-key-0123456789"
@@ -151,7 +151,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "REGIONGATE_TEST_EU_KEY": EU_KEY,
         "REGIONGATE_TEST_LIMITED_KEY": LIMITED_KEY,
     }
-    proc = Proc(_spawn(cmd, tmp / "gateway.log", env), port, tmp / "gateway.log")
+    proc = Proc(spawn(cmd, tmp / "gateway.log", env), port, tmp / "gateway.log")
     try:
         wait_http(proc.url + "/healthz", proc.proc, log=proc.log)  # gRPC listens before REST starts
         yield Gateway(proc, grpc_port)

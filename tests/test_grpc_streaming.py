@@ -12,7 +12,7 @@ import pytest
 from xai_sdk import Client
 from xai_sdk.chat import user
 
-from tests.conftest import DEMO_KEY, Proc, free_port
+from tests.support.procs import DEMO_KEY, Proc, free_port
 
 
 def config(backend_url: str) -> str:

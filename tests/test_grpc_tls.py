@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.certs import make_certs
-from tests.conftest import DEMO_KEY, _spawn, free_port
+from tests.support.certs import make_certs
+from tests.support.procs import DEMO_KEY, free_port, spawn
 
 SNIPPET = """import os
 
@@ -171,7 +171,7 @@ def tls_gateway(tmp_path: Path) -> Iterator[tuple[int, int, Path, ssl.SSLContext
     cmd = ["serve", "--config", str(tmp_path / "gateway.toml"), "--port", str(port)]
     cmd += ["--grpc-port", str(grpc_port), "--tls-cert", str(cert), "--tls-key", str(key)]
     log = tmp_path / "gateway.log"
-    proc = _spawn(cmd, log, {"REGIONGATE_DEMO_API_KEY": DEMO_KEY})
+    proc = spawn(cmd, log, {"REGIONGATE_DEMO_API_KEY": DEMO_KEY})
     ctx = ssl.create_default_context(cafile=str(ca))
     try:
         wait_tls(port, ctx, proc, log)  # REST starts after gRPC

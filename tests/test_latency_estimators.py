@@ -38,7 +38,7 @@ from regiongate.pipeline.geoip import GeoIP, client_address
 from regiongate.state.outlier import Ewma
 from regiongate.state.ttft import TtftEstimate, explain_header, explain_rows
 from regiongate.upstream.simulated import SimulatedEngine
-from tests.worlds import world
+from tests.support.worlds import world
 
 
 class Clock:

@@ -16,8 +16,8 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from regiongate.config import ConfigError, parse_config
-from tests.conftest import DEMO_KEY, Proc
-from tests.worlds import GROK4_REGIONS, world
+from tests.support.procs import DEMO_KEY, Proc
+from tests.support.worlds import GROK4_REGIONS, world
 
 MSG = [{"role": "user", "content": "Where am I served from?"}]
 TOKYO = {"location": {"latitude": 35.68, "longitude": 139.69}, "city": {"names": {"en": "Tokyo"}}}
@@ -109,7 +109,7 @@ def test_grpc_clients_are_located_the_same_way(start_gateway: Callable[..., Proc
     from xai_sdk import Client
     from xai_sdk.chat import user
 
-    from tests.conftest import free_port
+    from tests.support.procs import free_port
 
     db = build_mmdb(tmp_path / "city.mmdb")
     sims = {r: ['{ kind = "simulated", ttft_ms = 1, tokens_per_s = 1000 }'] for r in GROK4_REGIONS}

@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.test_rest_routing import client, in_use, sim_gauge, wait_until
-from tests.worlds import http_backend, world
+from tests.support.clients import client, in_use, sim_gauge
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.worlds import http_backend, world
 
 MSG = [{"role": "user", "content": "Which region answers?"}]
 

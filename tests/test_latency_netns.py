@@ -34,8 +34,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.worlds import http_backend, world
+from tests.support.procs import DEMO_KEY, Proc
+from tests.support.worlds import http_backend, world
 
 pytestmark = pytest.mark.timeout(180)
 HERE = Path(__file__).parent

@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.test_rest_routing import MSG, client
-from tests.worlds import world
+from tests.support.clients import MSG, client
+from tests.support.procs import DEMO_KEY, Proc
+from tests.support.worlds import world
 
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
 
@@ -19,7 +19,7 @@ AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> object:
     """One demo gateway (small body limit) shared by the read-only tests of this module."""
-    from tests.conftest import _spawn, free_port, wait_http
+    from tests.support.procs import free_port, spawn, wait_http
 
     tmp = tmp_path_factory.mktemp("api")
     cfg = tmp / "demo.toml"
@@ -33,7 +33,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> object:
     )
     port = free_port()
     log = tmp / "gw.log"
-    proc = _spawn(
+    proc = spawn(
         ["serve", "--config", str(cfg), "--port", str(port), "--grpc-port", "0"],
         log,
         {"REGIONGATE_DEMO_API_KEY": DEMO_KEY},

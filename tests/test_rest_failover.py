@@ -8,20 +8,24 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc, free_port
-from tests.test_rest_routing import MSG, client, in_use, wait_until
-from tests.worlds import http_backend, world
+from tests.support.clients import MSG, client, in_use
+from tests.support.procs import DEMO_KEY, ClosingServer, Proc, free_port, wait_until
+from tests.support.worlds import http_backend, world
 
 FAST = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 5000 }'
 
 
-def test_refused_backend_fails_over_to_next_region(start_gateway: Callable[..., Proc]) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    gw = start_gateway(world({"us-east-1": [http_backend(dead)], "us-west-2": [FAST]}))
-    raw = client(gw).chat.completions.with_raw_response.create(model="grok-4", messages=MSG)
-    assert raw.headers["x-regiongate-region"] == "us-west-2"
-    assert raw.headers["x-regiongate-route"] == "failover"
-    assert sum(in_use(gw).values()) == 0
+def test_failed_backend_is_tried_then_the_next_region_serves(start_gateway: Callable[..., Proc]) -> None:
+    dead = ClosingServer()  # accepts and hangs up: the attempt is seen, and it fails before any byte
+    try:
+        gw = start_gateway(world({"us-east-1": [http_backend(dead.url)], "us-west-2": [FAST]}))
+        raw = client(gw).chat.completions.with_raw_response.create(model="grok-4", messages=MSG)
+        assert raw.headers["x-regiongate-region"] == "us-west-2"
+        assert raw.headers["x-regiongate-route"] == "failover"
+        assert dead.accepted >= 1, "the nearest region's backend was tried first"
+        assert sum(in_use(gw).values()) == 0
+    finally:
+        dead.close()
 
 
 def test_regional_failover_stays_in_region(start_gateway: Callable[..., Proc]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -11,44 +10,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.worlds import GROK4_REGIONS, http_backend, world
-
-MSG = [{"role": "user", "content": "What is the meaning of life?"}]
-
-
-def client(gw: Proc, host: str | None = None, **kw: object) -> openai.OpenAI:
-    headers = {"Host": host} if host else None
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, default_headers=headers, **kw)  # type: ignore[arg-type]
-
-
-def aclient(gw: Proc, host: str | None = None) -> openai.AsyncOpenAI:
-    headers = {"Host": host} if host else None
-    return openai.AsyncOpenAI(
-        base_url=gw.url + "/v1", api_key=DEMO_KEY, default_headers=headers, max_retries=0
-    )
-
-
-def in_use(gw: Proc, model: str = "grok-4") -> dict[str, int]:
-    regions = httpx.get(gw.url + "/v1/regions", headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()[
-        "data"
-    ]
-    return {r["id"]: m["capacity"]["in_use"] for r in regions for m in r["models"] if m["id"] == model}
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def sim_gauge(sim: Proc, name: str) -> float:
-    for line in httpx.get(sim.url + "/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
+from tests.support.clients import MSG, aclient, client, in_use, sim_gauge
+from tests.support.procs import Proc, wait_until
+from tests.support.worlds import GROK4_REGIONS, http_backend, world
 
 
 def test_demo_world_serves_the_product_page_request(start_gateway: Callable[..., Proc]) -> None:

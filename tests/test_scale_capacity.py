@@ -15,7 +15,7 @@ from regiongate.core import RouteError
 from regiongate.state.capacity import CapacityStore, Lease, LocalCapacity
 from regiongate.state.capacity_redis import RedisCapacity
 from regiongate.state.redis_link import RedisLink, share_of
-from tests.scale_support import RedisServer, private_redis, shared_redis, unique_prefix
+from tests.support.scale import RedisServer, private_redis, shared_redis, unique_prefix
 
 __all__ = ["private_redis"]  # fixture re-exported for pytest
 

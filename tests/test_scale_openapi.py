@@ -19,8 +19,8 @@ from schemathesis.checks import (
 )
 
 from regiongate.rest.openapi import DOCUMENT
-from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
-from tests.scale_support import FAST_SIM, world
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
+from tests.support.scale import FAST_SIM, world
 
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 EXAMPLES = 30  # per operation: bounded so the suite takes seconds
@@ -34,7 +34,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     cfg.write_text(world({"us-east-1": [FAST_SIM], "us-west-2": [FAST_SIM]}, limit=64))
     port, log = free_port(), tmp / "gw.log"
     args = ["serve", "--config", str(cfg), "--port", str(port), "--grpc-port", "0"]
-    p = Proc(_spawn(args, log, {"REGIONGATE_DEMO_API_KEY": DEMO_KEY}), port, log)
+    p = Proc(spawn(args, log, {"REGIONGATE_DEMO_API_KEY": DEMO_KEY}), port, log)
     wait_http(p.url + "/healthz", p.proc, log=log)
     yield p
     p.stop()

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import httpx
 import redis
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.scale_support import (
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.scale import (
     MSG,
     Outcome,
     http,
@@ -23,7 +23,6 @@ from tests.scale_support import (
     shared_section,
     stream_chat,
     unique_prefix,
-    wait_until,
     world,
 )
 
@@ -49,7 +48,9 @@ def test_four_replicas_never_exceed_the_limit_at_the_backend(
     refused = [o for o in outcomes if not o.ok]
     for o in refused:  # a clear refusal before anything was streamed, never a broken stream
         assert o.status == 503 and o.error == "region_unavailable" and o.chunks == 0, o
-    assert len(served) >= limit
+    # Contention happened: the replicas together filled the limit (a refusal is only given when every
+    # slot is held somewhere) and still served at least a limit's worth.
+    assert refused and len(served) >= limit
     peak = metric(sim.url + "/metrics", "regiongate_sim_peak_running")
     assert peak is not None and 1 <= peak <= limit, f"backend saw {peak} at once (limit {limit})"
     assert all(metric(g.url + "/metrics", "regiongate_shared_state_up") == 1.0 for g in gateways)

@@ -14,7 +14,7 @@ from regiongate.simulate.runner import simulate
 from regiongate.simulate.scenario import ScenarioError, load_scenario, parse_clock, parse_scenario
 from regiongate.simulate.stats import HIST_BINS, hist_bin, percentile
 from regiongate.simulate.traffic import TrafficModel, arrivals, diurnal_at, load_metros, token_sampler
-from tests.simulate_worlds import metros, scenario
+from tests.support.simulate_worlds import metros, scenario
 
 
 def test_default_scenario_builds_on_the_demo_world() -> None:

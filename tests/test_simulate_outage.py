@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from regiongate.simulate.runner import simulate
-from tests.simulate_worlds import config, metros, scenario
+from tests.support.simulate_worlds import config, metros, scenario
 
 N = 6_000  # 100 requests/s on a day compressed to 60 s: each hour of the day lasts 2.5 s
 

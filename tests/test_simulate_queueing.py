@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from regiongate.simulate.runner import simulate
-from tests.simulate_worlds import config, erlang_b, erlang_c, metros, mmc_mean_wait_s, scenario
+from tests.support.simulate_worlds import config, erlang_b, erlang_c, metros, mmc_mean_wait_s, scenario
 
 LAMBDA = 100.0  # arrivals per second: a day of 8.64 M requests, compressed to the run's length
 N = 40_000

@@ -14,7 +14,7 @@ from regiongate.core import RouteError, RouteRequest, WorldSnapshot
 from regiongate.core.policy import Candidate, Estimate, Plan
 from regiongate.simulate import runner
 from regiongate.simulate.runner import simulate
-from tests.simulate_worlds import config, metros, scenario
+from tests.support.simulate_worlds import config, metros, scenario
 
 MODELS = ["m1", "m2"]
 ALL_POLICIES = ["gateway", "nearest-only", "least-loaded"]

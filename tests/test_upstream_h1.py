@@ -15,7 +15,7 @@ import pytest
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure
 from regiongate.upstream.h1 import PAUSE_AT, H1Pool
 from regiongate.upstream.http import HttpUpstream
-from tests.certs import make_certs
+from tests.support.certs import make_certs
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

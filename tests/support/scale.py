@@ -20,9 +20,9 @@ import httpx
 import orjson
 import pytest
 
-from tests import worlds
-from tests.conftest import DEMO_KEY, free_port
-from tests.worlds import DEMO_REGIONS, http_backend
+from tests.support import worlds
+from tests.support.procs import DEMO_KEY, free_port, wait_until
+from tests.support.worlds import DEMO_REGIONS, http_backend
 
 # The database number is the machine's choice (REGIONGATE_TEST_REDIS_DB): keys are prefixed per test anyway.
 REDIS_DB = int(os.environ.get("REGIONGATE_TEST_REDIS_DB", "0"))
@@ -52,13 +52,6 @@ def unique_prefix() -> str:
     return f"rgtest:{uuid.uuid4().hex[:12]}:"
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
 
 
 @dataclass

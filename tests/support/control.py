@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from regiongate.config import demo_config_text
-from tests.conftest import Proc
+from tests.support.procs import Proc
 
 T = TypeVar("T")
 PG_DSN = os.environ.get("REGIONGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
