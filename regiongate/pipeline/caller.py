@@ -92,9 +92,7 @@ class Callers:
     def endpoint(self, host: str) -> Endpoint:
         return self.endpoints.resolve(host)
 
-    def location(
-        self, peer: str | None, explicit: str | None, forwarded: Sequence[str]
-    ) -> Location | None:
+    def location(self, peer: str | None, explicit: str | None, forwarded: Sequence[str]) -> Location | None:
         """The explicit header from a trusted proxy, else GeoIP of the client address."""
         if explicit is not None and peer is not None and peer in self.trusted:  # only proxies may say it
             loc = parse_location(explicit)

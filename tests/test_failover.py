@@ -1,0 +1,178 @@
+"""The failover loop in process (``pipeline/failover.py``), through scripted upstreams in the place of real
+backends (the way httpx's MockTransport stands in for a network): which backend is tried, in which order,
+what the client gets, and that every lease comes back. No process, no socket, no timing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from regiongate.app.runtime import build_fleet
+from regiongate.config import parse_config
+from regiongate.core import ALL_ACCESS, GLOBAL, Endpoint, EndpointKind, RouteError
+from regiongate.core.labels import Route
+from regiongate.health.metrics import Metrics
+from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.failover import Gateway, Inbound, Routed
+from regiongate.state.fleet import Fleet
+from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+from tests.support.worlds import http_backend, world
+
+ANSWER = {
+    "object": "chat.completion",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+EVENTS = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"he"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"llo"},"finish_reason":"stop"}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@dataclass
+class Scripted:
+    """An upstream whose answer to each call is a function of the call: ``fail``, ``answer`` or ``stream``."""
+
+    id: str
+    behaviour: str = "answer"
+    base_url: str | None = "http://scripted.invalid/v1"
+    first_byte_timeout_s: float = 5.0
+    idle_timeout_s: float = 5.0
+    calls: list[UpstreamCall] = field(default_factory=list)
+    closed: int = 0
+
+    async def send(self, call: UpstreamCall) -> UpstreamResponse:
+        self.calls.append(call)
+        if self.behaviour == "fail":
+            raise UpstreamFailure(self.id, "connection refused")
+        if self.behaviour == "stream":
+            return UpstreamResponse(200, "text/event-stream", chunks=self._events(), closer=self._close)
+        return UpstreamResponse(200, "application/json", body=orjson.dumps(ANSWER), closer=self._close)
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        for e in EVENTS:
+            yield e
+
+    async def _close(self) -> None:
+        self.closed += 1
+
+    async def probe(self, path: str, timeout_s: float) -> bool:
+        return True
+
+    def metrics_text(self, model: str) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class World:
+    fleet: Fleet
+    gateway: Gateway
+    up: dict[str, Scripted]  # "<region>/<index>" -> its scripted upstream
+
+    def inbound(self, endpoint: Endpoint = GLOBAL, stream: bool = False) -> Inbound:
+        payload = {"model": "grok-4", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        principal = Principal("demo", "k", ALL_ACCESS)
+        return Inbound(
+            "/chat/completions",
+            payload,
+            orjson.dumps(payload),
+            "grok-4",
+            stream,
+            endpoint,
+            principal,
+            "req_test",
+        )
+
+    def held(self) -> int:
+        return sum(self.fleet.capacity.in_use(d.key) for d in self.fleet.deployments.values())
+
+
+@pytest.fixture
+def make() -> Callable[[dict[str, list[str]]], World]:
+    """A world whose backends are scripted: {"us-east-1": ["fail", "answer"], ...}, nearest first."""
+
+    def build(behaviours: dict[str, list[str]]) -> World:
+        cfg = parse_config(
+            world(
+                {
+                    r: [http_backend(f"http://{r}-{i}.invalid/v1") for i in range(len(bs))]
+                    for r, bs in behaviours.items()
+                }
+            )
+        )
+        fleet = build_fleet(cfg)
+        up: dict[str, Scripted] = {}
+        for d in fleet.deployments.values():
+            for i, b in enumerate(d.backends):
+                b.upstream = up[f"{d.region}/{i}"] = Scripted(b.id, behaviours[d.region][i])
+        return World(fleet, Gateway(fleet, _Usage(), Metrics()), up)
+
+    return build
+
+
+class _Usage:
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    def record(self, rec: object) -> None:
+        self.records.append(rec)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_global_request_fails_over_to_the_next_region(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["fail"], "us-west-2": ["answer"]})
+    routed = await w.gateway.dispatch(w.inbound())
+    assert (routed.region, routed.route, routed.status) == ("us-west-2", Route.FAILOVER, 200)
+    assert len(w.up["us-east-1/0"].calls) == 1, "the nearest region was tried first, once"
+    assert len(w.up["us-west-2/0"].calls) == 1
+    assert w.held() == 0, "both leases (the failed attempt's and the answer's) came back"
+    assert w.fleet.backends[w.up["us-east-1/0"].id].outlier.streak == 1
+
+
+async def test_regional_request_tries_its_region_s_other_backend_and_never_leaves(
+    make: Callable[..., World],
+) -> None:
+    w = make({"us-east-1": ["fail", "answer"], "us-west-2": ["answer"]})
+    routed = await w.gateway.dispatch(w.inbound(Endpoint(EndpointKind.REGION, "us-east-1")))
+    assert (routed.region, routed.route) == ("us-east-1", Route.PINNED)
+    assert [len(w.up[k].calls) for k in ("us-east-1/0", "us-east-1/1", "us-west-2/0")] == [1, 1, 0]
+    assert w.held() == 0
+
+
+async def test_regional_request_whose_backends_all_fail_is_refused_in_its_region(
+    make: Callable[..., World],
+) -> None:
+    w = make({"us-east-1": ["fail", "fail"], "us-west-2": ["answer"]})
+    with pytest.raises(RouteError) as e:
+        await w.gateway.dispatch(w.inbound(Endpoint(EndpointKind.REGION, "us-east-1")))
+    assert e.value.status == 503 and e.value.code == "region_unavailable"
+    assert "us-west-2" in e.value.message, "it names the region that could serve the model"
+    assert len(w.up["us-west-2/0"].calls) == 0, "a regional request is never sent elsewhere"
+    assert w.held() == 0
+
+
+async def test_a_stream_holds_its_lease_until_it_is_read_to_the_end(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["stream"]})
+    routed = await w.gateway.dispatch(w.inbound(stream=True))
+    assert routed.chunks is not None and w.held() == 1
+    body = b"".join([c async for c in routed.chunks])
+    await routed.aclose()
+    assert body.count(b"data: [DONE]") == 1 and b'"he"' in body and b'"llo"' in body
+    assert w.held() == 0 and w.up["us-east-1/0"].closed == 1
+
+
+async def test_a_stream_the_client_never_reads_still_frees_its_lease(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["stream"]})
+    routed: Routed = await w.gateway.dispatch(w.inbound(stream=True))
+    assert w.held() == 1
+    await routed.aclose()  # what the listener does when the client goes away
+    assert w.held() == 0 and w.up["us-east-1/0"].closed == 1
