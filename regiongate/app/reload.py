@@ -97,9 +97,7 @@ def apply(rt: Runtime, cfg: Config) -> None:
         if rt.shared.prober is not None:
             rt.shared.prober.cfg = cfg.health
     rt.config = cfg
-    rt.fleet = new
-    rt.gateway.fleet = new
-    rt.metrics.watch(new)
+    rt.gateway.fleet = new  # the one reference: everything else reads the fleet through it
     rt.use_keys(keys)
     for hook in rt.on_reload:
         hook(rt)

@@ -35,7 +35,6 @@ DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
 @dataclass
 class Runtime:
     config: Config
-    fleet: Fleet
     config_keys: StaticKeys  # the config file's keys (and the demo key), rebuilt by each reload
     gateway: Gateway
     metrics: Metrics
@@ -54,6 +53,12 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.use_keys(self.config_keys)
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet in force. It has one home, the gateway: a reload swaps ``gateway.fleet`` and every reader
+        (listeners, probes, the load scraper, metrics) sees the new one at once."""
+        return self.gateway.fleet
 
     def use_keys(self, config_keys: StaticKeys) -> None:
         """Install the config's keys, under the control plane's when there is one."""
@@ -191,15 +196,15 @@ def build_runtime(
     shared = build_shared(cfg, replica or Replica(), capacity)
     fleet = build_fleet(cfg, shared.capacity)
     fit_fleet(fleet, cfg, shared)
-    metrics.watch(fleet)
     usage = MemoryUsage()
     keys, generated = build_keys(cfg, env)
     zones = {r.id: r.zone for r in cfg.regions}
     control = build_control(cfg, dict(os.environ) if env is None else env, zones)
     sink = TeeUsage(usage, control.writer) if control is not None else usage
     gateway = Gateway(fleet, sink, metrics, hooks=[shared.limits])
+    metrics.watch(lambda: gateway.fleet)
     callers = Callers(cfg, lambda: rt.keys)
-    rt = Runtime(cfg, fleet, keys, gateway, metrics, usage, callers, generated, shared, control=control)
+    rt = Runtime(cfg, keys, gateway, metrics, usage, callers, generated, shared, control=control)
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
     if control is not None:
         _mount_control(rt, control)

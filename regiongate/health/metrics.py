@@ -6,7 +6,7 @@ Per-request work is one counter increment and, for streams, one histogram observ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 
 class _FleetCollector(Collector):
     def __init__(self) -> None:
-        self.fleet: Fleet | None = None
+        self.fleet: Callable[[], Fleet] | None = None  # read per scrape: a reload swaps the fleet
 
     def collect(self) -> Iterator[Metric]:
-        fleet = self.fleet
-        if fleet is None:
+        if self.fleet is None:
             return
+        fleet = self.fleet()
         in_use = GaugeMetricFamily("regiongate_capacity_in_use", "Leases held", labels=["model", "region"])
         limit = GaugeMetricFamily(
             "regiongate_capacity_limit", "Concurrency limit", labels=["model", "region"]
@@ -70,7 +70,7 @@ class Metrics:
         self.registry.register(self._fleet)
         self._children: dict[tuple[str, str, str, int], Counter] = {}
 
-    def watch(self, fleet: Fleet) -> None:
+    def watch(self, fleet: Callable[[], Fleet]) -> None:
         self._fleet.fleet = fleet
 
     def request(self, model: str, region: str, route: str, status: int) -> None:

@@ -20,12 +20,16 @@ from regiongate.state.fleet import Fleet
 
 class Services(Protocol):
     config: Config
-    fleet: Fleet
     gateway: Gateway
     callers: Callers
     metrics: Metrics
     mounts: list[tuple[str, Any]]  # (path prefix, ASGI app): admin API, key set, console
     on_reload: list[Callable[[Any], None]]  # called with the services after each config reload
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet in force (a reload swaps it)."""
+        ...
 
     async def start(self) -> None:
         """Start background work once, before the first listener accepts a call."""
