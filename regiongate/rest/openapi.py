@@ -3,7 +3,7 @@
 It describes what the gateway itself guarantees (OpenAI-compatible requests, the fields routing reads,
 OpenAI-shaped errors, the ``x-regiongate-*`` and ``x-ratelimit-*`` headers); fields it forwards untouched
 to the backend are allowed (``additionalProperties``) but not listed. Schemathesis fuzzes the API from
-this document in CI (tests/test_scale_openapi.py).
+this document in CI (tests/rest/test_openapi.py).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tests.support.control import ADMIN_KEY, admin, chat, control_config, poll
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRANTS = (
     Grant("grok-4"),
     Grant("grok-4-fast"),

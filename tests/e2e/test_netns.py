@@ -147,7 +147,7 @@ class NetLab:
         h.mechanism = "nfqueue"
         h.delay_file.write_text(f"{ms:g}")
         log = self.tmp / f"{h.ns}-delay.log"
-        p = self.spawn(h, [sys.executable, str(HERE / "netdelay.py"), "0", str(h.delay_file)], log)
+        p = self.spawn(h, [sys.executable, str(HERE.parent / "support" / "netdelay.py"), "0", str(h.delay_file)], log)
         deadline = time.monotonic() + 15
         while "ready" not in log.read_text():
             if p.poll() is not None or time.monotonic() > deadline:

@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parent.parent / "regiongate" / "core"
+CORE = Path(__file__).resolve().parents[2] / "regiongate" / "core"
 
 
 def _imports(path: Path) -> set[str]:
