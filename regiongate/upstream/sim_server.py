@@ -4,18 +4,20 @@ server, so tests and benchmarks go through the real upstream path. ``mode`` inje
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
 
 from regiongate.asgi import Receive, Scope, Send, read_body, send_bytes, send_json, stream_response
+from regiongate.upstream.base import UpstreamCall
+from regiongate.upstream.sim_openai import openai_error
 from regiongate.upstream.simulated import SimulatedEngine
 
 MODES = ("ok", "hang", "error500", "garbage", "hang-stream", "stall-stream")
 
 
-async def _stall(gen: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+async def _stall(gen: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     yield await anext(gen)  # the first event, then silence with the connection open: a stalled engine
     await asyncio.Event().wait()
 
@@ -61,14 +63,11 @@ class SimServer:
             await send_json(
                 send, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
             )
-        elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
-            await self._complete(path[3:], receive, send)
-        elif method == "POST" and path == "/v1/embeddings":
-            payload = orjson.loads(await read_body(receive, 64 * 1024 * 1024, None))
-            await send_json(send, 200, self.engine.embed(payload))
         elif method == "POST" and path == "/sim/release":
             self.gate.set()
             await send_json(send, 200, {"released": self.held})
+        elif method == "POST" and path.startswith("/v1/"):
+            await self._complete(path[3:], receive, send)
         else:
             await send_json(
                 send,
@@ -94,18 +93,7 @@ class SimServer:
         if self.mode in ("hang",):
             await asyncio.Event().wait()  # accept and never answer
         if self.mode == "error500":
-            await send_json(
-                send,
-                500,
-                {
-                    "error": {
-                        "message": "simulated failure",
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                },
-            )
+            await send_json(send, 500, openai_error("simulated failure", None, None, "server_error"))
             return
         if self.mode == "garbage":
             await send_bytes(send, 200, b"\x00not json at all", b"application/json")
@@ -113,25 +101,19 @@ class SimServer:
         try:
             payload: dict[str, Any] = orjson.loads(body)
         except orjson.JSONDecodeError:
-            await send_json(
-                send,
-                400,
-                {
-                    "error": {
-                        "message": "invalid JSON",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": None,
-                    }
-                },
-            )
+            await send_json(send, 400, openai_error("invalid JSON", None, None))
             return
-        if payload.get("stream") is True:
-            gen = self.engine.stream(payload)
-            if self.mode == "hang-stream":
-                gen = _silent()
-            elif self.mode == "stall-stream":
-                gen = _stall(gen)
-            await stream_response(receive, send, [(b"content-type", b"text/event-stream")], gen, gen.aclose)
-        else:
-            await send_json(send, 200, await self.engine.complete(payload))
+        if not isinstance(payload, dict):
+            await send_json(send, 400, openai_error("The body must be a JSON object.", None))
+            return
+        stream = payload.get("stream") is True
+        resp = await self.engine.send(UpstreamCall(path, body, payload, stream, ""))
+        if resp.chunks is None:
+            await send_bytes(send, resp.status, resp.body, resp.content_type.encode())
+            return
+        chunks = resp.chunks
+        if self.mode == "hang-stream":
+            chunks = _silent()
+        elif self.mode == "stall-stream":
+            chunks = _stall(chunks)
+        await stream_response(receive, send, [(b"content-type", b"text/event-stream")], chunks, resp.aclose)

@@ -4,80 +4,74 @@ It has a fixed number of concurrent sequence slots (more requests queue, which r
 token, as on a real server), a time to first token, a decode speed in tokens/s and an emulated network
 round trip. Its text is deterministic, says it is simulated and names its region and model; ``usage`` is
 exact for the text it produced. It counts running and waiting requests under vLLM's metric names.
+
+It speaks the APIs clients call (``DIALECTS``): chat and legacy completions (``sim_openai``), the Responses
+API (``sim_responses``), Anthropic messages (``sim_messages``) and embeddings (floats or base64, any
+``dimensions``). What a request asks for (``n``, ``stop``, logprobs, tools, a JSON schema) is honoured by
+``sim_reply``; a request it cannot answer gets a 400 in its API's error shape, as from a real server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
+import struct
 import time
-import uuid
-import zlib
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any, Protocol
 
 import orjson
 
 from regiongate.upstream.base import UpstreamCall, UpstreamResponse
+from regiongate.upstream.sim_messages import Messages
+from regiongate.upstream.sim_openai import Chat, Legacy, openai_error
+from regiongate.upstream.sim_reply import Ask, BadRequest, Turn, reply, seed_of
+from regiongate.upstream.sim_responses import Responses
 
-FILLER = [
-    "regiongate",
-    "routes",
-    "each",
-    "request",
-    "to",
-    "the",
-    "region",
-    "with",
-    "the",
-    "lowest",
-    "latency",
-    "that",
-    "has",
-    "capacity",
-    "and",
-    "keeps",
-    "regional",
-    "requests",
-    "inside",
-    "their",
-    "region",
-    "so",
-    "that",
-    "data",
-    "stays",
-    "where",
-    "it",
-    "must",
-]
-DEFAULT_MAX_TOKENS = 4096
+EMBEDDING_DIMS = 16  # without ``dimensions``: small, the vectors carry no meaning anyway
+MAX_EMBEDDING_DIMS = 4096
+
+
+class Dialect(Protocol):
+    """One API the engine speaks: how it reads a request, renders an answer, a stream and an error."""
+
+    path: str
+
+    def ask(self, payload: dict[str, Any]) -> Ask: ...
+
+    def body(self, turn: Turn) -> dict[str, Any]: ...
+
+    def events(self, turn: Turn) -> Iterator[bytes]: ...  # one blob of SSE bytes per decode step
+
+    def error(self, message: str, param: str | None) -> dict[str, Any]: ...
+
+
+DIALECTS: dict[str, Dialect] = {d.path: d for d in (Chat(), Legacy(), Responses(), Messages())}
+SERVED = ", ".join(f"/v1{p}" for p in [*DIALECTS, "/embeddings"])
 
 
 def count_prompt_tokens(payload: dict[str, Any]) -> int:
-    """About four characters a token, over every text part of every message (or the prompt)."""
+    """About four characters a token, over every text part of every message, prompt, input or system text."""
     chars = 0
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        for m in messages:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        chars += len(part["text"])
-            chars += 4  # role and framing
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        chars += len(prompt)
+    for name in ("messages", "input"):
+        items = payload.get(name)
+        if isinstance(items, str):
+            chars += len(items)
+        elif isinstance(items, list):
+            for m in items:
+                chars += _chars(m.get("content") if isinstance(m, dict) else m) + 4  # role and framing
+    for name in ("prompt", "system", "instructions"):
+        chars += _chars(payload.get(name))
     return max(1, (chars + 3) // 4)
 
 
-def _max_tokens(payload: dict[str, Any]) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        v = payload.get(name)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return DEFAULT_MAX_TOKENS
+def _chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(_chars(p.get("text") if isinstance(p, dict) else p) for p in content)
+    return 4 if isinstance(content, int) else 0  # a token id of a legacy prompt
 
 
 class SimulatedEngine:
@@ -111,27 +105,18 @@ class SimulatedEngine:
         self.served = 0
         self.peak_running = 0
 
-    # --- text --------------------------------------------------------------------------------------
-    def _tokens(self, model: str, payload: dict[str, Any]) -> tuple[list[str], str]:
-        intro = f"This is a simulated reply from {model} in {self.region} ({self.region_name});"
-        seed = zlib.crc32(orjson.dumps(payload.get("messages") or payload.get("prompt") or ""))
-        natural = 24 + seed % 40
-        limit = _max_tokens(payload)
-        n = min(natural, limit)
-        words = intro.split()
-        words += [FILLER[i % len(FILLER)] for i in range(max(0, n - len(words)))]
-        toks = [("" if i == 0 else " ") + w for i, w in enumerate(words[:n])]
-        toks[-1] += "." if n == natural else ""
-        return toks, ("stop" if n == natural else "length")
-
-    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "text_tokens": prompt, "image_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        }
+    def turn(self, dialect: Dialect, payload: dict[str, Any]) -> Turn:
+        """The answer to ``payload`` (BadRequest when it cannot be answered), before any time has passed."""
+        ask = dialect.ask(payload)
+        intro = f"This is a simulated reply from {ask.model} in {self.region} ({self.region_name});"
+        return Turn(
+            ask,
+            reply(ask, intro),
+            payload,
+            count_prompt_tokens(payload),
+            f"fp_sim_{self.region}",
+            int(time.time()),
+        )
 
     # --- scheduling ----------------------------------------------------------------------------------
     async def _admit(self) -> None:
@@ -152,112 +137,70 @@ class SimulatedEngine:
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
         if call.path == "/embeddings":
             await asyncio.sleep(self.rtt_s)
-            return UpstreamResponse(200, "application/json", body=orjson.dumps(self.embed(call.payload)))
-        if call.path not in ("/chat/completions", "/completions"):
-            body = orjson.dumps(
-                {
-                    "error": {
-                        "message": f"The simulated engine does not serve {call.path}; it serves "
-                        "/v1/chat/completions and /v1/completions.",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "unsupported_endpoint",
-                    }
-                }
-            )
-            return UpstreamResponse(404, "application/json", body=body)
+            try:
+                return _json(200, self.embed(call.payload))
+            except BadRequest as e:
+                return _json(400, openai_error(str(e), e.param))
+        dialect = DIALECTS.get(call.path)
+        if dialect is None:
+            message = f"The simulated engine does not serve {call.path}; it serves {SERVED}."
+            return _json(404, openai_error(message, None, "unsupported_endpoint"))
+        try:
+            turn = self.turn(dialect, call.payload)
+        except BadRequest as e:
+            return _json(400, dialect.error(str(e), e.param))
         if call.stream:
-            return UpstreamResponse(200, "text/event-stream", chunks=self.stream(call.payload))
-        return UpstreamResponse(200, "application/json", body=orjson.dumps(await self.complete(call.payload)))
+            return UpstreamResponse(200, "text/event-stream", chunks=self._paced(dialect.events(turn)))
+        await self._generate(turn.steps)
+        return _json(200, dialect.body(turn))
 
-    async def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
-        model = str(payload.get("model", ""))
-        toks, finish = self._tokens(model, payload)
+    async def _generate(self, steps: int) -> None:
         await asyncio.sleep(self.rtt_s)
         await self._admit()
         try:
-            await asyncio.sleep(self.ttft_s + self.token_s * len(toks))
+            await asyncio.sleep(self.ttft_s + self.token_s * steps)
         finally:
             self._leave()
-        prompt = count_prompt_tokens(payload)
-        raw_n = payload.get("n")
-        n = raw_n if isinstance(raw_n, int) and raw_n > 0 else 1
-        text = "".join(toks)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": f"fp_sim_{self.region}",
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-                for i in range(n)
-            ],
-            "usage": self._usage(prompt, len(toks) * n),
-        }
 
-    async def stream(self, payload: dict[str, Any]) -> AsyncGenerator[bytes, None]:
-        model = str(payload.get("model", ""))
-        toks, finish = self._tokens(model, payload)
-        opts = payload.get("stream_options")
-        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        fp = f"fp_sim_{self.region}"
-
-        def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-            obj: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": fp,
-                "choices": choices,
-            }
-            if usage is not None:
-                obj["usage"] = usage
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
-
+    async def _paced(self, steps: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """Each decode step's events on the decode schedule, holding a slot from admission to the end."""
         await asyncio.sleep(self.rtt_s)
         await self._admit()
         try:
             await asyncio.sleep(self.ttft_s)
             loop = asyncio.get_running_loop()
             start = loop.time()
-            for i, tok in enumerate(toks):
-                delta: dict[str, Any] = {"content": tok}
-                if i == 0:
-                    delta = {"role": "assistant", "content": tok}
-                yield event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+            for i, blob in enumerate(steps):
+                yield blob
                 # Keep to the decode schedule without a timer per token when running behind.
                 ahead = start + (i + 1) * self.token_s - loop.time()
                 if ahead > 0.0005:
                     await asyncio.sleep(ahead)
                 elif i % 64 == 63:
                     await asyncio.sleep(0)
-            yield event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
-            if include_usage:
-                yield event([], self._usage(count_prompt_tokens(payload), len(toks)))
-            yield b"data: [DONE]\n\n"
         finally:
             self._leave()
 
-    def embed(self, payload: dict[str, Any], dims: int = 16) -> dict[str, Any]:
-        """Deterministic unit vectors derived from each input's hash (no model runs)."""
-        raw = payload.get("input")
-        inputs = raw if isinstance(raw, list) else [raw]
+    def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Deterministic unit vectors seeded by each input (no model runs), as floats or base64 of float32."""
+        inputs = _embedding_inputs(payload.get("input"))
+        fmt = payload.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise BadRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+        dims = payload.get("dimensions", EMBEDDING_DIMS)
+        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_EMBEDDING_DIMS:
+            raise BadRequest(f"'dimensions' must be an integer from 1 to {MAX_EMBEDDING_DIMS}.", "dimensions")
         data = []
-        for i, text in enumerate(inputs):
-            seed = zlib.crc32(orjson.dumps(text))
-            vec = [((seed >> (k % 32)) & 0xFF) / 255.0 - 0.5 for k in range(dims)]
+        for i, item in enumerate(inputs):
+            rng = random.Random(seed_of(item))
+            vec = [rng.random() - 0.5 for _ in range(dims)]
             norm = sum(v * v for v in vec) ** 0.5 or 1.0
-            data.append({"object": "embedding", "index": i, "embedding": [v / norm for v in vec]})
-        tokens = sum(max(1, len(str(t)) // 4) for t in inputs)
+            unit = [v / norm for v in vec]
+            emb: list[float] | str = unit
+            if fmt == "base64":
+                emb = base64.b64encode(struct.pack(f"<{dims}f", *unit)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(len(t) if isinstance(t, list) else max(1, len(str(t)) // 4) for t in inputs)
         return {
             "object": "list",
             "data": data,
@@ -279,3 +222,19 @@ class SimulatedEngine:
 
     async def aclose(self) -> None:
         return None
+
+
+def _json(status: int, obj: dict[str, Any]) -> UpstreamResponse:
+    return UpstreamResponse(status, "application/json", body=orjson.dumps(obj))
+
+
+def _embedding_inputs(raw: Any) -> list[Any]:
+    """A string, strings, a token array or token arrays, as the embeddings API takes them."""
+    if isinstance(raw, str) and raw:
+        return [raw]
+    if isinstance(raw, list) and raw:
+        if all(isinstance(t, str) and t for t in raw) or all(isinstance(t, list) and t for t in raw):
+            return list(raw)
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+            return [raw]
+    raise BadRequest("'input' must be a non-empty string, array of strings, or token array(s).", "input")
