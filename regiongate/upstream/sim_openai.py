@@ -20,6 +20,7 @@ from regiongate.upstream.sim_reply import (
     DEFAULT_MAX_TOKENS,
     Ask,
     BadRequest,
+    Choice,
     Turn,
     chat_logprobs,
     choose_tool,
@@ -154,43 +155,70 @@ class Chat:
             "system_fingerprint": turn.fingerprint,
         }
 
-        def event(choice: dict[str, Any]) -> bytes:
-            return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
-
-        for step in range(turn.steps):
+        pre, post = _frame(head)
+        steps = turn.steps
+        if len(turn.choices) == 1 and turn.choices[0].call is None and top is None and steps > 1:
+            # The common stream (one text choice, no logprobs): each chunk framed without building a dict.
+            c = turn.choices[0]
+            yield pre + orjson.dumps(_chat_choice(c, 0, 0, None)) + post
+            for tok in c.tokens[1:-1]:
+                yield pre + _CONTENT % (0, orjson.dumps(tok)) + post
+            end = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": c.finish}
+            yield (
+                pre
+                + _CONTENT % (0, orjson.dumps(c.tokens[-1]))
+                + post
+                + pre
+                + orjson.dumps(end)
+                + post
+                + _tail(head, turn)
+            )
+            return
+        for step in range(steps):
             out = []
             for i, c in enumerate(turn.choices):
                 if step >= len(c.tokens):
                     continue
                 tok = c.tokens[step]
-                delta: dict[str, Any]
-                if c.call is not None:
-                    call: dict[str, Any] = {"index": 0, "function": {"arguments": tok}}
-                    if step == 0:
-                        call = {
-                            "index": 0,
-                            "id": c.call.id,
-                            "type": "function",
-                            "function": {"name": c.call.name, "arguments": tok},
-                        }
-                    delta = {"tool_calls": [call]}
+                if step and c.call is None and top is None:
+                    out.append(pre + _CONTENT % (i, orjson.dumps(tok)) + post)
                 else:
-                    delta = {"content": tok}
-                if step == 0:
-                    delta = (
-                        {"role": "assistant", **delta}
-                        if c.call is None
-                        else {"role": "assistant", "content": None, **delta}
-                    )
-                lp = chat_logprobs([tok], top) if top is not None and c.call is None else None
-                out.append(event({"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}))
+                    out.append(pre + orjson.dumps(_chat_choice(c, i, step, top)) + post)
                 if step == len(c.tokens) - 1:
-                    out.append(event({"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish}))
-            if step == turn.steps - 1:
+                    end = {"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish}
+                    out.append(pre + orjson.dumps(end) + post)
+            if step == steps - 1:
                 out.append(_tail(head, turn))
-            yield out[0] if len(out) == 1 else b"".join(out)
-        if not turn.steps:
+            yield b"".join(out)
+        if not steps:
             yield _tail(head, turn)
+
+
+_CONTENT = b'{"index":%d,"delta":{"content":%b},"logprobs":null,"finish_reason":null}'
+
+
+def _frame(head: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The bytes around one choice of a chunk: the chunk's fixed fields are encoded once per stream."""
+    return b"data: " + orjson.dumps(head)[:-1] + b',"choices":[', b"]}\n\n"
+
+
+def _chat_choice(c: Choice, i: int, step: int, top: int | None) -> dict[str, Any]:
+    """One chunk's choice: the first carries the role (and a tool call's id, type and name), later ones
+    a piece of the text or of the arguments."""
+    tok = c.tokens[step]
+    delta: dict[str, Any]
+    if c.call is not None:
+        call: dict[str, Any] = {"index": 0, "function": {"arguments": tok}}
+        if step == 0:
+            fn = {"name": c.call.name, "arguments": tok}
+            call = {"index": 0, "id": c.call.id, "type": "function", "function": fn}
+            delta = {"role": "assistant", "content": None, "tool_calls": [call]}
+        else:
+            delta = {"tool_calls": [call]}
+    else:
+        delta = {"role": "assistant", "content": tok} if step == 0 else {"content": tok}
+    lp = chat_logprobs([tok], top) if top is not None and c.call is None else None
+    return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}
 
 
 def _tail(head: dict[str, Any], turn: Turn) -> bytes:
@@ -292,9 +320,10 @@ class Legacy:
             "system_fingerprint": turn.fingerprint,
         }
         offsets = [0] * len(turn.choices)
+        pre, post = _frame(head)
 
         def event(choice: dict[str, Any]) -> bytes:
-            return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+            return pre + orjson.dumps(choice) + post
 
         for step in range(turn.steps):
             out = []
