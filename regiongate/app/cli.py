@@ -19,6 +19,7 @@ def _config(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from regiongate.app.serve import ServeOptions, serve
+    from regiongate.app.sockets import PortInUse
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("regiongate: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -34,8 +35,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         config_path=args.config,
         pid_file=args.pid_file,
+        region_ports=None if args.region_ports is None else args.region_ports or args.port + 1,
     )
-    serve(_config(args.config), opts)
+    try:
+        serve(_config(args.config), opts)
+    except PortInUse as e:
+        print(str(e), file=sys.stderr)
+        return 2
     return 0
 
 
@@ -93,29 +99,59 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
 
     cfg = _config(args.config)
     try:
-        print(
-            explain(cfg, args.model, args.origin, args.endpoint, client_ip=args.client_ip, live=args.measure)
+        text, refused = explain(
+            cfg, args.model, args.origin, args.endpoint, client_ip=args.client_ip, live=args.measure
         )
     except ValueError as e:
         print(f"regiongate: {e}", file=sys.stderr)
         return 2
-    return 0
+    print(text)
+    return 1 if refused else 0  # scripts can tell "would be refused" from "would be served"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="regiongate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the gateway (REST and gRPC listeners)")
+    s = sub.add_parser(
+        "serve",
+        help="run the gateway (REST and gRPC listeners)",
+        description="Run the gateway: the OpenAI-compatible REST API and the xAI gRPC API.",
+    )
     s.add_argument("--config", help="TOML config file (default: the demo world shipped in the package)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--grpc-port", type=int, default=50051, help="0 disables the gRPC listener")
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--tls-cert")
-    s.add_argument("--tls-key")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the listeners bind (default: %(default)s; 0.0.0.0 for every interface)",
+    )
+    s.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="REST port, endpoint chosen by the Host header (default: %(default)s)",
+    )
+    s.add_argument(
+        "--grpc-port", type=int, default=50051, help="gRPC port, 0 disables it (default: %(default)s)"
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the ports (SO_REUSEPORT), one event loop each (default: %(default)s)",
+    )
+    s.add_argument(
+        "--region-ports",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="FIRST",
+        help="also serve each regional and zone endpoint on its own port, from FIRST (default: --port + 1) "
+        "up, printed at start; the port fixes the endpoint, whatever the Host header says",
+    )
+    s.add_argument("--tls-cert", help="PEM certificate (with --tls-key): serve REST and gRPC over TLS")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--access-log", action="store_true", help="one JSON line per request (no bodies)")
-    s.add_argument("--log-level", default="info")
+    s.add_argument("--log-level", default="info", help="debug, info, warning or error (default: %(default)s)")
     s.add_argument("--pid-file", help="write the server's pid here (for `regiongate reload`)")
     s.set_defaults(func=cmd_serve)
 

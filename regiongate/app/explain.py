@@ -104,7 +104,8 @@ def explain(
     *,
     client_ip: str | None = None,
     live: bool = False,
-) -> str:
+) -> tuple[str, bool]:
+    """The rendered plan for ``model`` from a place on an endpoint, and whether the request is refused."""
     loc, said = _client(cfg, origin, client_ip)
     fleet = build_fleet(cfg)
     try:
@@ -116,4 +117,5 @@ def explain(
     if live:
         asyncio.run(measure(fleet, cfg))
     req = RouteRequest(model, endpoint, loc, ALL_ACCESS)
-    return render(explain_plan(fleet, req), req, said)
+    plan = explain_plan(fleet, req)
+    return render(plan, req, said), isinstance(plan, RouteError)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 import uvicorn
 
 from regiongate.app.logs import setup_logging
+from regiongate.app.region_ports import describe, plan_ports, region_listeners
 from regiongate.app.runtime import build_keys, build_runtime
+from regiongate.app.sockets import bind, check_free
+from regiongate.asgi import ASGIApp
 from regiongate.config import Config
 from regiongate.rest.app import RestApp
 
@@ -36,18 +39,15 @@ class ServeOptions:
     tls_key: str | None = None
     config_path: str | None = None  # re-read on SIGHUP (hot reload)
     pid_file: str | None = None  # for `regiongate reload`
+    region_ports: int | None = None  # first of the per-endpoint ports (regiongate.app.region_ports), or off
 
 
-def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+def ports_to_bind(cfg: Config, opts: ServeOptions) -> list[tuple[int, str, str]]:
+    """(port, what listens there, the option that moves it) for every fixed port this run will bind."""
+    out = [(opts.port, "REST", "--port"), (opts.grpc_port, "gRPC", "--grpc-port")]
+    if opts.region_ports is not None:
+        out += [(p.port, f"{p.kind} {p.name}", "--region-ports") for p in plan_ports(cfg, opts.region_ports)]
+    return [entry for entry in out if entry[0]]
 
 
 def settle_heap() -> None:
@@ -89,8 +89,12 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
     app = RestApp(runtime, access_log=opts.access_log)
     install_sighup(runtime, opts.config_path)
     sock = bind(opts.host, opts.port, reuse_port=opts.workers > 1)
+    socks: list[socket.socket] = []
+    asgi: ASGIApp = app
+    if opts.region_ports is not None:
+        socks, asgi = region_listeners(cfg, opts.host, opts.region_ports, opts.workers > 1, app)
     ucfg = uvicorn.Config(
-        app,
+        asgi,
         loop="uvloop",
         http="httptools",
         lifespan="on",
@@ -131,7 +135,7 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
         extra={"rest": f"{opts.host}:{sock.getsockname()[1]}", "grpc": opts.grpc_port, "worker": worker},
     )
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=[sock, *socks])
     finally:
         if grpc is not None:
             await grpc.stop(0)  # already drained unless serving ended another way
@@ -157,7 +161,10 @@ def _demo_keys(cfg: Config) -> None:
 
 def serve(cfg: Config, opts: ServeOptions) -> None:
     setup_logging(opts.log_level)
+    check_free(opts.host, ports_to_bind(cfg, opts))
     _demo_keys(cfg)
+    if opts.region_ports is not None:
+        print(describe(plan_ports(cfg, opts.region_ports), opts.host), file=sys.stdout, flush=True)
     if opts.pid_file:
         with open(opts.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
