@@ -18,21 +18,12 @@ import httpx
 import pytest
 
 from tests.conftest import DEMO_KEY, Proc
+from tests.worlds import DEMO_REGIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 DEMO_PORTS = 9  # six regions and three zones in the demo world
-ENDPOINTS = [
-    "us-east-1",
-    "us-west-2",
-    "eu-west-1",
-    "eu-central-1",
-    "ap-northeast-1",
-    "ap-southeast-2",
-    "us",
-    "eu",
-    "apac",
-]
+ENDPOINTS = [*DEMO_REGIONS, "us", "eu", "apac"]  # the order --region-ports numbers them in
 
 
 def free_block(n: int) -> int:
@@ -52,6 +43,14 @@ def free_block(n: int) -> int:
             for s in held:
                 s.close()
     raise RuntimeError("no block of free ports")
+
+
+def run(
+    *cmd: str, cwd: Path | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def readme_block(lang: str, needle: str) -> str:
@@ -109,13 +108,7 @@ def test_region_ports_are_listed_and_fix_the_endpoint_whatever_the_host(demo: tu
 def test_readme_python_example_runs_as_written(demo: tuple[Proc, int]) -> None:
     gw, base = demo
     code = moved(readme_block("python", "from openai import OpenAI"), gw, base)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "KEY": DEMO_KEY},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run(sys.executable, "-c", code, KEY=DEMO_KEY)
     assert out.returncode == 0, out.stderr
     assert "simulated reply from grok-4 in us-east-1" in out.stdout
 
@@ -130,35 +123,18 @@ def test_readme_node_example_runs_as_written(demo: tuple[Proc, int], tmp_path: P
     work = tmp_path / "node-example"
     work.mkdir()
     (work / "package.json").write_text('{"name": "regiongate-readme-example", "private": true}\n')
-    install = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "openai"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    install = run(
+        npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "openai", cwd=work, timeout=300
     )
     assert install.returncode == 0, install.stderr
     (work / "example.mjs").write_text(moved(readme_block("js", 'from "openai"'), gw, base))
-    out = subprocess.run(
-        [node, "example.mjs"],
-        cwd=work,
-        env={**os.environ, "KEY": DEMO_KEY},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run(node, "example.mjs", cwd=work, KEY=DEMO_KEY)
     assert out.returncode == 0, out.stderr
     assert "simulated reply from grok-4 in us-east-1" in out.stdout
 
 
-def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "regiongate", "serve", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "REGIONGATE_DEMO_API_KEY": DEMO_KEY},
-    )
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return run(sys.executable, "-m", "regiongate", "serve", *args, REGIONGATE_DEMO_API_KEY=DEMO_KEY)
 
 
 @pytest.mark.parametrize("which", ["rest", "grpc", "region"])
@@ -193,8 +169,7 @@ def test_serve_help_gives_text_and_defaults() -> None:
 
 def test_route_explain_exits_non_zero_for_a_refused_request() -> None:
     def explain(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "regiongate", "route", "explain", "--model", "grok-4", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return run(sys.executable, "-m", "regiongate", "route", "explain", "--model", "grok-4", *args)
 
     refused = explain("--endpoint", "ap-southeast-2.localhost")
     assert refused.returncode == 1 and "refused" in refused.stdout, refused.stdout + refused.stderr

@@ -22,10 +22,10 @@ from regiongate.upstream.sim_reply import (
     Choice,
     Turn,
     choose_tool,
+    last_user_text,
     positive_int,
     seed_of,
     stops_of,
-    text_of,
     tools_of,
 )
 
@@ -72,14 +72,7 @@ class Messages:
             raise BadRequest("'tool_choice' of type 'tool' must give its 'name'.", "tool_choice")
         mode = _MODES.get(str(kind), "auto")
         ask.tool_choice = choose_tool(mode, named, ask.tools, _has_tool_result(msgs[-1]), "tool_choice")
-        ask.last_user_text = next(
-            (
-                text_of(m.get("content"))
-                for m in reversed(msgs)
-                if isinstance(m, dict) and m.get("role") == "user"
-            ),
-            "",
-        )
+        ask.last_user_text = last_user_text(msgs)
         return ask
 
     @staticmethod

@@ -24,11 +24,11 @@ from regiongate.upstream.sim_reply import (
     Turn,
     chat_logprobs,
     choose_tool,
+    last_user_text,
     legacy_logprobs,
     positive_int,
     seed_of,
     stops_of,
-    text_of,
     tools_of,
 )
 
@@ -59,6 +59,17 @@ def _bounded(payload: dict[str, Any], name: str, high: int) -> int | None:
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= high:
         raise BadRequest(f"'{name}' must be an integer from 0 to {high}.", name)
     return v
+
+
+def _head(turn: Turn, prefix: str, kind: str) -> dict[str, Any]:
+    """The fields a completion and each of its stream's chunks open with."""
+    return {
+        "id": prefix + uuid.uuid4().hex[:24],
+        "object": kind,
+        "created": turn.created,
+        "model": turn.ask.model,
+        "system_fingerprint": turn.fingerprint,
+    }
 
 
 def _usage(turn: Turn) -> dict[str, Any]:
@@ -103,14 +114,7 @@ class Chat:
             answered = bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "tool"
             ask.tool_choice = choose_tool(str(raw), named, ask.tools, answered, "tool_choice")
             ask.json = _json_format(payload.get("response_format"))
-            ask.last_user_text = next(
-                (
-                    text_of(m.get("content"))
-                    for m in reversed(msgs)
-                    if isinstance(m, dict) and m.get("role") == "user"
-                ),
-                "",
-            )
+            ask.last_user_text = last_user_text(msgs)
         return ask
 
     @staticmethod
@@ -134,26 +138,12 @@ class Chat:
                 msg["tool_calls"] = [{"id": c.call.id, "type": "function", "function": fn}]
             lp = chat_logprobs(c.tokens, top) if top is not None and c.call is None else None
             choices.append({"index": i, "message": msg, "logprobs": lp, "finish_reason": c.finish})
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": turn.created,
-            "model": turn.ask.model,
-            "system_fingerprint": turn.fingerprint,
-            "choices": choices,
-            "usage": _usage(turn),
-        }
+        return {**_head(turn, "chatcmpl-", "chat.completion"), "choices": choices, "usage": _usage(turn)}
 
     @staticmethod
     def events(turn: Turn) -> Iterator[bytes]:
         top = turn.ask.logprobs
-        head = {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion.chunk",
-            "created": turn.created,
-            "model": turn.ask.model,
-            "system_fingerprint": turn.fingerprint,
-        }
+        head = _head(turn, "chatcmpl-", "chat.completion.chunk")
 
         pre, post = _frame(head)
         steps = turn.steps
@@ -299,26 +289,12 @@ class Legacy:
             }
             for i, c in enumerate(turn.choices)
         ]
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "text_completion",
-            "created": turn.created,
-            "model": turn.ask.model,
-            "system_fingerprint": turn.fingerprint,
-            "choices": choices,
-            "usage": _legacy_usage(turn),
-        }
+        return {**_head(turn, "cmpl-", "text_completion"), "choices": choices, "usage": _legacy_usage(turn)}
 
     @staticmethod
     def events(turn: Turn) -> Iterator[bytes]:
         top = turn.ask.logprobs
-        head = {
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "text_completion",
-            "created": turn.created,
-            "model": turn.ask.model,
-            "system_fingerprint": turn.fingerprint,
-        }
+        head = _head(turn, "cmpl-", "text_completion")
         offsets = [0] * len(turn.choices)
         pre, post = _frame(head)
 

@@ -315,6 +315,16 @@ def choose_tool(
     raise BadRequest(f"'{param}' must be 'auto', 'required', 'none' or a named function.", param)
 
 
+def last_user_text(items: Any) -> str:
+    """The text of the last user message (an input that is one string is that message)."""
+    if isinstance(items, str):
+        return items
+    for m in reversed(items if isinstance(items, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return text_of(m.get("content"))
+    return ""
+
+
 def text_of(content: Any) -> str:
     """The text of a message's content: a string, or the text parts of a list of parts / blocks."""
     if isinstance(content, str):

@@ -26,9 +26,9 @@ from regiongate.upstream.sim_reply import (
     Choice,
     Turn,
     choose_tool,
+    last_user_text,
     positive_int,
     seed_of,
-    text_of,
     tools_of,
 )
 
@@ -45,15 +45,6 @@ def _format(text: Any) -> dict[str, Any] | None:
     raise BadRequest(
         "'text.format' must be of type 'text', 'json_object' or 'json_schema' with a 'schema'.", "text.format"
     )
-
-
-def _last_user_text(items: Any) -> str:
-    if isinstance(items, str):
-        return items
-    for item in reversed(items if isinstance(items, list) else []):
-        if isinstance(item, dict) and item.get("role") == "user":
-            return text_of(item.get("content"))
-    return ""
 
 
 class Responses:
@@ -82,7 +73,7 @@ class Responses:
         answered = isinstance(last, dict) and last.get("type") == "function_call_output"
         ask.tool_choice = choose_tool(str(raw), named, ask.tools, answered, "tool_choice")
         ask.json = _format(payload.get("text"))
-        ask.last_user_text = _last_user_text(items)
+        ask.last_user_text = last_user_text(items)
         return ask
 
     @staticmethod
