@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import socket
@@ -17,32 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.worlds import DEMO_REGIONS
+from tests.support.procs import DEMO_KEY, Proc, free_ports
+from tests.support.worlds import DEMO_REGIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 DEMO_PORTS = 9  # six regions and three zones in the demo world
 ENDPOINTS = [*DEMO_REGIONS, "us", "eu", "apac"]  # the order --region-ports numbers them in
-
-
-def free_block(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        held = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no block of free ports")
 
 
 def run(
@@ -72,7 +52,7 @@ def moved(code: str, gw: Proc, base: int) -> str:
 
 @pytest.fixture
 def demo(start_gateway: Callable[..., Proc]) -> tuple[Proc, int]:
-    base = free_block(DEMO_PORTS)
+    base = free_ports(DEMO_PORTS)
     return start_gateway(args=["--region-ports", str(base)]), base
 
 
@@ -139,7 +119,7 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("which", ["rest", "grpc", "region"])
 def test_a_port_in_use_is_one_line_naming_it_and_exit_2(which: str, tmp_path: Path) -> None:
-    base = free_block(DEMO_PORTS + 2)
+    base = free_ports(DEMO_PORTS + 2)
     rest, grpc, first = base, base + 1, base + 2
     taken = {"rest": rest, "grpc": grpc, "region": first + 2}[which]
     with socket.socket() as holder:

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from xai_sdk import Client
 from xai_sdk.chat import tool, tool_result, user
 
-from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
-from tests.worlds import http_backend, world
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
+from tests.support.worlds import http_backend, world
 
 FAST = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 5000 }'
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -58,7 +58,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp: Path = tmp_path_factory.mktemp("simengine")
     sim_port = free_port()
     sim = Proc(
-        _spawn(
+        spawn(
             ["sim-backend", "--region", "eu-west-1", "--port", str(sim_port), "--ttft-ms", "1",
              "--tokens-per-s", "5000"],
             tmp / "sim.log",
@@ -70,7 +70,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     port, grpc_port = free_port(), free_port()
     cmd = ["serve", "--config", str(tmp / "gw.toml"), "--port", str(port), "--grpc-port", str(grpc_port)]
     env = {"REGIONGATE_DEMO_API_KEY": DEMO_KEY, "REGIONGATE_DATA_DIR": str(tmp / "data")}
-    gw = Proc(_spawn(cmd, tmp / "gw.log", env), port, tmp / "gw.log")
+    gw = Proc(spawn(cmd, tmp / "gw.log", env), port, tmp / "gw.log")
     try:
         wait_http(sim.url + "/health", sim.proc, log=sim.log)
         wait_http(gw.url + "/healthz", gw.proc, log=gw.log)

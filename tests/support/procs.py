@@ -23,20 +23,33 @@ _worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or
 _next_port = itertools.count(random.randrange(_BLOCK))
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False  # in use (another session's test, or a server still closing)
+        return True
+
+
 def free_port() -> int:
     """A port for a server a test is about to start. Each xdist worker draws from its own block below the
     ephemeral range, so no other worker, and no outgoing connection, can be handed the same port between
     this check and the server's bind (a port from bind(0) can be, once it is closed)."""
+    return free_ports(1)
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports from this worker's block (``serve --region-ports``); the
+    draw moves past them, so later ``free_port`` calls do not hand them out again."""
     base = 20000 + (_worker % 8) * _BLOCK
     for _ in range(_BLOCK):
-        port = base + next(_next_port) % _BLOCK
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use (another session's test, or a server still closing)
-            return port
-    raise RuntimeError(f"no free port in {base}..{base + _BLOCK}")
+        first = base + next(_next_port) % (_BLOCK - n + 1)
+        if all(_free(p) for p in range(first, first + n)):
+            for _ in range(n - 1):
+                next(_next_port)
+            return first
+    raise RuntimeError(f"no {n} free ports in a row in {base}..{base + _BLOCK}")
 
 
 def wait_http(
