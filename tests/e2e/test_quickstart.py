@@ -19,7 +19,7 @@ import pytest
 from tests.support.procs import DEMO_KEY, Proc, free_ports
 from tests.support.worlds import DEMO_REGIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DEMO_PORTS = 9  # six regions and three zones in the demo world
 ENDPOINTS = [*DEMO_REGIONS, "us", "eu", "apac"]  # the order --region-ports numbers them in
