@@ -100,7 +100,13 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     try:
         text, refused = explain(
-            cfg, args.model, args.origin, args.endpoint, client_ip=args.client_ip, live=args.measure
+            cfg,
+            args.model,
+            args.origin,
+            args.endpoint,
+            client_ip=args.client_ip,
+            live=args.measure,
+            prompt_tokens=args.prompt_tokens,
         )
     except ValueError as e:
         print(f"regiongate: {e}", file=sys.stderr)
@@ -191,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint", default="localhost", help="host the client addresses, e.g. us-east-1.localhost"
     )
     e.add_argument("--client-ip", help="locate the client with [gateway].geoip_database")
+    e.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=0,
+        help="the request's prompt length: its own prefill is predicted",
+    )
     e.add_argument(
         "--measure", action="store_true", help="probe the HTTP backends and read their load metrics first"
     )

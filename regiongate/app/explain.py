@@ -46,20 +46,24 @@ def render(plan: Plan | RouteError, req: RouteRequest, origin: str = "") -> str:
     rows = [
         head,
         f"{'region':<16} {'verdict':<8} {'est ms':>8} {'rtt ms':>8} {'rtt source':<17} {'queue ms':>8} "
-        f"{'free':>5}  reason",
+        f"{'base ms':>8} {'prefill':>8} {'+/- ms':>7} {'free':>5}  reason",
     ]
     for r in explain_rows(plan):
         free = "-" if r["free"] is None else r["free"]
         rows.append(
             f"{r['region']:<16} {r['verdict']:<8} {_num(r['estimate_ms'])} {_num(r['rtt_ms'])} "
-            f"{r['rtt_source'] or '-':<17} {_num(r['queue_ms'])} {free:>5}  {r['reason']}"
+            f"{r['rtt_source'] or '-':<17} {_num(r['queue_ms'])} {_num(r['base_ms'])} "
+            f"{_num(r['prefill_ms'])} {_num(r['error_ms'], 7)} {free:>5}  {r['reason']}"
         )
-    rows.append("est = rtt + queue; queue = smoothed TTFT + queue depth x max(TTFT, 50 ms)")
+    rows.append(
+        f"est = rtt + queue + base + prefill ({req.prompt_tokens} prompt tokens); +/- is the standard error "
+        "of the learned part: a farther region wins only by more than 3 x the combined error + 5 ms"
+    )
     return "\n".join(rows)
 
 
-def _num(v: float | None) -> str:
-    return f"{v:8.1f}" if v is not None else f"{'-':>8}"
+def _num(v: float | None, width: int = 8) -> str:
+    return f"{v:{width}.1f}" if v is not None else f"{'-':>{width}}"
 
 
 async def measure(fleet: Fleet, cfg: Config, rounds: int = PROBE_ROUNDS) -> None:
@@ -104,6 +108,7 @@ def explain(
     *,
     client_ip: str | None = None,
     live: bool = False,
+    prompt_tokens: int = 0,
 ) -> tuple[str, bool]:
     """The rendered plan for ``model`` from a place on an endpoint, and whether the request is refused."""
     loc, said = _client(cfg, origin, client_ip)
@@ -116,6 +121,6 @@ def explain(
         raise ValueError(e.message) from None
     if live:
         asyncio.run(measure(fleet, cfg))
-    req = RouteRequest(model, endpoint, loc, ALL_ACCESS)
+    req = RouteRequest(model, endpoint, loc, ALL_ACCESS, max(prompt_tokens, 0))
     plan = explain_plan(fleet, req)
     return render(plan, req, said), isinstance(plan, RouteError)

@@ -3,7 +3,8 @@
 from regiongate.core.endpoint import GLOBAL, Endpoint, EndpointKind, resolve_endpoint
 from regiongate.core.errors import ClientError, GatewayError, RouteError, UpstreamError
 from regiongate.core.geo import Location, great_circle_km, parse_location, rtt_from_distance_ms
-from regiongate.core.policy import Candidate, Considered, Estimate, Plan, decide
+from regiongate.core.latency import Estimate
+from regiongate.core.policy import Candidate, Considered, Plan, decide
 from regiongate.core.request import ALL_ACCESS, Access, Grant, RouteRequest
 from regiongate.core.world import BackendState, DeploymentState, Region, WorldSnapshot
 

@@ -10,12 +10,13 @@ from enum import StrEnum
 
 
 class Route(StrEnum):
-    NEAREST = "nearest"  # global: the best-ranked region in scope had room
-    SPILLOVER = "spillover"  # global: the best had no room, the next-closest with room took it
+    NEAREST = "nearest"  # global: the nearest region in scope took it
+    SPILLOVER = "spillover"  # global: another region: the nearest was full, or slower beyond the margin
     FAILOVER = "failover"  # global: a region failed before the first byte, another answered
     PINNED = "pinned"  # a regional endpoint: that region or nothing
     ZONE = "zone"  # a zone endpoint or a zone-fenced key: inside the data zone
     LEAST_LOADED = "least-loaded"  # the simulator's least-loaded baseline, never the gateway
+    POWER_OF_TWO = "power-of-two"  # the simulator's power-of-two-choices baseline, never the gateway
     NONE = ""  # refused before any region was chosen
 
 

@@ -1,18 +1,23 @@
 """The routing policy: ``decide(snapshot, request) -> Plan | RouteError``. Pure: no I/O, no clock, no globals.
 
-For each region in the endpoint's scope that offers the model and that the caller may use:
+For each region in the endpoint's scope that offers the model and that the caller may use, the
+request's time to first token is predicted (``core.latency``):
 
-    estimate_ms = network_ms + queue_ms
-    network_ms  = measured RTT to the region's backends            (when probes have measured it and the
-                                                                      client location is unknown)
-                | great-circle RTT from the client's location     (when known)
-                | great-circle RTT from this gateway's location
-    queue_ms    = smoothed time to first token + queue_depth * max(ttft, QUEUE_STEP_MS)
+    predicted_ms = network_ms + queue_depth * wait_ms_per_queued + base_ms + prompt * prefill_ms_per_token
+    network_ms   = great-circle RTT from the client's location     (when known)
+                 | measured RTT to the region's backends           (when probes have measured it)
+                 | great-circle RTT from this gateway's location
 
-Regions are ranked by ``estimate_ms`` (ties by region id) and walked as a waterfall: regions without a
-healthy backend or without free capacity are dropped; the rest, in rank order, form the plan. The first
-kept region is ``nearest`` when it is the best ranked of all, else ``spillover``; a regional endpoint is
-``pinned`` and a zone endpoint ``zone``.
+Regions without a healthy backend, without free capacity, or (with a spillover budget) predicted more
+than the budget above the best are dropped. Of the rest, the nearest by ``network_ms`` is taken unless
+another region's prediction beats it by more than the margin (``core.latency.margin_ms``: three standard
+errors of the two estimates), so noise in the learned numbers never moves traffic. When it is beaten, the
+regions within the margin of the best prediction are near-equal (their difference is noise) and the
+request's ``salt`` draws one of them: replicas deciding on the same stale numbers spread over them.
+A request with somewhere else to go leaves each region's last tenth of its slots (``RESERVE_FRACTION``)
+to requests that cannot move while another region has room to spare. The plan is that region first, then the others by prediction. The first
+candidate's route is ``nearest`` when it is the nearest region in scope, else ``spillover``; a regional
+endpoint is ``pinned`` and a zone endpoint ``zone``.
 """
 
 from __future__ import annotations
@@ -25,21 +30,9 @@ from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.geo import Location, rtt_from_distance_ms
 from regiongate.core.labels import Drop, Route
+from regiongate.core.latency import Estimate, margin_ms, server_ms
 from regiongate.core.request import RouteRequest
 from regiongate.core.world import DeploymentState, WorldSnapshot
-
-QUEUE_STEP_MS = 50.0
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    network_ms: float
-    network_source: str  # "measured" | "client-distance" | "gateway-distance"
-    queue_ms: float
-
-    @property
-    def total_ms(self) -> float:
-        return self.network_ms + self.queue_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +130,17 @@ def _network(snapshot: WorldSnapshot, dep: DeploymentState, loc: Location | None
     return snapshot.gateway_rtt_ms[dep.region], "gateway-distance"
 
 
-def _queue_ms(dep: DeploymentState) -> float:
-    ttft = dep.ttft_ms
-    return ttft + dep.queue_depth * max(ttft, QUEUE_STEP_MS) if dep.queue_depth else ttft
-
-
-def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, loc: Location | None) -> Estimate:
-    network, source = _network(snapshot, dep, loc)
-    return Estimate(network, source, _queue_ms(dep))
+def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, request: RouteRequest) -> Estimate:
+    network, source = _network(snapshot, dep, request.client_location)
+    prompt = request.prompt_tokens
+    return Estimate(
+        network,
+        source,
+        dep.queue_depth * dep.wait_ms_per_queued,
+        dep.ttft_ms,
+        prompt * dep.prefill_ms_per_token,
+        dep.error_ms,
+    )
 
 
 def _where(request: RouteRequest) -> str:
@@ -185,6 +181,9 @@ def _backend_order(dep: DeploymentState) -> tuple[str, ...]:
     return tuple(b.id for b in healthy)
 
 
+# A request with somewhere else to go does not take a region's last tenth of its slots (see ``_pick``).
+RESERVE_FRACTION = 0.1
+
 # Why a ranked region is not a candidate ("" when it is one).
 UNHEALTHY, FULL, OVER_BUDGET = Drop.UNHEALTHY, Drop.FULL, Drop.OVER_BUDGET
 
@@ -199,31 +198,97 @@ def _drop(dep: DeploymentState, total_ms: float, limit_ms: float | None) -> str:
     return ""
 
 
-Ranked = list[tuple[float, str, DeploymentState]]  # (estimate_ms, region, deployment), best first
+# (predicted_ms, network_ms, region, deployment); region ids are unique within a model, so sorting these
+# never compares deployments.
+Ranked = list[tuple[float, float, str, DeploymentState]]
 
 
-def _candidate(snapshot: WorldSnapshot, request: RouteRequest, dep: DeploymentState, rank: int) -> Candidate:
+def _candidate(
+    snapshot: WorldSnapshot, request: RouteRequest, dep: DeploymentState, nearest: str
+) -> Candidate:
     return Candidate(
         dep.region,
         _backend_order(dep),
-        _route(request, first_choice=rank == 0),
-        _estimate(snapshot, dep, request.client_location),
+        _route(request, nearest=dep.region == nearest),
+        _estimate(snapshot, dep, request),
         dep.free,
     )
 
 
-def _walk(
-    snapshot: WorldSnapshot, request: RouteRequest, ranked: Ranked, limit_ms: float | None
-) -> Iterator[Candidate]:
-    """The candidates in rank order, each built only when the walk reaches it."""
-    for rank, (total, _, dep) in enumerate(ranked):
-        if not _drop(dep, total, limit_ms):
-            yield _candidate(snapshot, request, dep, rank)
+def _rank(
+    snapshot: WorldSnapshot, request: RouteRequest, in_scope: Sequence[DeploymentState]
+) -> tuple[Ranked, int]:
+    """Every region in scope by prediction, best first, and the index of the nearest by network."""
+    loc, prompt = request.client_location, request.prompt_tokens
+    ranked: Ranked = []
+    near: tuple[float, float, str, DeploymentState] | None = None
+    for d in in_scope:
+        net = _network(snapshot, d, loc)[0]
+        entry = (
+            net + server_ms(d.ttft_ms, d.prefill_ms_per_token, d.wait_ms_per_queued, d.queue_depth, prompt),
+            net,
+            d.region,
+            d,
+        )
+        ranked.append(entry)
+        if near is None or net < near[1] or (net == near[1] and d.region < near[2]):
+            near = entry
+    ranked.sort()
+    return ranked, ranked.index(near) if near is not None else 0
+
+
+def _open(r: tuple[float, float, str, DeploymentState], limit_ms: float | None) -> bool:
+    d = r[3]
+    return d.free > 0 and d.has_healthy_backend and (limit_ms is None or r[0] <= limit_ms)
+
+
+def _roomy(d: DeploymentState) -> bool:
+    """More than the reserved tenth free: a request with somewhere else to go may take a slot here."""
+    return d.free > d.limit * RESERVE_FRACTION
+
+
+def _pick(ranked: Ranked, near_i: int, limit_ms: float | None, salt: int) -> tuple[int, str]:
+    """The index in ``ranked`` of the region to try first (-1: none is open), and why.
+
+    Among the open regions (the roomy ones, if any: a request that could go elsewhere leaves each region's
+    last ``RESERVE_FRACTION`` to requests that cannot), the nearest keeps the request unless the best
+    prediction beats it by more than the margin; then one of the regions within the margin of the best
+    is drawn by the salt. Most requests end at the first test: their nearest region is also the best."""
+    near = ranked[near_i]
+    if near_i == 0 and _open(near, limit_ms) and _roomy(near[3]):
+        return 0, "nearest open region, best predicted"
+    open_ = [i for i, r in enumerate(ranked) if _open(r, limit_ms)]
+    if not open_:
+        return -1, ""
+    pool = [i for i in open_ if _roomy(ranked[i][3])] or open_
+    note = ""
+    if len(pool) < len(open_):
+        note = f"; {len(open_) - len(pool)} nearly full region(s) keep their last slots for pinned requests"
+    if len(pool) == 1:
+        return pool[0], ("the only open region" if len(open_) == 1 else "the only region with room") + note
+    for i in pool:  # the nearest of the pool (ranked by network, then id)
+        r, n = ranked[i], ranked[near_i]
+        if near_i not in pool or r[1] < n[1] or (r[1] == n[1] and r[2] < n[2]):
+            near_i = i
+    b = pool[0]
+    best, near = ranked[b], ranked[near_i]
+    if near_i == b:
+        return b, "nearest open region, best predicted" + note
+    gain = near[0] - best[0]
+    need = margin_ms(near[3].error_ms, best[3].error_ms)
+    if gain <= need:
+        why = f"nearest open region; the best is only {gain:.1f} ms better (margin {need:.1f} ms)"
+        return near_i, why + note
+    err = best[3].error_ms
+    ties = [i for i in pool if ranked[i][0] - best[0] <= margin_ms(ranked[i][3].error_ms, err)]
+    if len(ties) < 2:
+        return b, f"best predicted, {gain:.1f} ms better than the nearest (margin {need:.1f} ms)" + note
+    return ties[salt % len(ties)], f"drawn among {len(ties)} regions within the margin of the best" + note
 
 
 def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False) -> Plan | RouteError:
-    """The plan for ``request``. With ``explain``, the plan also lists every region considered and why it was
-    kept or dropped (``route explain``, the explain header); routing itself never needs that list."""
+    """The plan for ``request``. With ``explain``, the plan also lists every region of the snapshot and
+    why it was kept or dropped (``route explain``, the explain header); routing itself never needs it."""
     fence = _fence_error(snapshot, request)
     if fence is not None:
         return fence
@@ -239,21 +304,23 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
         hint = [d.region for d in visible if _in_fence(snapshot, request, d.region)]
         return RouteError.model_not_found(model, _where(request), hint)
 
-    loc = request.client_location
-    # Region ids are unique within a model, so the sort never compares deployments.
-    ranked: Ranked = sorted([(_network(snapshot, d, loc)[0] + _queue_ms(d), d.region, d) for d in in_scope])
+    ranked, near_i = _rank(snapshot, request, in_scope)
+    nearest = ranked[near_i][2]
     budget = access.spill_budget_ms if request.endpoint.kind is EndpointKind.GLOBAL else None
     limit_ms = ranked[0][0] + budget if budget is not None else None
-    first_choice = ranked[0][1]
     if explain:
-        return _explained(snapshot, request, ranked, limit_ms, budget, in_scope)
-
-    walk = _walk(snapshot, request, ranked, limit_ms)
-    first = next(walk, None)
-    if first is not None:
-        return Plan(model, (first,), (), first_choice, more=walk)
-    over_budget = any(_drop(dep, total, limit_ms) is OVER_BUDGET for total, _, dep in ranked)
-    return _refusal(snapshot, request, in_scope, over_budget)
+        return _explained(snapshot, request, ranked, limit_ms, budget, in_scope, near_i)
+    pick = _pick(ranked, near_i, limit_ms, request.salt)[0]
+    if pick < 0:
+        over_budget = any(_drop(r[3], r[0], limit_ms) is OVER_BUDGET for r in ranked)
+        return _refusal(snapshot, request, in_scope, over_budget)
+    first = _candidate(snapshot, request, ranked[pick][3], nearest)
+    rest = (
+        _candidate(snapshot, request, r[3], nearest)
+        for i, r in enumerate(ranked)
+        if i != pick and _open(r, limit_ms)
+    )
+    return Plan(model, (first,), (), nearest, more=rest)
 
 
 def _explained(
@@ -263,29 +330,60 @@ def _explained(
     limit_ms: float | None,
     budget: float | None,
     in_scope: Sequence[DeploymentState],
+    near_i: int,
 ) -> Plan | RouteError:
     """``decide`` with every region's verdict written down (``route explain``, the explain header)."""
-    candidates: list[Candidate] = []
+    nearest = ranked[near_i][2]
+    pick, why_first = _pick(ranked, near_i, limit_ms, request.salt)
+    order = [pick] if pick >= 0 else []
+    order += [i for i, r in enumerate(ranked) if i != pick and _open(r, limit_ms)]
+    candidates = [_candidate(snapshot, request, ranked[i][3], nearest) for i in order]
+    rank_of = {c.region: n for n, c in enumerate(candidates, 1)}
     considered: list[Considered] = []
     over_budget = False
-    for rank, (total, _, dep) in enumerate(ranked):
-        why = _drop(dep, total, limit_ms)
+    for _, _, region, dep in ranked:
+        est = _estimate(snapshot, dep, request)
+        why = _drop(dep, est.total_ms, limit_ms)
         if not why:
-            cand = _candidate(snapshot, request, dep, rank)
-            candidates.append(cand)
-            verdict = f"rank {len(candidates)} ({cand.route})"
-            considered.append(Considered(dep.region, "kept", verdict, cand.estimate, dep.free))
+            n = rank_of[region]
+            cand = candidates[n - 1]
+            verdict = f"rank {n} ({cand.route})" + (f": {why_first}" if n == 1 else "")
+            considered.append(Considered(region, "kept", verdict, est, dep.free))
             continue
         over_budget = over_budget or why is OVER_BUDGET
         if why is FULL:
             why = f"full ({_full(dep)})"
         elif why is OVER_BUDGET:
             why = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
-        est = _estimate(snapshot, dep, request.client_location)
-        considered.append(Considered(dep.region, "dropped", why, est, dep.free))
+        considered.append(Considered(region, "dropped", why, est, dep.free))
+    considered += _out_of_scope(snapshot, request, in_scope)
     if candidates:
-        return Plan(request.model, candidates, tuple(considered), ranked[0][1])
+        return Plan(request.model, candidates, tuple(considered), nearest)
     return _refusal(snapshot, request, in_scope, over_budget)
+
+
+def _out_of_scope(
+    snapshot: WorldSnapshot, request: RouteRequest, in_scope: Sequence[DeploymentState]
+) -> list[Considered]:
+    """Every other region of the snapshot, with the reason the request may not or cannot go there."""
+    model, access, ep = request.model, request.access, request.endpoint
+    seen = {d.region for d in in_scope}
+    out = []
+    for region in snapshot.regions:
+        if region in seen:
+            continue
+        if snapshot.deployment(model, region) is None:
+            why = f"model {model} not offered there"
+        elif not access.permits(model, region):
+            why = "not granted to this team"
+        elif not _in_fence(snapshot, request, region):
+            why = f"outside this key's fence (data zone {access.zone})"
+        elif ep.kind is EndpointKind.REGION:
+            why = f"outside the endpoint (region {ep.name} only)"
+        else:
+            why = f"outside the endpoint (data zone {ep.name} only)"
+        out.append(Considered(region, "dropped", why))
+    return out
 
 
 def _full(dep: DeploymentState) -> str:
@@ -294,13 +392,13 @@ def _full(dep: DeploymentState) -> str:
     return f"{dep.in_use}/{dep.limit} in use"
 
 
-def _route(request: RouteRequest, *, first_choice: bool) -> Route:
+def _route(request: RouteRequest, *, nearest: bool) -> Route:
     kind = request.endpoint.kind
     if kind is EndpointKind.REGION:
         return Route.PINNED
     if kind is EndpointKind.ZONE:
         return Route.ZONE
-    return Route.NEAREST if first_choice else Route.SPILLOVER
+    return Route.NEAREST if nearest else Route.SPILLOVER
 
 
 def _refusal(

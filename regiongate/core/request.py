@@ -52,3 +52,5 @@ class RouteRequest:
     endpoint: Endpoint = GLOBAL
     client_location: Location | None = None
     access: Access = ALL_ACCESS
+    prompt_tokens: int = 0  # this request's prompt length (estimated): its own prefill is predicted
+    salt: int = 0  # a random number drawn by the caller: the policy's only source of chance

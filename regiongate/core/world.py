@@ -41,7 +41,13 @@ class DeploymentState:
     limit: int
     in_use: int = 0
     backends: tuple[BackendState, ...] = ()
-    ttft_ms: float = 0.0  # recent smoothed time to first token (queueing + prefill)
+    # The learned latency model (``core.latency``; network round trip taken out): TTFT of an empty
+    # prompt, prefill time per prompt token, wait per request queued ahead, and the standard error of the
+    # server part for a typical request.
+    ttft_ms: float = 0.0
+    prefill_ms_per_token: float = 0.0
+    wait_ms_per_queued: float = 0.0
+    error_ms: float = 0.0
     queue_depth: int = 0  # requests waiting at the backend, when the backend reports it
     reported_free: int | None = None  # free slots the backend itself reports, when it does
 

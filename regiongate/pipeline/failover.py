@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import orjson
 from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide, scope
 from regiongate.core.errors import GatewayError, UpstreamError
 from regiongate.core.labels import Route
+from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.sse import SseRelay, event
@@ -84,6 +86,7 @@ class _Attempt:
     lease: Lease
     route: Route
     started: float
+    queued: int = 0  # the deployment's queue depth when the request was sent
 
 
 class Hook(Protocol):
@@ -106,10 +109,16 @@ class Gateway:
         self.usage = usage
         self.metrics = metrics
         self.hooks: list[Hook] = list(hooks or [])
+        self._rng = random.Random()
 
     def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
         request = RouteRequest(
-            inbound.model, inbound.endpoint, inbound.client_location, inbound.principal.access
+            inbound.model,
+            inbound.endpoint,
+            inbound.client_location,
+            inbound.principal.access,
+            prompt_tokens_estimate(len(inbound.body)),
+            self._rng.getrandbits(32),  # the policy's tie-breaks: its own generator, never a global one
         )
         return decide((fleet or self.fleet).snapshot_for(inbound.model), request, explain=inbound.explain)
 
@@ -146,7 +155,7 @@ class Gateway:
                     # A global request that moved after a failure says so; regional and zone requests keep
                     # their label, which states where the data may be processed.
                     route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
-                    attempt = _Attempt(inbound, dep, backend, lease, route, started)
+                    attempt = _Attempt(inbound, dep, backend, lease, route, started, dep.queue_depth)
                     try:
                         routed = await self._try(attempt)
                     except UpstreamFailure as e:
@@ -248,7 +257,9 @@ class Gateway:
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
         self.fleet.record_success(backend)
-        self.fleet.record_ttft(a.deployment, ttft_ms, backend)
+        self.fleet.record_ttft(
+            a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(inbound.body)), a.queued
+        )
         self.metrics.ttft(a.deployment.region, ttft_ms)
         relay = SseRelay(strip_usage=not a.inbound.include_usage)
         done = False

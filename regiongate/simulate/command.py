@@ -7,6 +7,10 @@ import argparse
 import sys
 from typing import Any
 
+from regiongate.simulate.scenario import ALL_POLICY_NAMES
+
+SUITE_REQUESTS = 200_000
+
 
 def register(subparsers: Any) -> None:
     """Add the ``simulate`` subcommand to the ``regiongate`` parser."""
@@ -26,7 +30,7 @@ def register(subparsers: Any) -> None:
     s.add_argument(
         "--policy",
         action="append",
-        choices=["gateway", "nearest-only", "least-loaded"],
+        choices=list(ALL_POLICY_NAMES),
         help="policies to run (repeatable; default: the scenario's list)",
     )
     s.add_argument(
@@ -34,6 +38,12 @@ def register(subparsers: Any) -> None:
         type=int,
         default=1,
         help="run each policy in its own process, up to N at once (same trace; default 1: one core)",
+    )
+    s.add_argument(
+        "--suite",
+        action="store_true",
+        help="run every scenario shipped in the package through every policy (--requests each, default "
+        f"{SUITE_REQUESTS:,}) and write suite.md: one table per scenario and the gateway's target checked",
     )
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_simulate)
@@ -81,6 +91,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("regiongate: --jobs must be at least 1", file=sys.stderr)
         return 2
+    if args.suite:
+        return _suite(args)
     try:
         scenario = load_scenario(args.scenario)
         config_path = args.config or (
@@ -116,3 +128,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     print(f"report: {paths[0]}")
     return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from regiongate.config import ConfigError, load_config
+    from regiongate.simulate.suite import run_suite, short_table, verdict, write_suite
+
+    if args.scenario or args.policy:
+        print("regiongate: --suite runs the shipped scenarios with their own policies", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    requests = args.requests or SUITE_REQUESTS
+
+    def started(name: str) -> None:
+        if not args.quiet:
+            print(f"simulate --suite: {name} ({requests:,} requests)", file=sys.stderr, flush=True)
+
+    results = run_suite(cfg, requests, seed=args.seed, jobs=args.jobs, on_scenario=started)
+    path = write_suite(results, args.out, requests)
+    print("\n".join(short_table(results)))
+    for res in results:
+        print(f"{res.name}: {verdict(res)}")
+    print(f"report: {path}")
+    return 0 if all(not r.failures for r in results) else 1

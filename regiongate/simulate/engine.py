@@ -19,11 +19,11 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import Any
 
-from regiongate.core import BackendState, DeploymentState, RouteError, WorldSnapshot
+from regiongate.core import BackendState, DeploymentState, RouteError, RouteRequest, WorldSnapshot
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
 from regiongate.simulate.policies import Policy
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
-from regiongate.state.ttft import TtftEstimate, typical_ttft
+from regiongate.state.ttft import TtftEstimate, Typical, typical
 
 FIRST, DONE, TICK, EV_START, EV_END = 0, 1, 2, 3, 4
 # A snapshot's TTFT estimates are never further than this from the exact value: far below the spread of
@@ -50,6 +50,7 @@ class Dep:
         "in_use",
         "last",
         "limit",
+        "mean_service_s",
         "mi",
         "model",
         "outages",
@@ -75,6 +76,7 @@ class Dep:
         self.base_limit, self.base_slots = spec.limit, spec.slots
         self.limit, self.slots = spec.limit, spec.slots
         self.ttft_s, self.token_s, self.prefill_s = spec.ttft_s, spec.token_s, spec.prefill_s
+        self.mean_service_s = 0.0  # one request's mean slot time (the oracle's expected queue wait)
         self.up_backends = tuple(BackendState(b) for b in spec.backend_ids)
         self.down_backends = tuple(BackendState(b, healthy=False) for b in spec.backend_ids)
         self.backends = self.up_backends
@@ -82,7 +84,7 @@ class Dep:
         self.factors: list[float] = []
         self.in_use = 0  # gateway leases held (running + waiting)
         self.running = 0  # backend slots busy
-        self.waiting: deque[tuple[float, Context, int, int]] = deque()
+        self.waiting: deque[tuple[float, Context, int, int, int]] = deque()
         self.ttft = TtftEstimate(halflife_s)  # the gateway's own smoothing of queueing + prefill
         self.epoch = 0
         self.epoch_ends: list[float] = []
@@ -135,6 +137,14 @@ class Engine:
         base = WorldSnapshot.build(world.regions, {}, world.gateway_location, world.retry_after_s)
         self._base = base
         self.queue_depth = world.report_queue_depth
+        for d in self.deps:
+            d.mean_service_s = d.ttft_s + world.mean_prompt * d.prefill_s + world.mean_completion * d.token_s
+        self.oracle = getattr(policy, "oracle", False)
+        self.staleness_s = world.staleness_s
+        # Each replica's last snapshot per model and when it was taken (only with ``staleness_s``).
+        self.stale: list[list[tuple[float, WorldSnapshot] | None]] = [
+            [None] * len(world.models) for _ in range(world.replicas)
+        ]
 
     def start(self, n_buckets: int) -> None:
         """Schedule the utilisation ticks and the scenario's events; call once before the first arrival."""
@@ -160,35 +170,27 @@ class Engine:
         bounded rate, so a state is known to stay within tolerance for a while without recomputing it; the
         snapshot object is reused when no state was rebuilt."""
         deps = self.by_model[mi]
-        prior = typical_ttft(self.ttfts[mi])
+        prior = typical(self.ttfts[mi])
+        pb = prior.base_ms
         qd = self.queue_depth
         rebuilt = False
         states = []
         for d in deps:
             s = d.state
-            # The exact estimate moves by at most ``drift`` per second of idle time, and by at most as much
+            # The exact base moves by at most ``drift`` per second of idle time, and by at most as much
             # as the prior moved: while both together stay within the slack, the state is still good.
-            if s is not None and d.drift * (now - d.checked_at) + abs(prior - d.prior) <= d.slack:
+            if s is not None and d.drift * (now - d.checked_at) + abs(pb - d.prior) <= d.slack:
                 states.append(s)
                 continue
-            ttft = d.ttft.current(now, prior)
+            ttft = d.ttft.current(now, pb)
             off = abs(ttft - s.ttft_ms) if s is not None else 0.0
             if s is None or off > TTFT_TOLERANCE_MS:
-                s = d.state = DeploymentState(
-                    d.model,
-                    d.region,
-                    d.limit,
-                    d.in_use,
-                    d.backends,
-                    ttft,
-                    len(d.waiting) if qd else 0,
-                    None,
-                )
+                s = d.state = self._state(d, now, prior, len(d.waiting) if qd else 0)
                 off = 0.0
                 rebuilt = True
-            d.prior, d.checked_at = prior, now
+            d.prior, d.checked_at = pb, now
             d.slack = TTFT_TOLERANCE_MS - off
-            d.drift = d.ttft.drift_per_s(prior, d.slack)
+            d.drift = d.ttft.drift_per_s(pb, d.slack)
             states.append(s)
         snap = self.snaps[mi]
         if snap is not None and not rebuilt:
@@ -207,13 +209,55 @@ class Engine:
         self.snaps[mi] = snap
         return snap
 
+    @staticmethod
+    def _state(d: Dep, now: float, prior: Typical, queued: int) -> DeploymentState:
+        base, prefill, wait, error = d.ttft.params(now, prior)
+        return DeploymentState(
+            d.model,
+            d.region,
+            d.limit,
+            d.in_use,
+            d.backends,
+            base,
+            prefill,
+            wait,
+            error,
+            queued,
+            None,
+        )
+
+    def _stale_snapshot(self, mi: int, now: float, replica: int) -> WorldSnapshot:
+        """What replica ``replica`` decides on: its last snapshot until it is ``staleness_s`` old."""
+        kept = self.stale[replica][mi]
+        if kept is not None and now - kept[0] < self.staleness_s:
+            return kept[1]
+        snap = self.snapshot(mi, now)
+        self.stale[replica][mi] = (now, snap)
+        return snap
+
+    def _oracle(self, mi: int, ctx: Context, prompt: int) -> Dep | None:
+        """The deployment with the lowest true expected TTFT for this request, from the true state: the
+        real round trip, the real queue, the real speeds. No online policy can know more."""
+        best, best_ms = None, 0.0
+        allowed, rtt = ctx.allowed, ctx.rtt_s
+        for d in self.by_model[mi]:
+            if d.outages or d.in_use >= d.limit or not allowed[d.ri]:
+                continue
+            wait = 0.0 if d.running < d.slots else (len(d.waiting) + 1) * d.mean_service_s / d.slots
+            ms = rtt[d.ri] + wait + d.ttft_s + prompt * d.prefill_s
+            if best is None or ms < best_ms:
+                best, best_ms = d, ms
+        return best
+
     def _changed(self, d: Dep) -> None:
         d.state = None
         if d.mi >= 0:
             self.snaps[d.mi] = None
 
     # --- requests ------------------------------------------------------------------------------------
-    def arrive(self, t: float, ctx: Context, prompt: int, completion: int) -> None:
+    def arrive(
+        self, t: float, ctx: Context, req: RouteRequest, prompt: int, completion: int, replica: int = 0
+    ) -> None:
         heap = self.heap
         while heap and heap[0][0] <= t:
             self._handle(heappop(heap))
@@ -225,31 +269,37 @@ class Engine:
             b = self.n_buckets - 1
         st.arrivals_bucket[b][ctx.continent] += 1
         mi = ctx.model
-        snap = self.snapshot(mi, t)
-        plan = self.policy(snap, ctx.request)
-        if isinstance(plan, RouteError):
-            st.rejected[cell] += 1
-            st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
-            return
-        dep_at = self.dep_at[mi]
-        first = cand = plan.first
-        d = dep_at[cand.region]
-        if (
-            d.outages or d.in_use >= d.limit
-        ):  # cannot happen with a current snapshot; walk on like the gateway
-            for cand in plan:
-                d = dep_at[cand.region]
-                if not d.outages and d.in_use < d.limit:
-                    break
-            else:  # counted, never hidden
+        if self.oracle:
+            found = self._oracle(mi, ctx, prompt)
+            if found is None:
                 st.rejected[cell] += 1
-                st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
+                st.reject_codes["capacity_exhausted"] = st.reject_codes.get("capacity_exhausted", 0) + 1
                 return
+            d = found
+        else:
+            snap = self._stale_snapshot(mi, t, replica) if self.staleness_s else self.snapshot(mi, t)
+            plan = self.policy(snap, req)
+            if isinstance(plan, RouteError):
+                st.rejected[cell] += 1
+                st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
+                return
+            dep_at = self.dep_at[mi]
+            first = cand = plan.first
+            d = dep_at[cand.region]
+            if d.outages or d.in_use >= d.limit:  # only with a stale snapshot: walk on like the gateway
+                for cand in plan:
+                    d = dep_at[cand.region]
+                    if not d.outages and d.in_use < d.limit:
+                        break
+                else:  # counted, never hidden
+                    st.rejected[cell] += 1
+                    st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
+                    return
+            if cand is not first or plan.first_choice != d.region:
+                st.spilled[cell] += 1  # not the nearest region: moved for latency, or it was full
         ri = d.ri
         if not ctx.allowed[ri]:
             st.violations += 1
-        if cand is not first or plan.first_choice != d.region:
-            st.spilled[cell] += 1  # not the policy's own first choice: it was full or unhealthy
         if ri != ctx.home:
             st.remote[cell] += 1
             st.inbound_region[ri] += 1
@@ -259,11 +309,13 @@ class Engine:
         d.state = None
         self.snaps[mi] = None
         if d.running < d.slots:
-            self._start(d, t, t, ctx, prompt, completion)
+            self._start(d, t, t, ctx, prompt, completion, 0)
         else:
-            d.waiting.append((t, ctx, prompt, completion))
+            d.waiting.append((t, ctx, prompt, completion, len(d.waiting) if self.queue_depth else 0))
 
-    def _start(self, d: Dep, now: float, arrived: float, ctx: Context, prompt: int, completion: int) -> None:
+    def _start(
+        self, d: Dep, now: float, arrived: float, ctx: Context, prompt: int, completion: int, queued: int
+    ) -> None:
         dt = now - d.last
         d.busy += (d.running if d.running < d.slots else d.slots) * dt
         if not d.outages:
@@ -276,19 +328,20 @@ class Engine:
         heap = self.heap
         seq = next(self.seq)
         ttft_ms = (ctx.rtt_s[d.ri] + wait + server) * 1000.0
-        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, (wait + server) * 1000.0, wait))
+        sample = ((wait + server) * 1000.0, prompt, queued)  # what the gateway learns from: network taken out
+        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, sample, wait))
         heappush(heap, (first + completion * d.token_s, seq, DONE, d, d.epoch, first))
 
     # --- events --------------------------------------------------------------------------------------
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[2]
         if kind == FIRST:
-            t, _, _, d, epoch, ctx, ttft_ms, sample_ms, wait = ev
+            t, _, _, d, epoch, ctx, ttft_ms, sample, wait = ev
             st = self.stats
             if epoch != d.epoch:
                 st.failed[ctx.cell] += 1
                 return
-            d.ttft.add(sample_ms, t)
+            d.ttft.add(sample[0], t, None, sample[1], sample[2])
             d.state = None
             self.snaps[d.mi] = None
             st.served[ctx.cell] += 1
@@ -314,8 +367,8 @@ class Engine:
             d.state = None
             self.snaps[d.mi] = None
             if d.waiting and d.running < d.slots:
-                arrived, ctx, prompt, completion = d.waiting.popleft()
-                self._start(d, t, arrived, ctx, prompt, completion)
+                arrived, ctx, prompt, completion, queued = d.waiting.popleft()
+                self._start(d, t, arrived, ctx, prompt, completion, queued)
         elif kind == TICK:
             self._tick(ev[0], ev[5])
         else:
@@ -349,13 +402,13 @@ class Engine:
                     d.factors.remove(ev.factor)
                 d.resize()
                 while d.waiting and d.running < d.slots:
-                    arrived, ctx, prompt, completion = d.waiting.popleft()
-                    self._start(d, now, arrived, ctx, prompt, completion)
+                    arrived, ctx, prompt, completion, queued = d.waiting.popleft()
+                    self._start(d, now, arrived, ctx, prompt, completion, queued)
             self._changed(d)
 
     def _lose_everything(self, d: Dep, now: float) -> None:
         """A region goes dark: queued requests fail now, running ones are lost with the old epoch."""
-        for _, ctx, _, _ in d.waiting:
+        for _, ctx, _, _, _ in d.waiting:
             self.stats.failed[ctx.cell] += 1
         d.waiting.clear()
         d.epoch_ends.append(now)

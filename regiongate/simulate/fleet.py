@@ -92,6 +92,10 @@ class World:
     requests: int
     duration_s: float
     time_scale: float  # simulated seconds per second of the real day
+    mean_prompt: float = 0.0  # tokens: the oracle's expected service time
+    mean_completion: float = 0.0
+    replicas: int = 1  # gateway replicas, each deciding on its own snapshot ...
+    staleness_s: float = 0.0  # ... refreshed when it is this old (0: every decision sees the present)
 
     def context_index(self, metro: int, model: int, endpoint: int) -> int:
         return (metro * len(self.models) + model) * len(self.endpoint_kinds) + endpoint
@@ -111,12 +115,14 @@ def deployment_specs(cfg: Config, scenario: Scenario) -> list[DeploymentSpec]:
             limit = max(1, round(d.limit * fl.limit_scale))
             ttft_ms, tps = sum(ttfts) / len(ttfts), sum(speeds) / len(speeds)
             slots: int | None = None
+            prefill = fl.prefill_tokens_per_s
             for o in fl.overrides:
                 if _matches(o, model, d.region):
                     limit = o.limit if o.limit is not None else limit
                     slots = o.slots if o.slots is not None else slots
                     ttft_ms = o.ttft_ms if o.ttft_ms is not None else ttft_ms
                     tps = o.tokens_per_s if o.tokens_per_s is not None else tps
+                    prefill = o.prefill_tokens_per_s if o.prefill_tokens_per_s is not None else prefill
             if slots is None:  # a backend's own slots (scaled), else as many as the deployment admits
                 slots = sum(
                     max(1, round(b.slots * fl.limit_scale))
@@ -133,7 +139,7 @@ def deployment_specs(cfg: Config, scenario: Scenario) -> list[DeploymentSpec]:
                     slots,
                     ttft_ms / 1000.0,
                     1.0 / tps,
-                    1.0 / fl.prefill_tokens_per_s,
+                    1.0 / prefill,
                     ids,
                 )
             )
@@ -264,4 +270,8 @@ def build_world(cfg: Config, scenario: Scenario, requests: int | None = None) ->
         requests=n,
         duration_s=duration,
         time_scale=scale,
+        mean_prompt=traffic.prompt_tokens.mean_value,
+        mean_completion=traffic.completion_tokens.mean_value,
+        replicas=scenario.run.replicas,
+        staleness_s=scenario.run.staleness_ms / 1000.0,
     )

@@ -7,8 +7,18 @@ zone endpoint or zone-fenced key in its zone), so any difference in the report c
 
 * ``nearest-only``: the nearest healthy region by great-circle RTT from the client, and nothing else
   (DNS geo-routing with health checks: no spillover when it is full, the request is refused).
+* ``nearest-spill``: the product page read literally: the nearest region by distance, then the
+  next-closest that has room; no load estimate.
 * ``least-loaded``: the healthy region with the lowest share of its limit in use, wherever it is
   (ignores distance; ties by region id).
+* ``power-of-two``: two open regions drawn by the request's salt, the less loaded of them (the classic
+  load balancer of Mitzenmacher's "power of two choices"; ignores distance).
+* ``oracle``: not a policy a gateway could run. The engine gives it the true state at the request's
+  arrival (the real round trips, queues and speeds) and it takes the region with the lowest expected TTFT:
+  the bound the others are measured against.
+* ``gateway-greedy``: ``decide`` with every request's salt 0, which always takes the best prediction
+  among near-equal regions: the gateway without its randomised choice, to show what that choice buys
+  when replicas decide on stale state.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from regiongate.core import (
     scope,
 )
 from regiongate.core.labels import Route
-from regiongate.core.policy import Candidate, Estimate, Plan
+from regiongate.core.latency import Estimate, two_choices
+from regiongate.core.policy import Candidate, Plan
+from regiongate.simulate.scenario import ALL_POLICY_NAMES
 
 Policy = Callable[[WorldSnapshot, RouteRequest], Plan | RouteError]
 
@@ -88,6 +100,20 @@ class NearestOnly(_Baseline):
         return Plan(request.model, (_candidate(best, Route.NEAREST, best_key[0]),), first_choice=best.region)
 
 
+class NearestSpill(_Baseline):
+    """The product page read literally: the nearest region by distance, then the next-closest with room."""
+
+    def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
+        scope = _in_scope(snapshot, request)
+        ranked = sorted((self.rtt_ms(snapshot, request, d.region), d.region, d) for d in scope)
+        kept = [(ms, d) for ms, _, d in ranked if d.free > 0 and d.has_healthy_backend]
+        if not kept:
+            return _refuse(snapshot, request, scope)
+        first = ranked[0][1]
+        cands = (_candidate(d, Route.NEAREST if d.region == first else Route.SPILLOVER, ms) for ms, d in kept)
+        return Plan(request.model, (next(cands),), first_choice=first, more=cands)
+
+
 class LeastLoaded(_Baseline):
     def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
         scope = _in_scope(snapshot, request)
@@ -101,12 +127,51 @@ class LeastLoaded(_Baseline):
         return Plan(request.model, (first,), first_choice=first.region, more=cands)
 
 
+class PowerOfTwo(_Baseline):
+    def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
+        scope = _in_scope(snapshot, request)
+        open_ = [d for d in scope if d.free > 0 and d.has_healthy_backend]
+        if not open_:
+            return _refuse(snapshot, request, scope)
+        if len(open_) > 1:
+            i, j = two_choices(len(open_), request.salt)
+            a, b = open_[i], open_[j]
+            open_ = [a if a.in_use / a.limit <= b.in_use / b.limit else b]
+        d = open_[0]
+        cand = _candidate(d, Route.POWER_OF_TWO, self.rtt_ms(snapshot, request, d.region))
+        return Plan(request.model, (cand,), first_choice=d.region)
+
+
+class Oracle:
+    """Marks the engine's oracle (``Engine._oracle``): never called with a snapshot."""
+
+    oracle = True
+
+    def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
+        raise RuntimeError("the oracle reads the engine's true state, not a snapshot")
+
+
+def _greedy(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
+    r = request
+    return decide(
+        snapshot, RouteRequest(r.model, r.endpoint, r.client_location, r.access, r.prompt_tokens, 0)
+    )
+
+
 def make_policy(name: str) -> Policy:
     """A fresh policy by name (the baselines keep a memo, so each run gets its own)."""
     if name == "gateway":
         return decide
     if name == "nearest-only":
         return NearestOnly()
+    if name == "nearest-spill":
+        return NearestSpill()
     if name == "least-loaded":
         return LeastLoaded()
-    raise ValueError(f"unknown policy '{name}' (known: gateway, nearest-only, least-loaded)")
+    if name == "power-of-two":
+        return PowerOfTwo()
+    if name == "oracle":
+        return Oracle()
+    if name == "gateway-greedy":
+        return _greedy
+    raise ValueError(f"unknown policy '{name}' (known: {', '.join(ALL_POLICY_NAMES)})")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from regiongate.config import Config
+from regiongate.core import RouteRequest
 from regiongate.simulate.engine import Engine
 from regiongate.simulate.fleet import World, build_world
 from regiongate.simulate.policies import make_policy
@@ -57,7 +58,7 @@ def simulate(
     jobs: int = 1,
 ) -> SimResult:
     """Run ``policies`` on one trace. With ``jobs`` > 1 each policy runs in its own process; the trace is
-    a function of the seed alone (policies draw no random numbers), so every process sees the same one."""
+    a function of the seed alone (policies draw no random numbers: each request carries its salt), so every process sees the same one."""
     names = list(policies or scenario.run.policies)
     seed = scenario.run.seed if seed is None else seed
     if jobs > 1 and len(names) > 1:
@@ -158,25 +159,23 @@ def _run(
     next_report = started + progress_every_s
     done = 0
     stream = arrivals(traffic, n, world.model_shares, world.endpoint_shares, rng)
-    if len(engines) == 1:  # the common case without the inner loop
-        arrive = engines[0].arrive
-        for t, metro, mi, ei in stream:
-            arrive(t, contexts[(metro * n_models + mi) * n_kinds + ei], prompt(), completion())
-            done += 1
-            if progress is not None and not done & 0x3FFF and time.monotonic() >= next_report:
-                progress(done, n, t, time.monotonic() - started)
-                next_report = time.monotonic() + progress_every_s
-    else:
-        arrives = [e.arrive for e in engines]
-        for t, metro, mi, ei in stream:
-            ctx = contexts[(metro * n_models + mi) * n_kinds + ei]
-            p, c = prompt(), completion()
-            for arrive in arrives:
-                arrive(t, ctx, p, c)
-            done += 1
-            if progress is not None and not done & 0x3FFF and time.monotonic() >= next_report:
-                progress(done, n, t, time.monotonic() - started)
-                next_report = time.monotonic() + progress_every_s
+    replicas = world.replicas
+    arrives = [e.arrive for e in engines]
+    for t, metro, mi, ei in stream:
+        ctx = contexts[(metro * n_models + mi) * n_kinds + ei]
+        p, c = prompt(), completion()
+        r = ctx.request
+        # The salt is the request's own random number (the policy draws none), a function of its index
+        # so every policy and every rerun sees the same one; the replica that decides takes turns.
+        salt = (done * 0x9E3779B1) & 0xFFFFFFFF
+        req = RouteRequest(r.model, r.endpoint, r.client_location, r.access, p, salt)
+        replica = done % replicas
+        for arrive in arrives:
+            arrive(t, ctx, req, p, c, replica)
+        done += 1
+        if progress is not None and not done & 0x3FFF and time.monotonic() >= next_report:
+            progress(done, n, t, time.monotonic() - started)
+            next_report = time.monotonic() + progress_every_s
     for e in engines:
         e.finish()
     wall = time.monotonic() - started

@@ -7,19 +7,31 @@ config, a metro table) are read relative to the scenario file. The default scena
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from regiongate.config import format_validation_error
 
-PolicyName = Literal["gateway", "nearest-only", "least-loaded"]
-POLICY_NAMES: tuple[PolicyName, ...] = ("gateway", "nearest-only", "least-loaded")
+PolicyName = Literal[
+    "gateway", "nearest-only", "nearest-spill", "least-loaded", "power-of-two", "oracle", "gateway-greedy"
+]
+POLICY_NAMES: tuple[PolicyName, ...] = (
+    "gateway",
+    "nearest-only",
+    "nearest-spill",
+    "least-loaded",
+    "power-of-two",
+    "oracle",
+)
+# Also known, not run by default: gateway-greedy (the gateway's policy without its randomised choice).
+ALL_POLICY_NAMES: tuple[str, ...] = (*POLICY_NAMES, "gateway-greedy")
 ENDPOINT_KINDS = ("global", "zone", "region", "fenced")
 DAY_S = 86400.0
 
@@ -52,6 +64,8 @@ class RunConfig(_Model):
     seed: int = 1
     samples: int = Field(288, ge=1, le=100_000)  # utilisation buckets over the day (288 = 5 minutes)
     policies: list[PolicyName] = Field(default_factory=lambda: list(POLICY_NAMES), min_length=1)
+    replicas: int = Field(1, ge=1, le=64)  # gateway replicas, each deciding on its own snapshot
+    staleness_ms: float = Field(0.0, ge=0)  # a replica's snapshot is refreshed when it is this old
 
 
 class Override(_Model):
@@ -63,6 +77,7 @@ class Override(_Model):
     slots: int | None = Field(None, ge=1)
     ttft_ms: float | None = Field(None, ge=0)
     tokens_per_s: float | None = Field(None, gt=0)
+    prefill_tokens_per_s: float | None = Field(None, gt=0)
 
 
 class FleetConfig(_Model):
@@ -83,6 +98,15 @@ class TokenDist(_Model):
     min: int = Field(1, ge=0)
     max: int = Field(32768, ge=1)
 
+    @property
+    def mean_value(self) -> float:
+        """The distribution's mean, ignoring the clipping to [min, max]."""
+        if self.dist == "lognormal":
+            assert self.median is not None
+            return min(self.median * math.exp(self.sigma * self.sigma / 2.0), float(self.max))
+        assert self.mean is not None
+        return self.mean
+
     @model_validator(mode="after")
     def _params(self) -> TokenDist:
         if self.dist == "lognormal" and self.median is None:
@@ -100,6 +124,22 @@ DEFAULT_DIURNAL = [
 ]  # fmt: skip
 
 
+class Surge(_Model):
+    """A flash crowd: one metro's traffic times ``factor`` between ``start`` and ``end`` (UTC). The day
+    keeps its number of requests, so the rest of it gets a little less."""
+
+    metro: str
+    factor: float = Field(gt=0)
+    start: str | float
+    end: str | float
+
+    @model_validator(mode="after")
+    def _window(self) -> Surge:
+        if parse_clock(self.end) <= parse_clock(self.start):
+            raise ValueError("'end' must be after 'start' (within one UTC day)")
+        return self
+
+
 class TrafficConfig(_Model):
     metros: str | None = None  # CSV of metro areas; None: the table shipped in the package
     continent_weight: dict[str, float] = {}  # adoption per continent (default 1.0)
@@ -110,6 +150,7 @@ class TrafficConfig(_Model):
     spill_budget_ms: float | None = Field(None, ge=0)  # keys' spillover budget on the global endpoint
     prompt_tokens: TokenDist = TokenDist(median=500, sigma=1.0)
     completion_tokens: TokenDist = TokenDist(median=150, sigma=0.9)
+    surges: list[Surge] = []
 
     @field_validator("diurnal")
     @classmethod
@@ -185,11 +226,42 @@ class Scenario(_Model):
         return path if os.path.isabs(path) or not self.base_dir else os.path.join(self.base_dir, path)
 
 
-def parse_scenario(text: str, source: str = "<scenario>", base_dir: str = "") -> Scenario:
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: tables merge key by key, arrays of tables (``[[events]]``,
+    ``[[fleet.overrides]]``) are appended to, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out[k] = _merged(old, v)
+        elif isinstance(old, list) and _tables(v) and _tables(old):
+            out[k] = [*old, *v]
+        else:
+            out[k] = v
+    return out
+
+
+def _tables(v: object) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _toml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{source}: not valid TOML: {e}") from None
+
+
+def parse_scenario(text: str, source: str = "<scenario>", base_dir: str = "") -> Scenario:
+    data = _toml(text, source)
+    # ``extends = "default"`` starts from a scenario shipped in the package: a variant states only what
+    # it changes.
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str) or parent not in shipped_scenarios():
+            known = ", ".join(shipped_scenarios())
+            raise ScenarioError(f"{source}: extends: not a scenario shipped in the package (known: {known})")
+        data = _merged(_toml(shipped_scenario_text(parent), f"{parent}.toml"), data)
     if "base_dir" in data:
         raise ScenarioError(f"{source}: invalid scenario\n  base_dir: not a scenario field")
     data["base_dir"] = base_dir
@@ -200,7 +272,24 @@ def parse_scenario(text: str, source: str = "<scenario>", base_dir: str = "") ->
 
 
 def default_scenario_text() -> str:
-    return resources.files("regiongate.simulate").joinpath("data/default.toml").read_text(encoding="utf-8")
+    return shipped_scenario_text("default")
+
+
+SUITE = ("default", "heterogeneous", "flash-crowd", "outage-recovery", "replicas")
+
+
+def shipped_scenarios() -> tuple[str, ...]:
+    """The scenarios in the package, by name: the suite ``simulate --suite`` runs, in its order."""
+    return SUITE
+
+
+def shipped_scenario_text(name: str) -> str:
+    path = "data/default.toml" if name == "default" else f"data/suite/{name}.toml"
+    return resources.files("regiongate.simulate").joinpath(path).read_text(encoding="utf-8")
+
+
+def load_shipped(name: str) -> Scenario:
+    return parse_scenario(shipped_scenario_text(name), f"{name}.toml")
 
 
 def load_scenario(path: str | os.PathLike[str] | None = None) -> Scenario:

@@ -23,7 +23,7 @@ from importlib import resources
 from itertools import accumulate
 from pathlib import Path
 
-from regiongate.simulate.scenario import ScenarioError, TokenDist, TrafficConfig
+from regiongate.simulate.scenario import ScenarioError, TokenDist, TrafficConfig, parse_clock
 
 FIELDS = ("name", "country", "continent", "lat", "lon", "population_m", "utc_offset")
 
@@ -85,6 +85,19 @@ def metro_weights(metros: Sequence[Metro], traffic: TrafficConfig) -> list[float
     ]
 
 
+def _surges(metros: Sequence[Metro], traffic: TrafficConfig) -> list[tuple[int, float, float, float]]:
+    """(metro index, start hour, end hour, factor) of each flash crowd."""
+    names = [m.name.lower() for m in metros]
+    out = []
+    for i, s in enumerate(traffic.surges):
+        if s.metro.lower() not in names:
+            raise ScenarioError(f"traffic.surges[{i}].metro: '{s.metro}' is no metro of the table")
+        out.append(
+            (names.index(s.metro.lower()), parse_clock(s.start) / 3600, parse_clock(s.end) / 3600, s.factor)
+        )
+    return out
+
+
 def diurnal_at(curve: Sequence[float], local_hour: float) -> float:
     """The curve's hourly points joined by straight lines, wrapping at midnight."""
     h = local_hour % 24.0
@@ -138,12 +151,16 @@ class TrafficModel:
         # Per slice: the cumulative weights of the metros (to draw one) and the slice's total rate.
         self.metro_cum: list[list[float]] = []
         totals = []
+        surges = _surges(metros, traffic)
         for b in range(bins):
             utc_hour = (b + 0.5) * 24.0 / bins
             w = [
                 wm * diurnal_at(traffic.diurnal, utc_hour + m.utc_offset)
                 for wm, m in zip(weights, metros, strict=False)
             ]
+            for i, start_h, end_h, factor in surges:
+                if start_h <= utc_hour < end_h:
+                    w[i] *= factor
             cum = list(accumulate(w))
             self.metro_cum.append(cum)
             totals.append(cum[-1])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
 from regiongate.state.capacity import CapacityStore, deployment_key
 from regiongate.state.outlier import Ewma, Outlier
-from regiongate.state.ttft import TtftEstimate, typical_ttft
+from regiongate.state.ttft import TtftEstimate, Typical, typical
 from regiongate.upstream.base import Upstream
 
 
@@ -68,14 +68,18 @@ class Fleet:
         # Static parts of every snapshot, computed once.
         self._base = WorldSnapshot.build(self.regions, {}, gateway_location, retry_after_s)
 
-    def _state(self, d: Deployment, now: float, ttft_prior: float) -> DeploymentState:
+    def _state(self, d: Deployment, now: float, prior: Typical) -> DeploymentState:
+        base, prefill, wait, error = d.ttft.params(now, prior)
         return DeploymentState(
             model=d.model,
             region=d.region,
             limit=d.limit,
             in_use=self.capacity.in_use(d.key),
             backends=tuple(b.state(now) for b in d.backends),
-            ttft_ms=d.ttft.current(now, ttft_prior),
+            ttft_ms=base,
+            prefill_ms_per_token=prefill,
+            wait_ms_per_queued=wait,
+            error_ms=error,
             queue_depth=d.queue_depth,
             reported_free=d.reported_free,
         )
@@ -83,7 +87,7 @@ class Fleet:
     def _snapshot(self, deps: Iterable[Deployment]) -> WorldSnapshot:
         now = self.clock()
         deps = list(deps)
-        prior = typical_ttft(d.ttft for d in deps)
+        prior = typical(d.ttft for d in deps)
         states = {(d.model, d.region): self._state(d, now, prior) for d in deps}
         by_model: dict[str, tuple[DeploymentState, ...]] = {}
         for s in states.values():
@@ -107,9 +111,12 @@ class Fleet:
     def snapshot(self) -> WorldSnapshot:
         return self._snapshot(self.deployments.values())
 
-    def record_ttft(self, d: Deployment, ttft_ms: float, backend: Backend | None = None) -> None:
+    def record_ttft(
+        self, d: Deployment, ttft_ms: float, backend: Backend | None = None, prompt: int = 0, queued: int = 0
+    ) -> None:
+        """One observed TTFT of a request of ``prompt`` tokens sent when ``queued`` were waiting there."""
         rtt = backend.rtt.value if backend is not None and backend.rtt is not None else None
-        d.ttft.add(ttft_ms, self.clock(), rtt)
+        d.ttft.add(ttft_ms, self.clock(), rtt, prompt, queued)
 
     def record_success(self, b: Backend) -> None:
         b.outlier.success()

@@ -1,16 +1,25 @@
-"""The live inputs of the latency model that are not network round trips, and how a plan is explained.
+"""The learned latency model of each deployment (``core.latency``), from the TTFTs the gateway observes.
 
-``TtftEstimate`` smooths each deployment's observed time to first token into the *queueing + prefill*
-part of the estimate (``core.policy``: ``queue_ms = ttft + queue_depth * max(ttft, 50)``):
+Each sample is one observed time to first token with the request's prompt length and the queue depth the
+gateway saw when it sent it. The measured network round trip to the backend that answered is taken out
+first (the policy adds the network part on its own; counting it twice would punish far regions twice).
+What remains is fitted per deployment as
 
-- the measured network round trip to the backend that answered is taken out of each sample, since the
-  policy adds the network part on its own (counting it twice would punish far regions twice);
-- a sample far above the current estimate is clipped (winsorised) to ``SPIKE_FACTOR * estimate +
-  SPIKE_FLOOR_MS``, so one pathological request (a huge prompt, a GC pause) moves the estimate by a bounded
-  step while a lasting rise still gets through within a few samples;
-- between samples the estimate relaxes toward the model's typical TTFT with a half-life of
-  ``IDLE_HALFLIFE_FACTOR`` smoothing half-lives: a region measured slow once, and therefore sent nothing
-  since, is tried again instead of being shunned forever on one stale number.
+    server_ms = base_ms + prompt * prefill_ms_per_token + queued * wait_ms_per_queued
+
+by exponentially weighted least squares over time (half-life ``halflife_s``): samples sent to an empty
+queue fit the base and the prefill rate (a line through (prompt, server_ms)); samples sent behind a queue
+fit the wait per queued request from what is left over. Prompt lengths no longer pass for load: a region
+that served long prompts lately is not slower for a short one.
+
+- Robust to outliers: a sample whose residual exceeds ``CLIP_SCALES`` robust scales (the weighted mean
+  absolute residual) plus ``CLIP_FLOOR_MS`` is clipped to that bound, so one pathological request (a GC
+  pause, a cold cache) moves the fit by a bounded step while a lasting change gets through in a few samples.
+- ``error_ms``, the standard error of the server part for a typical request (scale / sqrt(weight)), is what
+  the policy's margin is made of: few or scattered samples, a wide margin; many consistent ones, a narrow one.
+- Between samples the base relaxes toward the model's typical base with a half-life of
+  ``IDLE_HALFLIFE_FACTOR`` smoothing half-lives, and the error widens back toward the unmeasured one: a
+  region measured slow once, and therefore sent nothing since, is tried again instead of shunned forever.
 
 All of it takes ``now`` from the caller (the fleet's clock), so tests drive it with an injected clock.
 """
@@ -25,65 +34,155 @@ from typing import Any
 import orjson
 
 from regiongate.core import Plan
+from regiongate.core.latency import UNMEASURED_ERROR_MS
 
-SPIKE_FACTOR = 4.0
-SPIKE_FLOOR_MS = 250.0
+CLIP_SCALES = 4.0
+CLIP_FLOOR_MS = 50.0
 MIN_WEIGHT = 0.1  # each sample moves the estimate at least this much, even in a burst
 IDLE_HALFLIFE_FACTOR = 6.0
+FIT_SAMPLES = 8  # below this many empty-queue samples the prefill rate is the model's typical one
+QUEUE_STEP_MS = 50.0  # wait per queued request assumed before any was measured: at least one TTFT
 EXPLAIN_HEADER = "x-regiongate-explain"
+_LN2 = math.log(2)
+
+
+@dataclass(frozen=True, slots=True)
+class Typical:
+    """A model's typical latency numbers: what a deployment without samples of its own is assumed to have."""
+
+    base_ms: float = 0.0
+    prefill_ms_per_token: float = 0.0
+    wait_ms_per_queued: float | None = None
 
 
 @dataclass(slots=True)
 class TtftEstimate:
-    """Smoothed queueing + prefill time (ms) of one deployment; ``value`` is the estimate as of ``at``."""
+    """The latency model of one deployment, learned from its samples (see the module docstring)."""
 
     halflife_s: float
-    value: float | None = None
-    at: float = 0.0
+    at: float = 0.0  # time of the last sample
     samples: int = 0
+    # Exponentially weighted sums of the empty-queue samples: weight, x = prompt, y = server ms.
+    w: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+    scale: float = 0.0  # weighted mean absolute residual
+    # Samples sent behind a queue: sums of queued^2 and queued * (excess over the fit).
+    sqq: float = 0.0
+    sqe: float = 0.0
+    base: float | None = None  # the fit as of ``at``
+    slope: float | None = None
+    per_queued: float | None = None
+    error: float = UNMEASURED_ERROR_MS
 
-    def add(self, ttft_ms: float, now: float, rtt_ms: float | None = None) -> float:
-        """Fold in one observed TTFT; ``rtt_ms`` is the measured round trip to the backend that answered."""
-        sample = max(ttft_ms - (rtt_ms or 0.0), 0.0)
+    @property
+    def value(self) -> float | None:
+        """The server-side TTFT of a typical request (the mean prompt seen): for metrics and the catalog."""
+        if self.base is None:
+            return None
+        mx = self.sx / self.w if self.w > 0 else 0.0
+        return self.base + (self.slope or 0.0) * mx
+
+    def add(
+        self, ttft_ms: float, now: float, rtt_ms: float | None = None, prompt: int = 0, queued: int = 0
+    ) -> float:
+        """Fold in one observed TTFT; ``rtt_ms`` is the measured round trip to the backend that answered,
+        ``prompt`` the request's prompt tokens, ``queued`` the queue depth seen when it was sent."""
+        y = max(ttft_ms - (rtt_ms or 0.0), 0.0)
         self.samples += 1
-        if self.value is None:
-            self.value, self.at = sample, now
-            return sample
-        sample = min(sample, self.value * SPIKE_FACTOR + SPIKE_FLOOR_MS)
-        dt = max(now - self.at, 0.0)
-        w = max(1.0 - math.exp(-dt * math.log(2) / self.halflife_s), MIN_WEIGHT)
-        self.value += w * (sample - self.value)
+        dt = max(now - self.at, 0.0) if self.samples > 1 else 0.0
+        keep = min(math.exp(-dt * _LN2 / self.halflife_s), 1.0 - MIN_WEIGHT) if self.samples > 1 else 1.0
         self.at = max(self.at, now)
-        return self.value
+        fit = self._fit(prompt)
+        if queued > 0 and fit is not None:
+            excess = max(y - fit, 0.0)
+            self.sqq = self.sqq * keep + queued * queued
+            self.sqe = self.sqe * keep + queued * excess
+            self.per_queued = self.sqe / self.sqq
+            return y
+        fitted = self.samples > FIT_SAMPLES
+        if fit is not None and fitted:  # clip an outlier before it enters the sums
+            bound = CLIP_SCALES * self.scale + CLIP_FLOOR_MS
+            y = min(max(y, fit - bound), fit + bound)
+            self.scale = self.scale * keep + (1.0 - keep) * abs(y - fit)
+        x = float(prompt)
+        self.w = self.w * keep + 1.0
+        self.sx = self.sx * keep + x
+        self.sy = self.sy * keep + y
+        self.sxx = self.sxx * keep + x * x
+        self.sxy = self.sxy * keep + x * y
+        w = self.w
+        mx, my = self.sx / w, self.sy / w
+        var = self.sxx / w - mx * mx
+        if self.samples >= FIT_SAMPLES and var > 1.0:
+            self.slope = max((self.sxy / w - mx * my) / var, 0.0)
+        slope = self.slope or 0.0
+        self.base = max(my - slope * mx, 0.0)
+        # The scale says how far one sample strays; the error of the mean of ``w`` of them is smaller.
+        self.error = self.scale * 1.25 / math.sqrt(w) if fitted else UNMEASURED_ERROR_MS
+        return y
+
+    def _fit(self, prompt: int) -> float | None:
+        if self.base is None:
+            return None
+        return self.base + (self.slope or 0.0) * prompt
 
     def drift_per_s(self, prior: float, prior_moves: float = 0.0) -> float:
-        """An upper bound on how fast ``current`` moves (ms per second) while no sample arrives and the
-        prior stays within ``prior_moves`` of ``prior``: the relaxation is fastest right after a sample."""
-        if self.value is None:
+        """An upper bound on how fast the base from ``current`` moves (ms per second) while no sample
+        arrives and the prior stays within ``prior_moves`` of ``prior``: fastest right after a sample."""
+        if self.base is None:
             return 0.0
-        return (
-            (abs(self.value - prior) + prior_moves) * math.log(2) / (self.halflife_s * IDLE_HALFLIFE_FACTOR)
-        )
+        return (abs(self.base - prior) + prior_moves) * _LN2 / (self.halflife_s * IDLE_HALFLIFE_FACTOR)
 
     def current(self, now: float, prior: float) -> float:
-        """The estimate at ``now``: ``prior`` without samples, else relaxing toward it while none arrive."""
-        if self.value is None:
+        """The base at ``now``: ``prior`` without samples, else relaxing toward it while none arrive."""
+        if self.base is None:
             return prior
         idle = max(now - self.at, 0.0)
         keep = math.pow(0.5, idle / (self.halflife_s * IDLE_HALFLIFE_FACTOR))
-        return prior + (self.value - prior) * keep
+        return prior + (self.base - prior) * keep
+
+    def params(self, now: float, typical: Typical) -> tuple[float, float, float, float]:
+        """(base_ms, prefill_ms_per_token, wait_ms_per_queued, error_ms) at ``now``, the model's typical
+        numbers standing in for what this deployment has not measured yet."""
+        base = self.current(now, typical.base_ms)
+        slope = self.slope if self.slope is not None else typical.prefill_ms_per_token
+        wait = self.per_queued if self.per_queued is not None else typical.wait_ms_per_queued
+        if wait is None:
+            wait = max(base, QUEUE_STEP_MS)
+        error = self.error
+        if self.base is not None and now > self.at:  # widens back toward the unmeasured error while idle
+            keep = math.pow(0.5, (now - self.at) / (self.halflife_s * IDLE_HALFLIFE_FACTOR))
+            error = UNMEASURED_ERROR_MS + (error - UNMEASURED_ERROR_MS) * keep
+        return base, slope, wait, error
+
+
+def _median(values: list[float]) -> float | None:
+    values.sort()
+    return values[len(values) // 2] if values else None
+
+
+def typical(estimates: Iterable[TtftEstimate]) -> Typical:
+    """The numbers assumed for a deployment without measurements of its own: the medians of its model's
+    measured deployments, so an idle region is not ranked ahead of a busy one merely for lacking samples."""
+    ests = list(estimates)
+    base = _median([e.base for e in ests if e.base is not None])
+    slope = _median([e.slope for e in ests if e.slope is not None])
+    wait = _median([e.per_queued for e in ests if e.per_queued is not None])
+    return Typical(base or 0.0, slope or 0.0, wait)
 
 
 def typical_ttft(estimates: Iterable[TtftEstimate]) -> float:
-    """The TTFT assumed for a deployment without a measurement yet: the median of its model's measured
-    deployments, so an idle region is not ranked ahead of a busy one merely for lacking samples."""
-    measured = sorted([e.value for e in estimates if e.value is not None])
-    return measured[len(measured) // 2] if measured else 0.0
+    """The typical base TTFT of a model's deployments (``typical(...).base_ms``)."""
+    return typical(estimates).base_ms
 
 
 # --- explaining a plan -------------------------------------------------------------------------------
 def explain_rows(plan: Plan) -> list[dict[str, Any]]:
-    """One row per region the policy looked at, best estimate first: the numbers and the verdict."""
+    """One row per region: those the policy ranked, best prediction first, with the parts of the
+    prediction (``core.latency``), then the regions it could not consider, each with its reason."""
     rows = []
     for c in plan.considered:
         e = c.estimate
@@ -96,6 +195,9 @@ def explain_rows(plan: Plan) -> list[dict[str, Any]]:
                 "rtt_ms": round(e.network_ms, 1) if e else None,
                 "rtt_source": e.network_source if e else None,
                 "queue_ms": round(e.queue_ms, 1) if e else None,
+                "base_ms": round(e.base_ms, 1) if e else None,
+                "prefill_ms": round(e.prefill_ms, 1) if e else None,
+                "error_ms": round(e.error_ms, 1) if e else None,
                 "free": c.free,
             }
         )

@@ -139,7 +139,14 @@ def test_measured_queueing_ranks_a_busy_region_lower() -> None:
     snap = world()
     deps = dict(snap.deployments)
     deps[("grok-4", "us-east-1")] = DeploymentState(
-        "grok-4", "us-east-1", 8, 0, (BackendState("b", True),), ttft_ms=80.0, queue_depth=5
+        "grok-4",
+        "us-east-1",
+        8,
+        0,
+        (BackendState("b", True),),
+        ttft_ms=80.0,
+        queue_depth=5,
+        wait_ms_per_queued=80.0,
     )
     p = plan(WorldSnapshot.build(DEMO_REGIONS, deps, ASHBURN))
     assert p.candidates[0].region == "us-west-2"

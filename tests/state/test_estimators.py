@@ -25,6 +25,7 @@ from regiongate.core import (
     WorldSnapshot,
     decide,
 )
+from regiongate.core.latency import UNMEASURED_ERROR_MS
 from regiongate.health.load import (
     MISSING_RETRY_S,
     Load,
@@ -36,7 +37,15 @@ from regiongate.health.load import (
 from regiongate.pipeline.caller import TrustedProxies
 from regiongate.pipeline.geoip import GeoIP, client_address
 from regiongate.state.outlier import Ewma
-from regiongate.state.ttft import TtftEstimate, explain_header, explain_rows
+from regiongate.state.ttft import (
+    CLIP_FLOOR_MS,
+    CLIP_SCALES,
+    QUEUE_STEP_MS,
+    TtftEstimate,
+    Typical,
+    explain_header,
+    explain_rows,
+)
 from regiongate.upstream.simulated import SimulatedEngine
 from tests.support.worlds import world
 
@@ -61,25 +70,42 @@ def test_ewma_weights_samples_by_the_time_between_them() -> None:
 def test_ttft_takes_the_network_round_trip_out() -> None:
     t = TtftEstimate(halflife_s=10.0)
     t.add(230.0, 0.0, rtt_ms=150.0)
-    assert t.value == pytest.approx(80.0)  # the policy adds the 150 ms network part itself
-    t.add(100.0, 10.0, rtt_ms=None)  # not measured: the whole sample counts
-    assert t.value == pytest.approx(90.0)
+    assert t.base == pytest.approx(80.0)  # the policy adds the 150 ms network part itself
+    t.add(80.0, 10.0, rtt_ms=None)  # not measured: the whole sample counts
+    assert t.base == pytest.approx(80.0)
     t.add(10.0, 20.0, rtt_ms=50.0)  # never below zero
-    assert t.value == pytest.approx(45.0)
+    assert t.base is not None and 0.0 < t.base < 80.0
+
+
+def _fed(t: TtftEstimate, n: int, *, base: float, per_token: float, start: float = 0.0) -> float:
+    """``n`` samples a second apart from a server whose TTFT is exactly ``base + prompt * per_token``."""
+    prompts = [50, 400, 1200, 3000, 150, 800]
+    now = start
+    for i in range(n):
+        now = start + i
+        p = prompts[i % len(prompts)]
+        t.add(base + p * per_token, now, prompt=p)
+    return now
+
+
+def test_the_fit_separates_base_ttft_from_this_requests_prefill() -> None:
+    """Prompt lengths no longer pass for load: the base and the prefill rate are fitted apart."""
+    t = TtftEstimate(halflife_s=10.0)
+    _fed(t, 30, base=80.0, per_token=0.125)
+    base, prefill, _, error = t.params(t.at, Typical())
+    assert base == pytest.approx(80.0, abs=0.5) and prefill == pytest.approx(0.125, rel=0.01)
+    assert error < 1.0  # consistent samples: a narrow margin
 
 
 def test_ttft_clips_a_lone_spike_but_follows_a_lasting_rise() -> None:
     t = TtftEstimate(halflife_s=10.0)
-    t.add(80.0, 0.0)
-    t.add(60_000.0, 10.0)  # one pathological request: counted as 4 * 80 + 250 = 570 at most
-    assert t.value == pytest.approx(80.0 + 0.5 * (570.0 - 80.0))
+    now = _fed(t, 30, base=80.0, per_token=0.125)
+    t.add(60_000.0, now + 1.0, prompt=100)  # one pathological request: clipped to the bound
+    assert t.base is not None and t.base < 80.0 + CLIP_SCALES * 1.0 + CLIP_FLOOR_MS
     t2 = TtftEstimate(halflife_s=10.0)
-    t2.add(80.0, 0.0)
-    now = 0.0
-    for _ in range(8):  # the backend really got slow: a few samples later the estimate is there
-        now += 10.0
-        t2.add(2000.0, now)
-    assert t2.value == pytest.approx(2000.0, rel=0.02)
+    now = _fed(t2, 30, base=80.0, per_token=0.125)
+    _fed(t2, 60, base=2000.0, per_token=0.125, start=now + 1.0)  # the backend really got slow
+    assert t2.base == pytest.approx(2000.0, rel=0.05)
 
 
 def test_ttft_relaxes_toward_the_prior_while_no_samples_arrive() -> None:
@@ -89,6 +115,21 @@ def test_ttft_relaxes_toward_the_prior_while_no_samples_arrive() -> None:
     assert t.current(0.0, prior=80.0) == pytest.approx(880.0)
     assert t.current(60.0, prior=80.0) == pytest.approx(480.0)  # one idle half-life (6 x 10 s)
     assert t.current(600.0, prior=80.0) == pytest.approx(80.0, abs=1.0)  # measured slow once, retried
+    _fed(t, 30, base=80.0, per_token=0.1, start=1000.0)
+    narrow = t.params(t.at, Typical())[3]
+    wide = t.params(t.at + 600.0, Typical())[3]
+    assert narrow < 1.0 and wide > 0.9 * UNMEASURED_ERROR_MS  # unsure again after a long silence
+
+
+def test_the_wait_per_queued_request_is_learned_from_queued_samples() -> None:
+    t = TtftEstimate(halflife_s=10.0)
+    now = _fed(t, 30, base=80.0, per_token=0.1)
+    assert t.params(now, Typical())[2] == pytest.approx(max(80.0, QUEUE_STEP_MS))  # unmeasured: one TTFT
+    for i in range(20):
+        q = 1 + i % 4
+        t.add(80.0 + 100 * 0.1 + q * 40.0, now + 1 + i, prompt=100, queued=q)
+    base, _, wait, _ = t.params(t.at, Typical())
+    assert wait == pytest.approx(40.0, rel=0.01) and base == pytest.approx(80.0, abs=0.5)
 
 
 def test_fleet_ttft_uses_the_backend_rtt_and_the_injected_clock() -> None:
@@ -101,6 +142,7 @@ def test_fleet_ttft_uses_the_backend_rtt_and_the_injected_clock() -> None:
     backend.rtt = Ewma(30.0)
     backend.rtt.add(40.0, 0.0)
     fleet.record_ttft(dep, 140.0, backend)
+    clock.t = 0.0  # no idle time: the base is exactly the sample
     assert fleet.snapshot_for("grok-4").deployment("grok-4", "us-east-1").ttft_ms == pytest.approx(100.0)  # type: ignore[union-attr]
     assert fleet.snapshot_for("grok-4").deployment("grok-4", "us-east-1").backends[0].rtt_ms == 40.0  # type: ignore[union-attr]
 
@@ -124,14 +166,15 @@ def test_queue_estimate_ranks_a_deep_queue_lower_before_it_is_full() -> None:
     req = RouteRequest("m", GLOBAL, None, ALL_ACCESS)
     calm = decide(_snapshot(_dep("near", ttft_ms=80.0), _dep("far", ttft_ms=80.0)), req)
     assert isinstance(calm, Plan) and calm.candidates[0].region == "near"
-    queued = decide(_snapshot(_dep("near", ttft_ms=80.0, queue_depth=2), _dep("far", ttft_ms=80.0)), req)
+    deep = _dep("near", ttft_ms=80.0, queue_depth=2, wait_ms_per_queued=80.0)
+    queued = decide(_snapshot(deep, _dep("far", ttft_ms=80.0)), req)
     assert isinstance(queued, Plan)
     assert [c.region for c in queued.candidates] == ["far", "near"]  # both kept: near has room
     near = queued.candidates[1]
-    assert near.free == 8 and near.estimate.queue_ms == pytest.approx(80.0 + 2 * 80.0)
-    # With a TTFT below 50 ms each waiting request still counts 50 ms.
-    short = decide(_snapshot(_dep("near", ttft_ms=10.0, queue_depth=2), _dep("far", ttft_ms=10.0)), req)
-    assert isinstance(short, Plan) and short.candidates[1].estimate.queue_ms == pytest.approx(110.0)
+    assert near.free == 8 and near.estimate.queue_ms == pytest.approx(2 * 80.0)
+    assert near.estimate.base_ms == 80.0 and near.estimate.total_ms == pytest.approx(
+        near.estimate.network_ms + 240.0
+    )
 
 
 def test_backend_reported_capacity_binds_below_the_configured_limit() -> None:
@@ -143,9 +186,8 @@ def test_backend_reported_capacity_binds_below_the_configured_limit() -> None:
     assert dropped.reason == "full (its backends report no free capacity; 0/8 in use here)"
     rows = json.loads(explain_header(plan))
     assert rows == explain_rows(plan)
-    assert (
-        rows[1]["region"] == "near" and rows[1]["free"] == 0 and rows[1]["rtt_source"] == "gateway-distance"
-    )
+    near = next(r for r in rows if r["region"] == "near")
+    assert near["free"] == 0 and near["rtt_source"] == "gateway-distance" and near["verdict"] == "dropped"
 
 
 # --- reading load from the backends --------------------------------------------------------------------
