@@ -140,6 +140,9 @@ class Engine:
         for d in self.deps:
             d.mean_service_s = d.ttft_s + world.mean_prompt * d.prefill_s + world.mean_completion * d.token_s
         self.oracle = getattr(policy, "oracle", False)
+        # Baselines read no latency estimate: their engines skip the learning (same snapshots otherwise).
+        self.learns = getattr(policy, "learns", True)
+        self.typical: list[Typical | None] = [None if self.learns else Typical() for _ in world.models]
         self.staleness_s = world.staleness_s
         # Each replica's last snapshot per model and when it was taken (only with ``staleness_s``).
         self.stale: list[list[tuple[float, WorldSnapshot] | None]] = [
@@ -170,7 +173,9 @@ class Engine:
         bounded rate, so a state is known to stay within tolerance for a while without recomputing it; the
         snapshot object is reused when no state was rebuilt."""
         deps = self.by_model[mi]
-        prior = typical(self.ttfts[mi])
+        prior = self.typical[mi]
+        if prior is None:  # a sample arrived since: the model's typical numbers, as the fleet takes them
+            prior = self.typical[mi] = typical(self.ttfts[mi])
         pb = prior.base_ms
         qd = self.queue_depth
         rebuilt = False
@@ -341,7 +346,9 @@ class Engine:
             if epoch != d.epoch:
                 st.failed[ctx.cell] += 1
                 return
-            d.ttft.add(sample[0], t, None, sample[1], sample[2])
+            if self.learns:
+                d.ttft.add(sample[0], t, None, sample[1], sample[2])
+                self.typical[d.mi] = None
             d.state = None
             self.snaps[d.mi] = None
             st.served[ctx.cell] += 1

@@ -72,7 +72,9 @@ def _refuse(snapshot: WorldSnapshot, request: RouteRequest, scope: list[Deployme
 
 class _Baseline:
     """Shared by the baselines: distance RTTs memoised per (origin, region); clients come from a
-    bounded set of places, so the memo is bounded too."""
+    bounded set of places, so the memo is bounded too. They read no latency estimate (``learns``)."""
+
+    learns = False
 
     def __init__(self) -> None:
         self._rtt: dict[tuple[Location, str], float] = {}
@@ -146,6 +148,7 @@ class Oracle:
     """Marks the engine's oracle (``Engine._oracle``): never called with a snapshot."""
 
     oracle = True
+    learns = False
 
     def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
         raise RuntimeError("the oracle reads the engine's true state, not a snapshot")
