@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from regiongate.core.world import DeploymentState
+
 MARGIN_Z = 3.0
 MARGIN_FLOOR_MS = 5.0
 UNMEASURED_ERROR_MS = 50.0  # a deployment with no samples yet: its numbers are the model's typical ones
@@ -50,11 +52,9 @@ class Estimate:
         return self.network_ms + self.queue_ms + self.base_ms + self.prefill_ms
 
 
-def server_ms(
-    base_ms: float, prefill_ms_per_token: float, wait_ms_per_queued: float, queue_depth: int, prompt: int
-) -> float:
+def server_ms(dep: DeploymentState, prompt: int) -> float:
     """Everything after the network: queue wait + base TTFT + this request's prefill."""
-    return base_ms + prompt * prefill_ms_per_token + queue_depth * wait_ms_per_queued
+    return dep.ttft_ms + prompt * dep.prefill_ms_per_token + dep.queue_depth * dep.wait_ms_per_queued
 
 
 def margin_ms(error_a: float, error_b: float) -> float:

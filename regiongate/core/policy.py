@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from regiongate.core import scope
 from regiongate.core.endpoint import EndpointKind
@@ -220,21 +221,15 @@ def _rank(
 ) -> tuple[Ranked, int]:
     """Every region in scope by prediction, best first, and the index of the nearest by network."""
     loc, prompt = request.client_location, request.prompt_tokens
-    ranked: Ranked = []
-    near: tuple[float, float, str, DeploymentState] | None = None
-    for d in in_scope:
-        net = _network(snapshot, d, loc)[0]
-        entry = (
-            net + server_ms(d.ttft_ms, d.prefill_ms_per_token, d.wait_ms_per_queued, d.queue_depth, prompt),
-            net,
-            d.region,
-            d,
-        )
-        ranked.append(entry)
-        if near is None or net < near[1] or (net == near[1] and d.region < near[2]):
-            near = entry
+    ranked: Ranked = [
+        ((net := _network(snapshot, d, loc)[0]) + server_ms(d, prompt), net, d.region, d) for d in in_scope
+    ]
+    near = min(ranked, key=_BY_NETWORK)
     ranked.sort()
-    return ranked, ranked.index(near) if near is not None else 0
+    return ranked, ranked.index(near)
+
+
+_BY_NETWORK = itemgetter(1, 2)  # (network_ms, region): the nearest, ties by region id
 
 
 def _open(r: tuple[float, float, str, DeploymentState], limit_ms: float | None) -> bool:
@@ -257,10 +252,17 @@ def _pick(ranked: Ranked, near_i: int, limit_ms: float | None, salt: int) -> tup
     near = ranked[near_i]
     if near_i == 0 and _open(near, limit_ms) and _roomy(near[3]):
         return 0, "nearest open region, best predicted"
-    open_ = [i for i, r in enumerate(ranked) if _open(r, limit_ms)]
+    open_: list[int] = []
+    roomy: list[int] = []
+    for i, (pred, _, _, d) in enumerate(ranked):  # _open and _roomy, reading ``free`` once
+        free = d.free
+        if free > 0 and d.has_healthy_backend and (limit_ms is None or pred <= limit_ms):
+            open_.append(i)
+            if free > d.limit * RESERVE_FRACTION:
+                roomy.append(i)
     if not open_:
         return -1, ""
-    pool = [i for i in open_ if _roomy(ranked[i][3])] or open_
+    pool = roomy or open_
     note = ""
     if len(pool) < len(open_):
         note = f"; {len(open_) - len(pool)} nearly full region(s) keep their last slots for pinned requests"

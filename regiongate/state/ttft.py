@@ -146,16 +146,20 @@ class TtftEstimate:
 
     def params(self, now: float, typical: Typical) -> tuple[float, float, float, float]:
         """(base_ms, prefill_ms_per_token, wait_ms_per_queued, error_ms) at ``now``, the model's typical
-        numbers standing in for what this deployment has not measured yet."""
-        base = self.current(now, typical.base_ms)
+        numbers standing in for what this deployment has not measured yet. While idle the base relaxes
+        toward the typical one and the error widens back toward the unmeasured one, at one pace."""
         slope = self.slope if self.slope is not None else typical.prefill_ms_per_token
         wait = self.per_queued if self.per_queued is not None else typical.wait_ms_per_queued
+        if self.base is None:
+            base, error = typical.base_ms, self.error
+        elif now > self.at:
+            keep = math.pow(0.5, (now - self.at) / (self.halflife_s * IDLE_HALFLIFE_FACTOR))
+            base = typical.base_ms + (self.base - typical.base_ms) * keep
+            error = UNMEASURED_ERROR_MS + (self.error - UNMEASURED_ERROR_MS) * keep
+        else:
+            base, error = self.base, self.error
         if wait is None:
             wait = max(base, QUEUE_STEP_MS)
-        error = self.error
-        if self.base is not None and now > self.at:  # widens back toward the unmeasured error while idle
-            keep = math.pow(0.5, (now - self.at) / (self.halflife_s * IDLE_HALFLIFE_FACTOR))
-            error = UNMEASURED_ERROR_MS + (error - UNMEASURED_ERROR_MS) * keep
         return base, slope, wait, error
 
 
