@@ -73,7 +73,7 @@ def test_long_backend_queue_sends_global_requests_to_the_next_region(
     idle = ask(model="grok-4", messages=MSG, max_tokens=4, extra_headers={"x-regiongate-explain": "1"})
     assert idle.headers["x-regiongate-region"] == "us-east-1"  # nearest, and idle
     rows = explain(idle)
-    assert rows["us-east-1"]["verdict"] == "kept" and rows["us-east-1"]["reason"] == "rank 1 (nearest)"
+    assert rows["us-east-1"]["verdict"] == "kept" and str(rows["us-east-1"]["reason"]).startswith("rank 1 (nearest)")
 
     with busy(east, 3):
         wait_until(lambda: sim_gauge(east, "vllm:num_requests_waiting") == 2, timeout=20)
@@ -81,10 +81,10 @@ def test_long_backend_queue_sends_global_requests_to_the_next_region(
 
         raw = ask(model="grok-4", messages=MSG, max_tokens=4, extra_headers={"x-regiongate-explain": "1"})
         assert raw.headers["x-regiongate-region"] == "us-west-2"
-        # Best ranked of all now: the queue is part of us-east-1's estimate, not only its free capacity.
-        assert raw.headers["x-regiongate-route"] == "nearest"
+        # Not the nearest region: us-east-1's backends report no room (and its queue is in its estimate).
+        assert raw.headers["x-regiongate-route"] == "spillover"
         rows = explain(raw)
-        assert [r for r in rows] == ["us-west-2", "us-east-1"]
+        assert [r for r in rows][:2] == ["us-west-2", "us-east-1"]
         east_row = rows["us-east-1"]
         assert east_row["verdict"] == "dropped"
         assert "its backends report no free capacity" in str(east_row["reason"])
