@@ -73,7 +73,9 @@ def test_long_backend_queue_sends_global_requests_to_the_next_region(
     idle = ask(model="grok-4", messages=MSG, max_tokens=4, extra_headers={"x-regiongate-explain": "1"})
     assert idle.headers["x-regiongate-region"] == "us-east-1"  # nearest, and idle
     rows = explain(idle)
-    assert rows["us-east-1"]["verdict"] == "kept" and str(rows["us-east-1"]["reason"]).startswith("rank 1 (nearest)")
+    assert rows["us-east-1"]["verdict"] == "kept" and str(rows["us-east-1"]["reason"]).startswith(
+        "rank 1 (nearest)"
+    )
 
     with busy(east, 3):
         wait_until(lambda: sim_gauge(east, "vllm:num_requests_waiting") == 2, timeout=20)

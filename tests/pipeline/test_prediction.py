@@ -15,8 +15,8 @@ from regiongate.config import parse_config
 from regiongate.core.latency import margin_ms
 from regiongate.rest.app import RestApp
 from regiongate.state.fleet import Fleet
-from tests.conftest import DEMO_KEY
-from tests.worlds import world
+from tests.support.procs import DEMO_KEY
+from tests.support.worlds import world
 
 FAST = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 5000 }'
 NOISE = [0.0, 17.0, -11.0, 23.0, -19.0, 5.0, -7.0, 13.0, -23.0, 2.0]  # ms, deterministic
