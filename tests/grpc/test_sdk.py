@@ -330,9 +330,14 @@ async def test_async_stream_cancel_frees_the_lease(gw: Gateway) -> None:
         async for _resp, _chunk in ask(client, "slow-model").stream():
             started.set()
 
+    await asyncio.to_thread(gw.wait_in_use, "slow-model", "us-west-2", 0)  # the slot is free to take
     task = asyncio.create_task(consume())
     try:
-        await asyncio.wait_for(started.wait(), 60)
+        first = asyncio.ensure_future(started.wait())
+        await asyncio.wait({first, task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():  # the stream ended or failed before its first chunk: say how
+            raise AssertionError(f"the stream ended before its first chunk: {task.exception()!r}")
+        assert first.done(), "no first chunk within 120 s"
         assert await asyncio.to_thread(gw.in_use, "slow-model", "us-west-2") == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
