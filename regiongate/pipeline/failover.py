@@ -22,7 +22,7 @@ from regiongate.core.errors import GatewayError, UpstreamError
 from regiongate.core.labels import Route
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.sse import SseRelay, event
+from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
@@ -250,7 +250,7 @@ class Gateway:
         self.fleet.record_success(backend)
         self.fleet.record_ttft(a.deployment, ttft_ms, backend)
         self.metrics.ttft(a.deployment.region, ttft_ms)
-        relay = SseRelay(strip_usage=not a.inbound.include_usage)
+        relay = SseRelay(not a.inbound.include_usage, stream_kind(a.inbound.path))
         done = False
 
         async def finish(status: int = 499) -> None:  # 499 unless the stream ran to its end
@@ -313,37 +313,43 @@ class Gateway:
             rest = relay.flush()
             if rest:
                 yield rest
-            if not relay.done:  # the connection ended without [DONE]: the backend died mid-answer
-                status = 502
-                yield self._stream_error(a, f"the backend in {a.deployment.region} closed the stream early")
-            else:
+            if relay.complete:
+                if relay.kind is StreamKind.CHAT and not relay.done:
+                    yield DONE  # ended normally after every finish_reason: some servers never send [DONE]
                 status = 502 if relay.errored else 200
+            else:  # the body ended before the answer did: the backend died mid-answer
+                status = 502
+                yield self._stream_error(
+                    a, relay, f"the backend in {a.deployment.region} closed the stream early"
+                )
         except TimeoutError:
             status = 504
-            yield self._stream_error(a, f"the backend in {a.deployment.region} went silent for {idle:g}s")
+            yield self._stream_error(
+                a, relay, f"the backend in {a.deployment.region} went silent for {idle:g}s"
+            )
         except Exception as e:  # the backend broke mid-stream: tell the client in-band, never retry
             status = 502
             log.warning("stream broke", extra={"backend": a.backend.id, "error": type(e).__name__})
             yield self._stream_error(
-                a, f"the backend in {a.deployment.region} failed mid-stream ({type(e).__name__})"
+                a, relay, f"the backend in {a.deployment.region} failed mid-stream ({type(e).__name__})"
             )
         finally:
+            if relay.malformed:
+                self._malformed(a, relay.malformed)
             await finish(status)
 
+    def _malformed(self, a: _Attempt, count: int) -> None:
+        # Counted and logged by where it came from, never with the event's content (it may hold the answer).
+        self.metrics.malformed(a.deployment.region, count)
+        log.warning(
+            "malformed stream events dropped",
+            extra={"backend": a.backend.id, "request_id": a.inbound.request_id, "count": count},
+        )
+
     @staticmethod
-    def _stream_error(a: _Attempt, message: str) -> bytes:
-        return (
-            event(
-                {
-                    "error": {
-                        "message": message + "; the response is incomplete.",
-                        "type": "upstream_error",
-                        "param": None,
-                        "code": "stream_interrupted",
-                    }
-                }
-            )
-            + b"data: [DONE]\n\n"
+    def _stream_error(a: _Attempt, relay: SseRelay, message: str) -> bytes:
+        return error_event(
+            relay.kind, message + "; the response is incomplete.", "stream_interrupted", relay.sequence
         )
 
     def _record(

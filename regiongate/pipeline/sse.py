@@ -1,12 +1,22 @@
-"""Server-sent events as the OpenAI API frames them: ``data: <json>\\n\\n`` ... ``data: [DONE]\\n\\n``.
+"""Server-sent events of the three stream protocols the gateway relays, and how each one ends.
 
-``SseRelay`` passes upstream bytes through event by event, without re-encoding, while it picks up the
-``usage`` object and, when the gateway asked the backend for usage that the client did not ask for, drops
-the usage-only chunk (or the ``usage`` key) so the client sees exactly what it requested.
+| protocol (path)          | complete when                                         | in-band error event                          |
+| ------------------------ | ----------------------------------------------------- | -------------------------------------------- |
+| chat / completions       | ``data: [DONE]``, or the body ended normally after    | ``data: {"error": {...}}`` then ``[DONE]``   |
+|                          | every choice had its ``finish_reason`` ([DONE] added) |                                              |
+| Responses (``/responses``) | ``response.completed`` / ``.incomplete`` / ``.failed`` | ``event: error`` ``{"type": "error", ...}`` |
+| Anthropic (``/messages``) | ``message_stop``                                     | ``event: error`` ``{"type": "error", ...}``  |
+
+``SseRelay`` passes upstream events through as the same bytes, while it checks that each ``data`` payload is
+JSON (an event that is not is dropped and counted: a client SDK would crash on it), picks up ``usage``,
+notes how far the answer got (the text delivered so far, for a continuation elsewhere) and, when the
+gateway asked the backend for usage that the client did not ask for, drops the usage-only chunk (or the
+``usage`` key) so the client sees exactly what it requested.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +25,43 @@ import orjson
 DONE = b"data: [DONE]\n\n"
 
 
+class StreamKind(enum.Enum):
+    CHAT = "chat"  # /chat/completions and legacy /completions
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+
+
+def stream_kind(path: str) -> StreamKind:
+    if path.startswith("/responses"):
+        return StreamKind.RESPONSES
+    if path.startswith("/messages"):
+        return StreamKind.MESSAGES
+    return StreamKind.CHAT
+
+
+_TERMINAL = {
+    StreamKind.RESPONSES: frozenset({"response.completed", "response.incomplete", "response.failed"}),
+    StreamKind.MESSAGES: frozenset({"message_stop"}),
+}
+
+
 def event(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def named_event(name: str, obj: Any) -> bytes:
+    return b"event: " + name.encode() + b"\n" + event(obj)
+
+
+def error_event(kind: StreamKind, message: str, code: str, sequence_number: int = 0) -> bytes:
+    """The protocol's own way to say, inside a 200 stream, that the answer is incomplete."""
+    if kind is StreamKind.RESPONSES:
+        obj = {"type": "error", "code": code, "message": message, "param": None}
+        return named_event("error", {**obj, "sequence_number": sequence_number})
+    if kind is StreamKind.MESSAGES:
+        return named_event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+    err = {"message": message, "type": "upstream_error", "param": None, "code": code}
+    return event({"error": err}) + DONE
 
 
 def _split(buf: bytes) -> tuple[list[bytes], bytes]:
@@ -52,26 +97,36 @@ def iter_json_events(raw: bytes) -> Iterator[dict[str, Any]]:
 
 
 class SseRelay:
-    def __init__(self, strip_usage: bool) -> None:
-        self.strip_usage = strip_usage
+    """One upstream stream, event by event. After the body ended, ``complete`` says whether the answer is
+    whole by its protocol's rule; ``text`` and ``tool_calls`` say what the client has received of it."""
+
+    def __init__(self, strip_usage: bool, kind: StreamKind = StreamKind.CHAT) -> None:
+        self.strip_usage = strip_usage and kind is StreamKind.CHAT
+        self.kind = kind
         self.usage: dict[str, Any] | None = None
-        self.done = False
-        self.errored = False
+        self.done = False  # the protocol's own end marker arrived
+        self.errored = False  # the backend sent an error event
+        self.malformed = 0  # events dropped because their data was not JSON
+        self.events = 0  # JSON events relayed
+        self.sequence = 0  # Responses: the next sequence_number
+        self.text: list[str] = []  # chat: the content of choice 0 delivered so far
+        self.tool_calls = False  # chat: a tool-call delta was delivered
+        self.first: dict[str, Any] | None = None  # chat: the first chunk (its id, created, model)
+        self._open: set[int] = set()  # chat: choices seen without their finish_reason yet
+        self._finished: set[int] = set()
         self._buf = b""
         self._crlf = False
 
+    @property
+    def finished(self) -> bool:
+        """Every choice had its finish_reason (chat), so an end of body without [DONE] is still complete."""
+        return bool(self._finished) and not self._open
+
+    @property
+    def complete(self) -> bool:
+        return self.done or (self.kind is StreamKind.CHAT and self.finished)
+
     def feed(self, chunk: bytes) -> bytes:
-        # Fast path, the common read: whole events that need no change pass through as the same bytes.
-        if (
-            not self._buf
-            and not self._crlf
-            and chunk.endswith(b"\n\n")
-            and b'"usage"' not in chunk
-            and b'"error"' not in chunk
-            and b"[DONE]" not in chunk
-            and b"\r" not in chunk
-        ):
-            return chunk
         if self._crlf or b"\r" in chunk:
             self._crlf = True
             chunk = chunk.replace(b"\r\n", b"\n")
@@ -87,29 +142,91 @@ class SseRelay:
         if ev.startswith(DONE):
             self.done = True
             return ev
-        if b'"usage"' not in ev and b'"error"' not in ev:
-            return ev
-        data = data_of(ev)
-        if not data or data == b"[DONE]":
-            return ev
+        # The common event is one ``data: {...}`` line: its payload without a line-by-line scan.
+        one_line = ev.startswith(b"data: {") and ev.find(b"\n") == len(ev) - 2
+        data = ev[6:-2] if one_line else data_of(ev)
+        if data is None or data == b"[DONE]":
+            if data is not None:
+                self.done = True
+            return ev  # a comment, or fields without data
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return ev
+            self.malformed += 1  # dropped: the client's SDK would fail on it, and the stream may go on
+            return b""
         if not isinstance(obj, dict):
             return ev
+        self.events += 1
+        if self.kind is StreamKind.CHAT:
+            return self._chat(ev, obj)
+        kind = obj.get("type")
+        if kind == "error":
+            self.errored = True
+        elif kind in _TERMINAL[self.kind]:
+            self.done = True
+        seq = obj.get("sequence_number")
+        if isinstance(seq, int):
+            self.sequence = seq + 1
+        self._usage_of(obj)
+        return ev
+
+    def _chat(self, ev: bytes, obj: dict[str, Any]) -> bytes:
         if "error" in obj:
             self.errored = True
+            return ev
+        if self.first is None:
+            self.first = obj
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for c in choices:
+                if isinstance(c, dict):
+                    self._choice(c)
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
             if self.strip_usage:
-                if not obj.get("choices"):
+                if not choices:
                     return b""
                 obj.pop("usage")
                 return event(obj)
         return ev
 
+    def _choice(self, c: dict[str, Any]) -> None:
+        i = c.get("index", 0)
+        if c.get("finish_reason"):
+            self._open.discard(i)
+            self._finished.add(i)
+        elif i not in self._finished:
+            self._open.add(i)
+        if i != 0:
+            return
+        delta = c.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                self.text.append(content)
+            if delta.get("tool_calls"):
+                self.tool_calls = True
+        elif isinstance(c.get("text"), str):  # legacy completions
+            self.text.append(c["text"])
+
+    def _usage_of(self, obj: dict[str, Any]) -> None:
+        """Responses and Anthropic usage, in the chat protocol's names the usage records keep."""
+        holder = obj.get("response") or obj.get("message") or obj
+        u = holder.get("usage") if isinstance(holder, dict) else None
+        if not isinstance(u, dict):
+            return
+        usage = dict(self.usage or {})
+        if isinstance(u.get("input_tokens"), int):
+            usage["prompt_tokens"] = u["input_tokens"]
+        if isinstance(u.get("output_tokens"), int):
+            usage["completion_tokens"] = u["output_tokens"]
+        self.usage = usage
+
     def flush(self) -> bytes:
+        """Whatever is left when the body ended: a last event without its blank line is completed (a
+        partial event is never passed on; it would not parse)."""
         rest, self._buf = self._buf, b""
-        return rest
+        if not rest.strip():
+            return b""
+        return self._one(rest.rstrip(b"\n") + b"\n\n")
