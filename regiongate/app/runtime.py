@@ -135,9 +135,8 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
             for i, spec in enumerate(d.backends):
                 bid = f"{d.region}/{model}/{spec.id or i}"
                 upstream_model = spec.model if isinstance(spec, HttpBackend) else None
-                backends.append(
-                    Backend(bid, _upstream(cfg, spec, bid, by_id[d.region], d.limit), upstream_model)
-                )
+                upstream = _upstream(cfg, spec, bid, by_id[d.region], d.limit)
+                backends.append(Backend(bid, upstream, upstream_model, prefill=spec.prefill))
             deployments.append(
                 Deployment(model, d.region, d.limit, backends, TtftEstimate(cfg.gateway.ttft_halflife_s))
             )

@@ -48,9 +48,14 @@ class Timeouts(_Model):
     total_s: float = Field(600.0, gt=0)
 
 
+# How a backend continues an assistant message it is given (regiongate.pipeline.continuation).
+Prefill = Literal["vllm", "llama.cpp", "prefix", "none"]
+
+
 class SimulatedBackend(_Model):
     kind: Literal["simulated"]
     id: str = ""
+    prefill: Prefill = "vllm"  # the simulated engine continues a final assistant message as vLLM does
     ttft_ms: float = Field(80.0, ge=0)
     tokens_per_s: float = Field(100.0, gt=0)
     slots: int | None = Field(None, ge=1)  # concurrent sequences; more queue (default: the deployment limit)
@@ -66,6 +71,7 @@ class HttpBackend(_Model):
     model: str | None = None  # model name upstream, when it differs
     timeouts: Timeouts | None = None
     metrics_url: str | None = None  # Prometheus load metrics (default <origin>/metrics; "" = do not scrape)
+    prefill: Prefill = "vllm"  # how it continues a broken stream's text; "none" if it cannot
 
     @field_validator("url")
     @classmethod

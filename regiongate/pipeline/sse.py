@@ -112,10 +112,32 @@ class SseRelay:
         self.text: list[str] = []  # chat: the content of choice 0 delivered so far
         self.tool_calls = False  # chat: a tool-call delta was delivered
         self.first: dict[str, Any] | None = None  # chat: the first chunk (its id, created, model)
+        self.content_events = 0  # chat: events that delivered content of choice 0 (about one token each)
+        # A continuation (``continue_from``): what earlier hops delivered, and the stream it extends.
+        self.prior = ""
+        self.carried = 0
+        self._base: dict[str, Any] | None = None
         self._open: set[int] = set()  # chat: choices seen without their finish_reason yet
         self._finished: set[int] = set()
         self._buf = b""
         self._crlf = False
+
+    def continue_from(self, before: SseRelay) -> None:
+        """This relay carries on the answer ``before`` relayed: its events are rebased onto that stream
+        (id, created, model, fingerprint; no second role delta) and its usage covers the whole answer."""
+        self.prior = before.delivered
+        self.carried = before.tokens
+        self._base = before._base or before.first
+        self.first = self._base
+
+    @property
+    def delivered(self) -> str:
+        """The text of choice 0 the client has received, over every hop."""
+        return self.prior + "".join(self.text)
+
+    @property
+    def tokens(self) -> int:
+        return self.carried + self.content_events
 
     @property
     def finished(self) -> bool:
@@ -141,14 +163,15 @@ class SseRelay:
     def _one(self, ev: bytes) -> bytes:
         if ev.startswith(DONE):
             self.done = True
-            return ev
+            return b""  # the gateway ends the stream itself, after anything it has to add
         # The common event is one ``data: {...}`` line: its payload without a line-by-line scan.
         one_line = ev.startswith(b"data: {") and ev.find(b"\n") == len(ev) - 2
         data = ev[6:-2] if one_line else data_of(ev)
-        if data is None or data == b"[DONE]":
-            if data is not None:
-                self.done = True
+        if data is None:
             return ev  # a comment, or fields without data
+        if data == b"[DONE]":
+            self.done = True
+            return b""
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -182,14 +205,51 @@ class SseRelay:
                 if isinstance(c, dict):
                     self._choice(c)
         usage = obj.get("usage")
+        changed = False
+        if self._base is not None:
+            if not self._rebase(obj):
+                return b""
+            changed = True
         if isinstance(usage, dict):
+            if self.carried:
+                usage = obj["usage"] = self._whole(usage)
+                changed = True
             self.usage = usage
             if self.strip_usage:
                 if not choices:
                     return b""
                 obj.pop("usage")
                 return event(obj)
-        return ev
+        return event(obj) if changed else ev
+
+    def _rebase(self, obj: dict[str, Any]) -> bool:
+        """Make a continuation's chunk look like the next chunk of the first stream; False to drop it
+        (the role-only opening delta)."""
+        base = self._base
+        assert base is not None
+        for k in ("id", "created", "model", "system_fingerprint"):
+            if k in base:
+                obj[k] = base[k]
+        keep = bool(obj.get("usage"))
+        for c in obj.get("choices") or ():
+            delta = c.get("delta") if isinstance(c, dict) else None
+            if isinstance(delta, dict):
+                delta.pop("role", None)
+                if delta.get("content") == "" and len(delta) == 1:
+                    delta.pop("content")
+                keep = keep or bool(delta) or bool(c.get("finish_reason"))
+            else:
+                keep = True
+        return keep
+
+    def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """The continuation's usage restated for the whole answer: its prompt held the delivered text
+        (about ``carried`` tokens), which counts as completion."""
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(p, int) or not isinstance(c, int):
+            return usage
+        prompt, completion = max(1, p - self.carried), c + self.carried
+        return {**usage, "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def _choice(self, c: dict[str, Any]) -> None:
         i = c.get("index", 0)
@@ -205,6 +265,7 @@ class SseRelay:
             content = delta.get("content")
             if isinstance(content, str):
                 self.text.append(content)
+                self.content_events += 1
             if delta.get("tool_calls"):
                 self.tool_calls = True
         elif isinstance(c.get("text"), str):  # legacy completions

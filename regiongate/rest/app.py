@@ -253,6 +253,7 @@ class RestApp:
             rid,
             self._client_location(scope, headers),
             explain=headers.get(b"x-regiongate-explain") == b"1",
+            continuation=headers.get(b"x-regiongate-continue", b"").lower() != b"off",
         )
         routed = await self.rt.gateway.dispatch(inbound)
         extra = [

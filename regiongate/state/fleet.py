@@ -18,6 +18,7 @@ class Backend:
     id: str
     upstream: Upstream
     upstream_model: str | None = None  # model name to send upstream, when it differs
+    prefill: str = "vllm"  # how it continues a delivered assistant text (regiongate.pipeline.continuation)
     outlier: Outlier = field(default_factory=Outlier)
     in_flight: int = 0
     rtt: Ewma | None = None  # filled by active probes

@@ -113,15 +113,30 @@ class SimulatedEngine:
 
     # --- text --------------------------------------------------------------------------------------
     def _tokens(self, model: str, payload: dict[str, Any]) -> tuple[list[str], str]:
+        """The answer's tokens and finish reason. A request ending in an assistant message with
+        ``continue_final_message`` (as vLLM takes it) continues that text: the same answer, after the
+        words already there."""
+        done = 0
+        msgs = payload.get("messages")
+        if (
+            payload.get("continue_final_message") is True
+            and isinstance(msgs, list)
+            and msgs
+            and isinstance(msgs[-1], dict)
+            and msgs[-1].get("role") == "assistant"
+        ):
+            content = msgs[-1].get("content")
+            done = len(content.split()) if isinstance(content, str) else 0
+            payload = {**payload, "messages": msgs[:-1]}
         intro = f"This is a simulated reply from {model} in {self.region} ({self.region_name});"
         seed = zlib.crc32(orjson.dumps(payload.get("messages") or payload.get("prompt") or ""))
         natural = 24 + seed % 40
-        limit = _max_tokens(payload)
-        n = min(natural, limit)
+        n = min(natural, done + _max_tokens(payload))
         words = intro.split()
         words += [FILLER[i % len(FILLER)] for i in range(max(0, n - len(words)))]
-        toks = [("" if i == 0 else " ") + w for i, w in enumerate(words[:n])]
-        toks[-1] += "." if n == natural else ""
+        toks = [("" if i == 0 else " ") + w for i, w in enumerate(words[:n])][done:]
+        if toks and n == natural:
+            toks[-1] += "."
         return toks, ("stop" if n == natural else "length")
 
     def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
