@@ -99,6 +99,11 @@ class _Open:
     ttft_ms: float
 
 
+def _only_backend(plan: Plan) -> bool:
+    cands = plan.candidates
+    return len(cands) == 1 and len(cands[0].backends) == 1
+
+
 class _Stream:
     """One client stream over one or more hops; owns the current hop's lease, connection and relay."""
 
@@ -222,17 +227,24 @@ class Gateway:
                     if payload is None:
                         failures.append(f"{cand.region}/{bid}: cannot continue a stream")
                         continue
-                    # A global request that moved after a failure says so; regional and zone requests keep
-                    # their label, which states where the data may be processed.
-                    route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
-                    attempt = _Attempt(inbound, dep, backend, lease, route, started)
-                    try:
-                        opened = await self._try(attempt, self._call(inbound, backend, payload))
-                    except UpstreamFailure as e:
-                        failures.append(f"{cand.region}/{e}")
-                        moved = True
-                        if fleet.record_failure(backend):
-                            log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
+                    call = self._call(inbound, backend, payload)
+                    opened = None
+                    for again in (False, True):
+                        # A global request that moved after a failure says so; regional and zone requests
+                        # keep their label, which states where the data may be processed.
+                        route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
+                        try:
+                            opened = await self._try(_Attempt(inbound, dep, backend, lease, route, started), call)
+                            break
+                        except UpstreamFailure as e:
+                            failures.append(f"{cand.region}/{e}")
+                            moved = True
+                            self._failed(fleet, backend, e)
+                            # A transient failure is tried once more on the same backend when the request
+                            # may use no other (a regional endpoint with one backend): never more.
+                            if again or not e.transient or not _only_backend(plan):
+                                break
+                    if opened is None:
                         continue
                     if opened.first is None and payload_for is not None:  # it refused the continuation
                         failures.append(f"{cand.region}/{bid}: refused to continue (HTTP {opened.resp.status})")
@@ -245,9 +257,20 @@ class Gateway:
                     await capacity.release(lease)
         return None
 
+    def _failed(self, fleet: Fleet, backend: Backend, e: UpstreamFailure) -> None:
+        """What a failure before the first byte says about the backend."""
+        if e.status == 429:  # busy, not unhealthy: a pause it asked for is honoured, else just move on
+            backend.outlier.abandon()
+            if e.busy_s is not None:
+                fleet.record_busy(backend, e.busy_s)
+        elif fleet.record_failure(backend):
+            log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
+
     def _exhausted(self, inbound: Inbound, plan: Plan, failures: list[str], started: float) -> RouteError:
         regions = [c.region for c in plan.candidates]
-        retry = self.fleet.retry_after_s
+        tried = [self.fleet.backends[b] for c in plan.candidates for b in c.backends if b in self.fleet.backends]
+        busy = self.fleet.busy_for(tried)  # the backends said when to come back: say it to the client
+        retry = round(busy, 3) if busy is not None else self.fleet.retry_after_s
         if inbound.endpoint.kind is EndpointKind.REGION:
             err = RouteError.region_unavailable(
                 f"Region {inbound.endpoint.name}",
@@ -300,6 +323,7 @@ class Gateway:
     async def _try(self, a: _Attempt, call: UpstreamCall) -> _Open:
         backend = a.backend
         backend.in_flight += 1
+        self.fleet.record_attempt(backend)  # after an ejection, this is its one trial
         sent = time.monotonic()
         try:
             resp = await backend.upstream.send(call)
@@ -324,8 +348,12 @@ class Gateway:
                 raise UpstreamFailure(
                     backend.id, f"stream failed before its first byte: {type(e).__name__}"
                 ) from None
-        except BaseException:
+        except UpstreamFailure:
             backend.in_flight -= 1
+            raise
+        except BaseException:  # cancelled: the client left before the first byte
+            backend.in_flight -= 1
+            backend.outlier.abandon()
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
         self.fleet.record_success(backend)

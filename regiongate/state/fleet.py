@@ -23,9 +23,10 @@ class Backend:
     in_flight: int = 0
     rtt: Ewma | None = None  # filled by active probes
     probe_healthy: bool = True  # False after failed active probes (regiongate.health.probes)
+    busy_until: float = 0.0  # it answered 429 with Retry-After: not sent anything before then
 
     def healthy(self, now: float) -> bool:
-        return self.probe_healthy and not self.outlier.ejected(now)
+        return self.probe_healthy and not self.outlier.ejected(now) and now >= self.busy_until
 
     def state(self, now: float) -> BackendState:
         rtt = self.rtt.value if self.rtt is not None else None
@@ -111,6 +112,19 @@ class Fleet:
     def record_ttft(self, d: Deployment, ttft_ms: float, backend: Backend | None = None) -> None:
         rtt = backend.rtt.value if backend is not None and backend.rtt is not None else None
         d.ttft.add(ttft_ms, self.clock(), rtt)
+
+    def record_attempt(self, b: Backend) -> None:
+        b.outlier.begin(self.clock())
+
+    def record_busy(self, b: Backend, seconds: float) -> None:
+        """The backend asked not to be sent anything for ``seconds`` (429 with Retry-After)."""
+        b.busy_until = max(b.busy_until, self.clock() + seconds)
+
+    def busy_for(self, backends: Iterable[Backend]) -> float | None:
+        """The shortest time until one of ``backends`` that said it is busy takes requests again."""
+        now = self.clock()
+        waits = [b.busy_until - now for b in backends if b.busy_until > now]
+        return min(waits) if waits else None
 
     def record_success(self, b: Backend) -> None:
         b.outlier.success()

@@ -13,12 +13,27 @@ from typing import Any, Protocol
 
 
 class UpstreamFailure(Exception):
-    """The backend did not answer usefully before its first byte; another candidate may be tried."""
+    """The backend did not answer usefully before its first byte; another candidate may be tried.
 
-    def __init__(self, backend: str, reason: str) -> None:
+    ``transient``: a 5xx or a connection reset, worth one more try on the same backend when it is the only
+    one the request may use; ``busy_s``: it answered 429 asking not to be sent anything for that long
+    (``Retry-After`` / ``retry-after-ms``), which is not a health failure."""
+
+    def __init__(
+        self,
+        backend: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        busy_s: float | None = None,
+    ) -> None:
         super().__init__(f"{backend}: {reason}")
         self.backend = backend
         self.reason = reason
+        self.status = status
+        self.transient = transient
+        self.busy_s = busy_s
 
 
 @dataclass(slots=True)

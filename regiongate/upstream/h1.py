@@ -31,6 +31,16 @@ MAX_IDLE = 256  # pooled connections kept per backend
 STALE_GRACE_S = 0.2  # a reused connection lost this soon after the write had been closed before it
 
 
+def retry_after_s(value: bytes, unit: float) -> float | None:
+    """A Retry-After value in seconds (``unit`` 1) or retry-after-ms (``unit`` 0.001); an HTTP date or
+    garbage gives None. Bounded, so a hostile value cannot take a backend out for days."""
+    try:
+        v = float(value) * unit
+    except ValueError:
+        return None
+    return min(v, 3600.0) if v >= 0 and v == v else None
+
+
 class UpstreamHttpError(ConnectionError):
     """The connection failed, or the upstream spoke something other than HTTP/1.x."""
 
@@ -50,6 +60,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.content_type = ""
+        self.retry_after_s: float | None = None  # Retry-After / retry-after-ms of the answer
         self.framed = False  # content-length or chunked: else the body ends with the connection
         self.head_done = False
         self.complete = False
@@ -89,6 +100,8 @@ class _Conn(asyncio.Protocol):
             self.content_type = value.decode("latin-1")
         elif lname == b"content-length" or (lname == b"transfer-encoding" and b"chunked" in value.lower()):
             self.framed = True
+        elif lname == b"retry-after-ms" or (lname == b"retry-after" and self.retry_after_s is None):
+            self.retry_after_s = retry_after_s(value, 0.001 if lname == b"retry-after-ms" else 1.0)
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -175,13 +188,14 @@ class H1Response:
     """A response whose head has arrived. Read the body with ``read`` or ``stream``; ``release`` hands the
     connection back to the pool when the body was read to its end, and closes it otherwise."""
 
-    __slots__ = ("_conn", "_pool", "content_type", "status")
+    __slots__ = ("_conn", "_pool", "content_type", "retry_after_s", "status")
 
     def __init__(self, conn: _Conn, pool: H1Pool) -> None:
         self._conn: _Conn | None = conn
         self._pool = pool
         self.status = conn.status
         self.content_type = conn.content_type
+        self.retry_after_s = conn.retry_after_s
 
     async def read(self) -> bytes:
         assert self._conn is not None

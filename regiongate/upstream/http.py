@@ -15,8 +15,9 @@ import orjson
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
-# Statuses that mean "this backend cannot serve it now": try the next candidate.
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
+# Statuses that mean "this backend cannot serve it now": try the next candidate. Other 4xx are the
+# request's own fault and are relayed as they are, never retried.
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -76,7 +77,14 @@ class HttpUpstream:
                 ctype = resp.content_type or "application/json"
                 if resp.status in RETRYABLE:
                     resp.release()  # pooled again only if the error body was already read to its end
-                    raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
+                    busy = resp.retry_after_s if resp.status == 429 else None
+                    raise UpstreamFailure(
+                        self.id,
+                        f"answered HTTP {resp.status}" + (f" (retry after {busy:g}s)" if busy else ""),
+                        status=resp.status,
+                        transient=resp.status >= 500,
+                        busy_s=busy,
+                    )
                 if call.stream and resp.status == 200:
                     if ctype.startswith("text/event-stream"):
                         chunks = resp.stream(started + self.total_timeout_s)
@@ -90,7 +98,7 @@ class HttpUpstream:
                 raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
             if isinstance(e, TimeoutError):
                 raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
-            raise UpstreamFailure(self.id, f"connection failed: {e}") from None
+            raise UpstreamFailure(self.id, f"connection failed: {e}", transient=True) from None
         parsed = None
         if resp.status == 200:
             parsed = _json_object(body)
