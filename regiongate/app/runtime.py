@@ -120,6 +120,8 @@ def _upstream(
         api_key=key,
         connect_timeout_s=t.connect_s,
         first_byte_timeout_s=t.first_byte_s,
+        first_byte_floor_s=t.first_byte_floor_s,
+        first_byte_factor=t.first_byte_factor,
         idle_timeout_s=t.idle_s,
         total_timeout_s=t.total_s,
     )

@@ -43,7 +43,11 @@ class _Model(BaseModel):
 
 class Timeouts(_Model):
     connect_s: float = Field(2.0, gt=0)
-    first_byte_s: float = Field(30.0, gt=0)
+    first_byte_s: float = Field(30.0, gt=0)  # the ceiling of a stream's adaptive first-byte budget
+    # The budget (regiongate.state.first_byte): factor x p95 of the deployment's observed TTFTs, not below
+    # first_byte_floor_s; used only when another candidate is left to try.
+    first_byte_floor_s: float = Field(5.0, gt=0)
+    first_byte_factor: float = Field(4.0, gt=0)
     idle_s: float = Field(60.0, gt=0)  # longest silence between two stream chunks
     total_s: float = Field(600.0, gt=0)
 

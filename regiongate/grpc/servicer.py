@@ -27,6 +27,7 @@ from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render
 from regiongate.pipeline.failover import Inbound, Routed
 from regiongate.pipeline.services import Services
 from regiongate.pipeline.sse import iter_json_events
+from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 SERVED = (
     "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "
@@ -100,6 +101,10 @@ class XaiServices:
             caller = self._caller(context, md)
             payload = translate.chat_payload(request, stream)
             check_n(payload.get("n", 1))
+            try:
+                budget = parse_budget_ms(md.get(BUDGET_HEADER))
+            except ValueError as e:
+                raise ClientError(str(e), code="invalid_value", param=BUDGET_HEADER) from None
             inbound = Inbound(
                 "/chat/completions",
                 payload,
@@ -112,6 +117,7 @@ class XaiServices:
                 caller.location,
                 explain=md.get("x-regiongate-explain") == "1",
                 continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
+                ttft_budget_ms=budget,
             )
             routed = await self.rt.gateway.dispatch(inbound)
         except RouteError as e:

@@ -48,6 +48,7 @@ class Inbound:
     client_location: Location | None = None
     explain: bool = False  # the caller asked for the x-regiongate-explain response header
     continuation: bool = True  # a stream broken mid-answer may be continued elsewhere in scope
+    ttft_budget_ms: float | None = None  # the caller's own first-byte budget (x-regiongate-ttft-budget-ms)
 
     @property
     def include_usage(self) -> bool:
@@ -209,7 +210,7 @@ class Gateway:
         continuation; None: that backend cannot take it), ``skip`` names backends not to try."""
         moved = bool(failures)
         capacity = fleet.capacity
-        for cand in plan:  # later candidates are worked out only if the earlier ones fail
+        for ci, cand in enumerate(plan):  # later candidates are worked out only if the earlier ones fail
             if all(bid in skip for bid in cand.backends):
                 continue
             dep = fleet.deployments[(inbound.model, cand.region)]
@@ -219,7 +220,7 @@ class Gateway:
                 continue
             owned = False
             try:
-                for bid in cand.backends:
+                for bi, bid in enumerate(cand.backends):
                     if bid in skip:
                         continue
                     backend = fleet.backends[bid]
@@ -228,6 +229,9 @@ class Gateway:
                         failures.append(f"{cand.region}/{bid}: cannot continue a stream")
                         continue
                     call = self._call(inbound, backend, payload)
+                    if inbound.stream:
+                        more = bi < len(cand.backends) - 1 or plan.has_after(ci)
+                        call.first_byte_s = self._first_byte_s(inbound, dep, backend, more)
                     opened = None
                     for again in (False, True):
                         # A global request that moved after a failure says so; regional and zone requests
@@ -256,6 +260,18 @@ class Gateway:
                 if not owned:
                     await capacity.release(lease)
         return None
+
+    @staticmethod
+    def _first_byte_s(inbound: Inbound, dep: Deployment, backend: Backend, more: bool) -> float:
+        """How long this stream waits for ``backend``'s first byte (``regiongate.state.first_byte``): the
+        learned budget while another candidate is left (``more``), else the ceiling; never more than the
+        caller's own budget."""
+        up = backend.upstream
+        ceiling = up.first_byte_timeout_s
+        budget = dep.first_byte.budget_s(ceiling, up.first_byte_floor_s, up.first_byte_factor) if more else ceiling
+        if inbound.ttft_budget_ms is not None:
+            budget = min(budget, inbound.ttft_budget_ms / 1000.0)
+        return budget
 
     def _failed(self, fleet: Fleet, backend: Backend, e: UpstreamFailure) -> None:
         """What a failure before the first byte says about the backend."""
@@ -329,14 +345,13 @@ class Gateway:
             resp = await backend.upstream.send(call)
             if resp.chunks is None:
                 return _Open(a, resp, None, 0.0)
-            try:
-                async with asyncio.timeout(backend.upstream.first_byte_timeout_s):
+            budget = call.first_byte_s or backend.upstream.first_byte_timeout_s
+            try:  # one budget from the send to the first byte, head included
+                async with asyncio.timeout(max(budget - (time.monotonic() - sent), 0.0)):
                     first = await anext(resp.chunks)
             except TimeoutError:
                 await resp.aclose()
-                raise UpstreamFailure(
-                    backend.id, f"no first byte within {backend.upstream.first_byte_timeout_s:g}s"
-                ) from None
+                raise UpstreamFailure(backend.id, f"no first byte within {budget:g}s") from None
             except StopAsyncIteration:
                 await resp.aclose()
                 raise UpstreamFailure(backend.id, "stream ended before its first byte") from None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
 from regiongate.state.capacity import CapacityStore, deployment_key
+from regiongate.state.first_byte import FirstByteBudget
 from regiongate.state.outlier import Ewma, Outlier
 from regiongate.state.ttft import TtftEstimate, typical_ttft
 from regiongate.upstream.base import Upstream
@@ -43,6 +44,7 @@ class Deployment:
     key: str = ""
     queue_depth: int = 0
     reported_free: int | None = None
+    first_byte: FirstByteBudget = field(default_factory=FirstByteBudget)  # observed TTFTs -> the budget
 
     def __post_init__(self) -> None:
         self.key = deployment_key(self.model, self.region)
@@ -112,6 +114,7 @@ class Fleet:
     def record_ttft(self, d: Deployment, ttft_ms: float, backend: Backend | None = None) -> None:
         rtt = backend.rtt.value if backend is not None and backend.rtt is not None else None
         d.ttft.add(ttft_ms, self.clock(), rtt)
+        d.first_byte.add(ttft_ms)
 
     def record_attempt(self, b: Backend) -> None:
         b.outlier.begin(self.clock())

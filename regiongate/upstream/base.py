@@ -44,6 +44,7 @@ class UpstreamCall:
     stream: bool
     request_id: str
     headers: list[tuple[str, str]] = field(default_factory=list)  # extra headers worth forwarding
+    first_byte_s: float | None = None  # this call's budget for the first byte (default: the backend's)
 
 
 @dataclass(slots=True)
@@ -67,7 +68,9 @@ class UpstreamResponse:
 
 class Upstream(Protocol):
     id: str
-    first_byte_timeout_s: float
+    first_byte_timeout_s: float  # the ceiling of a stream's first-byte budget
+    first_byte_floor_s: float
+    first_byte_factor: float
     idle_timeout_s: float
 
     @property
