@@ -60,4 +60,4 @@ def start_sim_backend(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         p.stop()
 
 
-pytest_plugins = ["tests.fault_server"]  # the fault-injection upstream's fixtures
+pytest_plugins = ["tests.support.faults"]  # the fault-injection upstream's fixtures

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from regiongate.state.first_byte import MIN_SAMPLES, FirstByteBudget
-from tests.conftest import DEMO_KEY, Proc
-from tests.fault_server import Fault, FaultServer
-from tests.test_rest_routing import MSG, client
-from tests.worlds import http_backend, world
+from tests.support.clients import MSG, client
+from tests.support.faults import Fault, FaultServer
+from tests.support.procs import DEMO_KEY, Proc
+from tests.support.worlds import http_backend, world
 
 
 def test_budget_is_a_clamped_quantile_of_observed_ttfts() -> None:

@@ -12,10 +12,10 @@ import openai
 import pytest
 
 from regiongate.state.outlier import Outlier
-from tests.conftest import Proc
-from tests.fault_server import Fault, FaultServer
-from tests.test_rest_routing import MSG, client
-from tests.worlds import http_backend, world
+from tests.support.clients import MSG, client
+from tests.support.faults import Fault, FaultServer
+from tests.support.procs import Proc
+from tests.support.worlds import http_backend, world
 
 
 def ask(gw: Proc, host: str | None = None) -> tuple[str, float]:

@@ -15,11 +15,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEY, Proc
-from tests.fault_server import TOKENS, Fault, FaultServer
-from tests.test_rest_routing import MSG, client, in_use, wait_until
-from tests.test_stream_ends import WHOLE, grpc_gateway, grpc_text
-from tests.worlds import world
+from tests.support.clients import MSG, client, in_use
+from tests.support.faults import TOKENS, WHOLE, Fault, FaultServer, grpc_gateway, grpc_text
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.worlds import world
 
 
 def backend(fs: FaultServer, prefill: str = "vllm", idle_s: float = 1.0) -> str:

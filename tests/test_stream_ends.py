@@ -6,23 +6,18 @@ target (continuation has its own tests)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 import httpx
 import openai
 import orjson
 import pytest
-from xai_sdk import Client
-from xai_sdk.chat import user
 
-from tests.conftest import DEMO_KEY, Proc, free_port
-from tests.fault_server import TOKENS, Fault, FaultServer
-from tests.scale_support import metric
-from tests.test_rest_routing import MSG, client, in_use, wait_until
-from tests.worlds import http_backend, world
-
-WHOLE = "".join(("" if i == 0 else " ") + f"t{i}" for i in range(TOKENS))
+from tests.support.clients import MSG, client, in_use
+from tests.support.faults import WHOLE, Fault, FaultServer, grpc_gateway, grpc_text
+from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.scale import metric
+from tests.support.worlds import http_backend, world
 
 
 def _gateway(start_gateway: Callable[..., Proc], fs: FaultServer) -> Proc:
@@ -122,22 +117,6 @@ def test_messages_stream_ends_with_message_stop(
 
 
 # --- the same over gRPC (xai-sdk) ------------------------------------------------------------------
-def grpc_gateway(start_gateway: Callable[..., Proc], config: str) -> tuple[Proc, Client]:
-    port = free_port()
-    gw = start_gateway(config, args=["--grpc-port", str(port)])
-    return gw, Client(api_key=DEMO_KEY, api_host=f"localhost:{port}")
-
-
-def grpc_text(c: Client) -> tuple[str, Any]:
-    chat = c.chat.create(model="grok-4")
-    chat.append(user("hello"))
-    last, pieces = None, []
-    for resp, chunk in chat.stream():
-        last = resp
-        pieces.append(chunk.content)
-    return "".join(pieces), last
-
-
 @pytest.mark.parametrize("fault", [Fault("no_done"), Fault("malformed", at=10)])
 def test_grpc_complete_streams_end_cleanly(
     fault: Fault, start_gateway: Callable[..., Proc], fault_server: FaultServer

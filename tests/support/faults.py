@@ -27,14 +27,19 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
+from xai_sdk import Client
+from xai_sdk.chat import user
+
+from tests.support.procs import DEMO_KEY, Proc, free_port
 
 TOKENS = 60
+WHOLE = "".join(("" if i == 0 else " ") + f"t{i}" for i in range(TOKENS))  # the uninterrupted answer
 
 
 @dataclass(frozen=True)
@@ -453,6 +458,23 @@ async def _chunk(w: asyncio.StreamWriter, data: bytes) -> None:
     """One chunk of a chunked body; the empty chunk ends the body."""
     w.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
     await w.drain()
+
+
+# --- clients the fault tests share ---------------------------------------------------------------
+def grpc_gateway(start_gateway: Callable[..., Proc], config: str) -> tuple[Proc, Client]:
+    port = free_port()
+    gw = start_gateway(config, args=["--grpc-port", str(port)])
+    return gw, Client(api_key=DEMO_KEY, api_host=f"localhost:{port}")
+
+
+def grpc_text(c: Client) -> tuple[str, Any]:
+    chat = c.chat.create(model="grok-4")
+    chat.append(user("hello"))
+    last, pieces = None, []
+    for resp, chunk in chat.stream():
+        last = resp
+        pieces.append(chunk.content)
+    return "".join(pieces), last
 
 
 @pytest.fixture
