@@ -117,6 +117,9 @@ class SseRelay:
         self.prior = ""
         self.carried = 0
         self._base: dict[str, Any] | None = None
+        # Some servers (llama-server given a bare assistant prefill) repeat the prefill before the new
+        # tokens: what is left of it to take off the start of the continuation.
+        self._echo = ""
         self._open: set[int] = set()  # chat: choices seen without their finish_reason yet
         self._finished: set[int] = set()
         self._buf = b""
@@ -129,6 +132,7 @@ class SseRelay:
         self.carried = before.tokens
         self._base = before._base or before.first
         self.first = self._base
+        self._echo = self.prior
 
     @property
     def delivered(self) -> str:
@@ -199,17 +203,17 @@ class SseRelay:
             return ev
         if self.first is None:
             self.first = obj
+        changed = False
+        if self._base is not None:  # a continuation: rebased (and un-echoed) before it is counted
+            if not self._rebase(obj):
+                return b""
+            changed = True
         choices = obj.get("choices")
         if isinstance(choices, list):
             for c in choices:
                 if isinstance(c, dict):
                     self._choice(c)
         usage = obj.get("usage")
-        changed = False
-        if self._base is not None:
-            if not self._rebase(obj):
-                return b""
-            changed = True
         if isinstance(usage, dict):
             if self.carried:
                 usage = obj["usage"] = self._whole(usage)
@@ -235,12 +239,27 @@ class SseRelay:
             delta = c.get("delta") if isinstance(c, dict) else None
             if isinstance(delta, dict):
                 delta.pop("role", None)
-                if delta.get("content") == "" and len(delta) == 1:
+                if self._echo and isinstance(delta.get("content"), str):
+                    delta["content"] = self._unecho(delta["content"])
+                if delta.get("content") in ("", None) and len(delta) == 1:
                     delta.pop("content")
                 keep = keep or bool(delta) or bool(c.get("finish_reason"))
             else:
                 keep = True
         return keep
+
+    def _unecho(self, content: str) -> str:
+        """``content`` without the part of an echoed prefill it repeats (only at the continuation's start,
+        and only while every byte so far matched the delivered text)."""
+        echo = self._echo
+        if content.startswith(echo):
+            self._echo = ""
+            return content[len(echo) :]
+        if echo.startswith(content):
+            self._echo = echo[len(content) :]
+            return ""
+        self._echo = ""  # not an echo: the new tokens start here
+        return content
 
     def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
         """The continuation's usage restated for the whole answer: its prompt held the delivered text
