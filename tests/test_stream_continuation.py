@@ -11,13 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
+from xai_sdk.proto import chat_pb2, chat_pb2_grpc
 
 from tests.support.clients import MSG, client, in_use
 from tests.support.faults import TOKENS, WHOLE, Fault, FaultServer, grpc_gateway, grpc_text
-from tests.support.procs import DEMO_KEY, Proc, wait_until
+from tests.support.procs import DEMO_KEY, Proc, free_port, wait_until
 from tests.support.worlds import world
 
 
@@ -183,3 +185,25 @@ def test_grpc_stream_is_continued_with_hops_in_trailing_metadata(
     finally:
         c.close()
     assert len(west.posts()) == 1
+
+
+def test_grpc_trailing_metadata_names_every_hop(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=20)
+    port = free_port()
+    start_gateway(
+        world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}), args=["--grpc-port", str(port)]
+    )
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        req = chat_pb2.GetCompletionsRequest(
+            model="grok-4", messages=[chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[{"text": "hi"}])]
+        )
+        call = chat_pb2_grpc.ChatStub(channel).GetCompletionChunk(
+            req, metadata=(("authorization", f"Bearer {DEMO_KEY}"),)
+        )
+        text = "".join(c.outputs[0].delta.content for c in call if c.outputs)
+        hops = dict(call.trailing_metadata())["x-regiongate-hops"]
+    assert text == WHOLE
+    assert hops.startswith("us-east-1 us-east-1/grok-4/0 (first); us-west-2 us-west-2/grok-4/0 (")
