@@ -11,7 +11,6 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from regiongate.state.outlier import Outlier
 from tests.support.clients import MSG, client
 from tests.support.faults import Fault, FaultServer
 from tests.support.procs import Proc
@@ -134,19 +133,6 @@ def test_a_backend_that_read_the_request_and_went_silent_is_not_sent_it_twice(
     east.script(Fault("hold_close", seconds=0.5))
     assert ask(gw)[0] == "us-west-2"
     assert len(east.posts()) == 2  # the held request was not sent again on a fresh connection
-
-
-def test_half_open_after_ejection_one_trial() -> None:
-    o = Outlier(consecutive=2, base_s=5.0)
-    assert not o.failure(0.0) and o.failure(0.1)  # ejected until 5.1
-    assert o.ejected(5.0) and not o.ejected(5.2)
-    o.begin(5.2)  # the trial request
-    assert o.ejected(5.3)  # others keep away while it runs
-    assert o.failure(5.4)  # the trial failed: ejected again at once, for twice as long
-    assert o.ejected(15.3) and not o.ejected(15.5)
-    o.begin(15.5)
-    o.success()
-    assert not o.ejected(15.6) and o.ejections == 0
 
 
 def test_flapping_backend_gets_traffic_back_after_one_trial(
