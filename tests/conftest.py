@@ -58,3 +58,6 @@ def start_sim_backend(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for p in procs:
         p.stop()
+
+
+pytest_plugins = ["tests.support.faults"]  # the fault-injection upstream's fixtures

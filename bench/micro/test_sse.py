@@ -48,7 +48,8 @@ def test_feed_one_chunk(benchmark: BenchmarkFixture) -> None:
 def test_stream_200_events_one_per_read(benchmark: BenchmarkFixture) -> None:
     """A whole 200-chunk stream, usage chunk stripped (the client did not ask for it)."""
     size = benchmark(_relay_all, CHUNKS, True)
-    assert size == sum(map(len, CHUNKS)) - len(CHUNKS[-2])
+    # Without the usage chunk and [DONE] (the gateway ends the stream itself).
+    assert size == sum(map(len, CHUNKS)) - len(CHUNKS[-2]) - len(CHUNKS[-1])
 
 
 def test_stream_200_events_coalesced(benchmark: BenchmarkFixture) -> None:
@@ -56,7 +57,7 @@ def test_stream_200_events_coalesced(benchmark: BenchmarkFixture) -> None:
     blob = b"".join(CHUNKS)
     reads = [blob[i : i + 4096] for i in range(0, len(blob), 4096)]
     size = benchmark(_relay_all, reads, True)
-    assert size == len(blob) - len(CHUNKS[-2])
+    assert size == len(blob) - len(CHUNKS[-2]) - len(CHUNKS[-1])
 
 
 def test_stream_200_events_crlf(benchmark: BenchmarkFixture) -> None:

@@ -120,6 +120,8 @@ def _upstream(
         api_key=key,
         connect_timeout_s=t.connect_s,
         first_byte_timeout_s=t.first_byte_s,
+        first_byte_floor_s=t.first_byte_floor_s,
+        first_byte_factor=t.first_byte_factor,
         idle_timeout_s=t.idle_s,
         total_timeout_s=t.total_s,
     )
@@ -135,9 +137,8 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
             for i, spec in enumerate(d.backends):
                 bid = f"{d.region}/{model}/{spec.id or i}"
                 upstream_model = spec.model if isinstance(spec, HttpBackend) else None
-                backends.append(
-                    Backend(bid, _upstream(cfg, spec, bid, by_id[d.region], d.limit), upstream_model)
-                )
+                upstream = _upstream(cfg, spec, bid, by_id[d.region], d.limit)
+                backends.append(Backend(bid, upstream, upstream_model, prefill=spec.prefill))
             deployments.append(
                 Deployment(model, d.region, d.limit, backends, TtftEstimate(cfg.gateway.ttft_halflife_s))
             )

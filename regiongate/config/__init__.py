@@ -43,14 +43,23 @@ class _Model(BaseModel):
 
 class Timeouts(_Model):
     connect_s: float = Field(2.0, gt=0)
-    first_byte_s: float = Field(30.0, gt=0)
+    first_byte_s: float = Field(30.0, gt=0)  # the ceiling of a stream's adaptive first-byte budget
+    # The budget (regiongate.state.first_byte): factor x p95 of the deployment's observed TTFTs, not below
+    # first_byte_floor_s; used only when another candidate is left to try.
+    first_byte_floor_s: float = Field(5.0, gt=0)
+    first_byte_factor: float = Field(4.0, gt=0)
     idle_s: float = Field(60.0, gt=0)  # longest silence between two stream chunks
     total_s: float = Field(600.0, gt=0)
+
+
+# How a backend continues an assistant message it is given (regiongate.pipeline.continuation).
+Prefill = Literal["vllm", "llama.cpp", "prefix", "none"]
 
 
 class SimulatedBackend(_Model):
     kind: Literal["simulated"]
     id: str = ""
+    prefill: Prefill = "vllm"  # the simulated engine continues a final assistant message as vLLM does
     ttft_ms: float = Field(80.0, ge=0)
     tokens_per_s: float = Field(100.0, gt=0)
     slots: int | None = Field(None, ge=1)  # concurrent sequences; more queue (default: the deployment limit)
@@ -66,6 +75,7 @@ class HttpBackend(_Model):
     model: str | None = None  # model name upstream, when it differs
     timeouts: Timeouts | None = None
     metrics_url: str | None = None  # Prometheus load metrics (default <origin>/metrics; "" = do not scrape)
+    prefill: Prefill = "vllm"  # how it continues a broken stream's text; "none" if it cannot
 
     @field_validator("url")
     @classmethod

@@ -95,6 +95,16 @@ class Plan:
                 return
             self._done.append(nxt)
 
+    def has_after(self, i: int) -> bool:
+        """Whether a candidate follows the ``i``-th (works out at most one more)."""
+        while len(self._done) <= i + 1 and self._pending is not None:
+            nxt = next(self._pending, None)
+            if nxt is None:
+                self._pending = None
+            else:
+                self._done.append(nxt)
+        return len(self._done) > i + 1
+
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         return tuple(self)

@@ -23,9 +23,11 @@ from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.status import abort, upstream_error
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n
 from regiongate.pipeline.catalog import offering, visible_models
+from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
 from regiongate.pipeline.failover import Inbound, Routed
 from regiongate.pipeline.services import Services
 from regiongate.pipeline.sse import iter_json_events
+from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 SERVED = (
     "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "
@@ -99,6 +101,10 @@ class XaiServices:
             caller = self._caller(context, md)
             payload = translate.chat_payload(request, stream)
             check_n(payload.get("n", 1))
+            try:
+                budget = parse_budget_ms(md.get(BUDGET_HEADER))
+            except ValueError as e:
+                raise ClientError(str(e), code="invalid_value", param=BUDGET_HEADER) from None
             inbound = Inbound(
                 "/chat/completions",
                 payload,
@@ -110,6 +116,8 @@ class XaiServices:
                 rid,
                 caller.location,
                 explain=md.get("x-regiongate-explain") == "1",
+                continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
+                ttft_budget_ms=budget,
             )
             routed = await self.rt.gateway.dispatch(inbound)
         except RouteError as e:
@@ -168,11 +176,14 @@ class XaiServices:
                 events, buf = buf[: cut + 2], buf[cut + 2 :]
                 for obj in self._events(events, routed.region):
                     if "error" in obj:
-                        await abort(context, upstream_error(502, orjson.dumps(obj)), rid)
+                        hops = ((HOPS_HEADER, render_hops(routed.hops)),)
+                        await abort(context, upstream_error(502, orjson.dumps(obj)), rid, hops)
                     yield translate.completion_chunk(obj, meta)
             if buf.strip():  # a last event without its blank line
                 for obj in self._events(buf + b"\n\n", routed.region):
                     yield translate.completion_chunk(obj, meta)
+            # Every backend that produced part of the answer, in order, with why it moved.
+            context.set_trailing_metadata(((HOPS_HEADER, render_hops(routed.hops)),))
         except _BadEvent as e:
             await abort(context, upstream_error(502, orjson.dumps({"error": str(e)})), rid)
         finally:

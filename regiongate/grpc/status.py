@@ -55,11 +55,13 @@ def trailers(
     return tuple(md)
 
 
-async def abort(context: Any, err: RouteError, request_id: str) -> None:
-    """End the call with ``err``'s status; raises (grpc.aio's abort always does)."""
-    await context.abort(
-        grpc_code(err.status), err.message, trailers(err.status, err.code, err.retry_after, request_id)
-    )
+async def abort(
+    context: Any, err: RouteError, request_id: str, extra: tuple[tuple[str, str], ...] = ()
+) -> None:
+    """End the call with ``err``'s status (and ``extra`` trailing metadata); raises (grpc.aio's abort
+    always does)."""
+    meta = trailers(err.status, err.code, err.retry_after, request_id)
+    await context.abort(grpc_code(err.status), err.message, (*meta, *extra) if extra else meta)
 
 
 def upstream_error(status: int, body: bytes) -> RouteError:

@@ -66,6 +66,12 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self._malformed = Counter(
+            "regiongate_stream_malformed_events",
+            "Stream events dropped because their data was not JSON, by the region that sent them",
+            ["region"],
+            registry=self.registry,
+        )
         self._fleet = _FleetCollector()
         self.registry.register(self._fleet)
         self._children: dict[tuple[str, str, str, int], Counter] = {}
@@ -84,6 +90,9 @@ class Metrics:
 
     def ttft(self, region: str, ms: float) -> None:
         self._ttft.labels(region).observe(ms / 1000.0)
+
+    def malformed(self, region: str, count: int) -> None:
+        self._malformed.labels(region).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

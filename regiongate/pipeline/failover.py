@@ -24,7 +24,8 @@ from regiongate.core.labels import Route
 from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.sse import SseRelay, event
+from regiongate.pipeline.continuation import HOPS_HEADER, Hop, prefill_payload, refusal, render_hops
+from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
@@ -48,6 +49,8 @@ class Inbound:
     request_id: str
     client_location: Location | None = None
     explain: bool = False  # the caller asked for the x-regiongate-explain response header
+    continuation: bool = True  # a stream broken mid-answer may be continued elsewhere in scope
+    ttft_budget_ms: float | None = None  # the caller's own first-byte budget (x-regiongate-ttft-budget-ms)
 
     @property
     def include_usage(self) -> bool:
@@ -67,6 +70,7 @@ class Routed:
     headers: list[tuple[str, str]] = field(default_factory=list)  # extra response headers / gRPC metadata
     finish: Callable[[], Awaitable[None]] | None = None
     plan: Plan | None = None  # the policy's plan this request followed (for the explain header)
+    hops: list[Hop] = field(default_factory=list)  # a stream's hops so far, in order (filled as it goes)
 
     async def aclose(self) -> None:
         """Free the stream's lease and upstream connection, whether or not it was ever iterated."""
@@ -87,6 +91,56 @@ class _Attempt:
     route: Route
     started: float
     queued: int = 0  # the deployment's queue depth when the request was sent
+
+
+@dataclass(slots=True)
+class _Open:
+    """A backend that answered: the first bytes of a stream, or (``first`` None) a whole answer."""
+
+    attempt: _Attempt
+    resp: UpstreamResponse
+    first: bytes | None
+    ttft_ms: float
+
+
+def _only_backend(plan: Plan) -> bool:
+    cands = plan.candidates
+    return len(cands) == 1 and len(cands[0].backends) == 1
+
+
+class _Stream:
+    """One client stream over one or more hops; owns the current hop's lease, connection and relay."""
+
+    def __init__(self, fleet: Fleet, opened: _Open, relay: SseRelay) -> None:
+        self.fleet = fleet
+        self.attempt = opened.attempt
+        self.resp = opened.resp
+        self.first = opened.first or b""
+        self.ttft_ms = opened.ttft_ms
+        self.relay = relay
+        self.hops: list[Hop] = []
+        self.failure: str | None = None  # what broke the current hop
+        self.fail_status = 502
+        self.done = False
+        self._open = True
+
+    def fail(self, status: int, message: str) -> None:
+        self.fail_status, self.failure = status, message
+
+    async def close_hop(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.attempt.backend.in_flight -= 1
+        await self.resp.aclose()
+        await self.fleet.capacity.release(self.attempt.lease)
+
+    def move(self, nxt: _Open) -> None:
+        """Carry on on ``nxt`` (the previous hop closed): a relay that continues the previous one."""
+        relay = SseRelay(self.relay.strip_usage, self.relay.kind)
+        relay.continue_from(self.relay)
+        self.hops.append(Hop(nxt.attempt.deployment.region, nxt.attempt.backend.id, self.failure or ""))
+        self.attempt, self.resp, self.relay, self._open = nxt.attempt, nxt.resp, relay, True
 
 
 class Hook(Protocol):
@@ -140,9 +194,34 @@ class Gateway:
             self._record(inbound, "", Route.NONE, plan.status, None, None, started)
             raise plan
         failures: list[str] = []
-        moved = False
+        opened = await self._walk(fleet, inbound, plan, failures, started)
+        if opened is None:
+            raise self._exhausted(inbound, plan, failures, started)
+        if opened.first is None:  # a whole answer (or a final refusal): relayed as it is
+            routed = self._complete(opened.attempt, opened.resp)
+        else:  # the stream now owns the lease
+            routed = self._stream(fleet, opened)
+        routed.plan = plan
+        return routed
+
+    async def _walk(
+        self,
+        fleet: Fleet,
+        inbound: Inbound,
+        plan: Plan,
+        failures: list[str],
+        started: float,
+        payload_for: Callable[[Backend], dict[str, Any] | None] | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> _Open | None:
+        """Walk the plan until a backend answers: the first byte of a stream, or a whole answer. What
+        failed is appended to ``failures``. ``payload_for`` replaces the request's body per backend (a
+        continuation; None: that backend cannot take it), ``skip`` names backends not to try."""
+        moved = bool(failures)
         capacity = fleet.capacity
-        for cand in plan:  # later candidates are worked out only if the earlier ones fail
+        for ci, cand in enumerate(plan):  # later candidates are worked out only if the earlier ones fail
+            if all(bid in skip for bid in cand.backends):
+                continue
             dep = fleet.deployments[(inbound.model, cand.region)]
             lease = await capacity.acquire(dep.key, dep.limit)
             if lease is None:  # taken between snapshot and acquire (another replica or request)
@@ -150,31 +229,74 @@ class Gateway:
                 continue
             owned = False
             try:
-                for bid in cand.backends:
-                    backend = fleet.backends[bid]
-                    # A global request that moved after a failure says so; regional and zone requests keep
-                    # their label, which states where the data may be processed.
-                    route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
-                    attempt = _Attempt(inbound, dep, backend, lease, route, started, dep.queue_depth)
-                    try:
-                        routed = await self._try(attempt)
-                    except UpstreamFailure as e:
-                        failures.append(f"{cand.region}/{e}")
-                        moved = True
-                        if fleet.record_failure(backend):
-                            log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
+                for bi, bid in enumerate(cand.backends):
+                    if bid in skip:
                         continue
-                    owned = routed.chunks is not None  # the stream now owns the lease
-                    routed.plan = plan
-                    return routed
+                    backend = fleet.backends[bid]
+                    payload = inbound.payload if payload_for is None else payload_for(backend)
+                    if payload is None:
+                        failures.append(f"{cand.region}/{bid}: cannot continue a stream")
+                        continue
+                    call = self._call(inbound, backend, payload)
+                    if inbound.stream:
+                        more = bi < len(cand.backends) - 1 or plan.has_after(ci)
+                        call.first_byte_s = self._first_byte_s(inbound, dep, backend, more)
+                    opened = None
+                    for again in (False, True):
+                        # A global request that moved after a failure says so; regional and zone requests
+                        # keep their label, which states where the data may be processed.
+                        route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
+                        try:
+                            attempt = _Attempt(inbound, dep, backend, lease, route, started, dep.queue_depth)
+                            opened = await self._try(attempt, call)
+                            break
+                        except UpstreamFailure as e:
+                            failures.append(f"{cand.region}/{e}")
+                            moved = True
+                            self._failed(fleet, backend, e)
+                            # A transient failure is tried once more on the same backend when the request
+                            # may use no other (a regional endpoint with one backend): never more.
+                            if again or not e.transient or not _only_backend(plan):
+                                break
+                    if opened is None:
+                        continue
+                    if opened.first is None and payload_for is not None:  # it refused the continuation
+                        failures.append(f"{cand.region}/{bid}: refused to continue (HTTP {opened.resp.status})")
+                        backend.in_flight -= 1
+                        continue
+                    owned = opened.first is not None
+                    return opened
             finally:
                 if not owned:
                     await capacity.release(lease)
-        raise self._exhausted(inbound, plan, failures, started)
+        return None
+
+    @staticmethod
+    def _first_byte_s(inbound: Inbound, dep: Deployment, backend: Backend, more: bool) -> float:
+        """How long this stream waits for ``backend``'s first byte (``regiongate.state.first_byte``): the
+        learned budget while another candidate is left (``more``), else the ceiling; never more than the
+        caller's own budget."""
+        up = backend.upstream
+        ceiling = up.first_byte_timeout_s
+        budget = dep.first_byte.budget_s(ceiling, up.first_byte_floor_s, up.first_byte_factor) if more else ceiling
+        if inbound.ttft_budget_ms is not None:
+            budget = min(budget, inbound.ttft_budget_ms / 1000.0)
+        return budget
+
+    def _failed(self, fleet: Fleet, backend: Backend, e: UpstreamFailure) -> None:
+        """What a failure before the first byte says about the backend."""
+        if e.status == 429:  # busy, not unhealthy: a pause it asked for is honoured, else just move on
+            backend.outlier.abandon()
+            if e.busy_s is not None:
+                fleet.record_busy(backend, e.busy_s)
+        elif fleet.record_failure(backend):
+            log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
 
     def _exhausted(self, inbound: Inbound, plan: Plan, failures: list[str], started: float) -> RouteError:
         regions = [c.region for c in plan.candidates]
-        retry = self.fleet.retry_after_s
+        tried = [self.fleet.backends[b] for c in plan.candidates for b in c.backends if b in self.fleet.backends]
+        busy = self.fleet.busy_for(tried)  # the backends said when to come back: say it to the client
+        retry = round(busy, 3) if busy is not None else self.fleet.retry_after_s
         if inbound.endpoint.kind is EndpointKind.REGION:
             err = RouteError.region_unavailable(
                 f"Region {inbound.endpoint.name}",
@@ -207,8 +329,8 @@ class Gateway:
             and scope.in_fence(access, snap.regions[d.region].zone)  # a hint never points outside the fence
         ]
 
-    def _call(self, inbound: Inbound, backend: Backend) -> UpstreamCall:
-        payload, body = inbound.payload, inbound.body
+    def _call(self, inbound: Inbound, backend: Backend, payload: dict[str, Any]) -> UpstreamCall:
+        body = inbound.body if payload is inbound.payload else orjson.dumps(payload)
         rename = backend.upstream_model is not None and backend.upstream_model != inbound.model
         want_usage = inbound.stream and not inbound.include_usage
         if rename or want_usage:
@@ -224,23 +346,22 @@ class Gateway:
             body = orjson.dumps(payload)
         return UpstreamCall(inbound.path, body, payload, inbound.stream, inbound.request_id)
 
-    async def _try(self, a: _Attempt) -> Routed:
-        backend, inbound = a.backend, a.inbound
-        call = self._call(inbound, backend)
+    async def _try(self, a: _Attempt, call: UpstreamCall) -> _Open:
+        backend = a.backend
         backend.in_flight += 1
+        self.fleet.record_attempt(backend)  # after an ejection, this is its one trial
         sent = time.monotonic()
         try:
             resp = await backend.upstream.send(call)
             if resp.chunks is None:
-                return self._complete(a, resp)
-            try:
-                async with asyncio.timeout(backend.upstream.first_byte_timeout_s):
+                return _Open(a, resp, None, 0.0)
+            budget = call.first_byte_s or backend.upstream.first_byte_timeout_s
+            try:  # one budget from the send to the first byte, head included
+                async with asyncio.timeout(max(budget - (time.monotonic() - sent), 0.0)):
                     first = await anext(resp.chunks)
             except TimeoutError:
                 await resp.aclose()
-                raise UpstreamFailure(
-                    backend.id, f"no first byte within {backend.upstream.first_byte_timeout_s:g}s"
-                ) from None
+                raise UpstreamFailure(backend.id, f"no first byte within {budget:g}s") from None
             except StopAsyncIteration:
                 await resp.aclose()
                 raise UpstreamFailure(backend.id, "stream ended before its first byte") from None
@@ -252,31 +373,44 @@ class Gateway:
                 raise UpstreamFailure(
                     backend.id, f"stream failed before its first byte: {type(e).__name__}"
                 ) from None
-        except BaseException:
+        except UpstreamFailure:
             backend.in_flight -= 1
+            raise
+        except BaseException:  # cancelled: the client left before the first byte
+            backend.in_flight -= 1
+            backend.outlier.abandon()
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
         self.fleet.record_success(backend)
         self.fleet.record_ttft(
-            a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(inbound.body)), a.queued
+            a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(a.inbound.body)), a.queued
         )
         self.metrics.ttft(a.deployment.region, ttft_ms)
-        relay = SseRelay(strip_usage=not a.inbound.include_usage)
-        done = False
+        return _Open(a, resp, first, ttft_ms)
+
+    def _stream(self, fleet: Fleet, opened: _Open) -> Routed:
+        a = opened.attempt
+        st = _Stream(fleet, opened, SseRelay(not a.inbound.include_usage, stream_kind(a.inbound.path)))
+        st.hops.append(Hop(a.deployment.region, a.backend.id, "first"))
 
         async def finish(status: int = 499) -> None:  # 499 unless the stream ran to its end
-            nonlocal done
-            if done:
+            if st.done:
                 return
-            done = True
-            backend.in_flight -= 1
-            await resp.aclose()
-            await self.fleet.capacity.release(a.lease)
-            self._record(a.inbound, a.deployment.region, a.route, status, relay.usage, ttft_ms, a.started)
+            st.done = True
+            await st.close_hop()
+            usage, ttft = st.relay.usage, st.ttft_ms
+            self._record(a.inbound, a.deployment.region, a.route, status, usage, ttft, a.started, st.hops)
 
-        chunks = self._relay(a, resp, relay, first, finish)
+        chunks = self._relay(st, finish)
         return Routed(
-            200, "text/event-stream", a.deployment.region, a.route, backend.id, chunks=chunks, finish=finish
+            200,
+            "text/event-stream",
+            a.deployment.region,
+            a.route,
+            a.backend.id,
+            chunks=chunks,
+            finish=finish,
+            hops=st.hops,
         )
 
     def _complete(self, a: _Attempt, resp: UpstreamResponse) -> Routed:
@@ -297,17 +431,45 @@ class Gateway:
             resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=resp.body
         )
 
-    async def _relay(
-        self,
-        a: _Attempt,
-        resp: UpstreamResponse,
-        relay: SseRelay,
-        first: bytes,
-        finish: Callable[[int], Awaitable[None]],
-    ) -> AsyncIterator[bytes]:
+    async def _relay(self, st: _Stream, finish: Callable[[int], Awaitable[None]]) -> AsyncIterator[bytes]:
+        """Relay hop after hop: a hop that breaks before the answer is complete is continued on the next
+        backend the scope allows (``pipeline.continuation``), else the stream ends with the protocol's
+        in-band error naming what broke."""
         status = 499
-        idle = a.backend.upstream.idle_timeout_s
+        first = st.first
+        try:
+            while True:
+                async for out in self._segment(st, first):
+                    yield out
+                relay = st.relay
+                if st.failure is None:
+                    if len(st.hops) > 1:
+                        yield b": " + HOPS_HEADER.encode() + b" " + render_hops(st.hops).encode() + b"\n\n"
+                    if relay.kind is StreamKind.CHAT:
+                        yield DONE  # held back by the relay: also ends a stream that had no [DONE]
+                    status = 502 if relay.errored else 200
+                    break
+                status = st.fail_status
+                nxt = await self._continue(st)
+                if nxt is None:
+                    yield self._stream_error(st.attempt, relay, st.failure)
+                    break
+                await st.close_hop()
+                if relay.malformed:
+                    self._malformed(st.attempt, relay.malformed)
+                st.move(nxt)
+                first = nxt.first or b""
+        finally:
+            if st.relay.malformed:
+                self._malformed(st.attempt, st.relay.malformed)
+            await finish(status)
+
+    async def _segment(self, st: _Stream, first: bytes) -> AsyncIterator[bytes]:
+        """One hop's events; afterwards ``st.failure`` says what broke it (None: the answer is whole)."""
+        a, resp, relay = st.attempt, st.resp, st.relay
+        region, idle = a.deployment.region, a.backend.upstream.idle_timeout_s
         assert resp.chunks is not None
+        st.failure = None
         try:
             out = relay.feed(first)
             if out:
@@ -324,37 +486,51 @@ class Gateway:
             rest = relay.flush()
             if rest:
                 yield rest
-            if not relay.done:  # the connection ended without [DONE]: the backend died mid-answer
-                status = 502
-                yield self._stream_error(a, f"the backend in {a.deployment.region} closed the stream early")
-            else:
-                status = 502 if relay.errored else 200
+            if not relay.complete:  # the body ended before the answer did: the backend died mid-answer
+                st.fail(502, f"the backend in {region} closed the stream early")
         except TimeoutError:
-            status = 504
-            yield self._stream_error(a, f"the backend in {a.deployment.region} went silent for {idle:g}s")
-        except Exception as e:  # the backend broke mid-stream: tell the client in-band, never retry
-            status = 502
+            st.fail(504, f"the backend in {region} went silent for {idle:g}s")
+        except ConnectionError:
+            st.fail(502, f"the backend in {region} dropped the connection mid-answer")
+        except Exception as e:  # the backend broke mid-stream
             log.warning("stream broke", extra={"backend": a.backend.id, "error": type(e).__name__})
-            yield self._stream_error(
-                a, f"the backend in {a.deployment.region} failed mid-stream ({type(e).__name__})"
-            )
-        finally:
-            await finish(status)
+            st.fail(502, f"the backend in {region} failed mid-stream ({type(e).__name__})")
+
+    async def _continue(self, st: _Stream) -> _Open | None:
+        """The next backend in scope that continues the answer from what was delivered, or None."""
+        inbound, relay = st.attempt.inbound, st.relay
+        if self.fleet.record_failure(st.attempt.backend):
+            log.warning("backend ejected", extra={"backend": st.attempt.backend.id, "reason": st.failure})
+        why_not = refusal(inbound.payload, relay.kind, relay, not inbound.continuation)
+        if why_not is not None:
+            return None
+        plan = self.plan(inbound, st.fleet)  # re-planned: health changed, the scope did not
+        if isinstance(plan, RouteError):
+            return None
+        delivered, tokens = relay.delivered, relay.tokens
+
+        def payload_for(backend: Backend) -> dict[str, Any] | None:
+            return prefill_payload(inbound.payload, delivered, backend.prefill, tokens)
+
+        failures: list[str] = []
+        skip = frozenset(h.backend for h in st.hops)
+        opened = await self._walk(st.fleet, inbound, plan, failures, st.attempt.started, payload_for, skip)
+        if opened is None and failures:
+            log.info("stream not continued", extra={"request_id": inbound.request_id, "tried": failures})
+        return opened
+
+    def _malformed(self, a: _Attempt, count: int) -> None:
+        # Counted and logged by where it came from, never with the event's content (it may hold the answer).
+        self.metrics.malformed(a.deployment.region, count)
+        log.warning(
+            "malformed stream events dropped",
+            extra={"backend": a.backend.id, "request_id": a.inbound.request_id, "count": count},
+        )
 
     @staticmethod
-    def _stream_error(a: _Attempt, message: str) -> bytes:
-        return (
-            event(
-                {
-                    "error": {
-                        "message": message + "; the response is incomplete.",
-                        "type": "upstream_error",
-                        "param": None,
-                        "code": "stream_interrupted",
-                    }
-                }
-            )
-            + b"data: [DONE]\n\n"
+    def _stream_error(a: _Attempt, relay: SseRelay, message: str) -> bytes:
+        return error_event(
+            relay.kind, message + "; the response is incomplete.", "stream_interrupted", relay.sequence
         )
 
     def _record(
@@ -366,6 +542,7 @@ class Gateway:
         usage: dict[str, Any] | None,
         ttft_ms: float | None,
         started: float,
+        hops: list[Hop] | None = None,
     ) -> None:
         prompt = completion = 0
         if usage:
@@ -388,6 +565,7 @@ class Gateway:
             ttft_ms=ttft_ms,
             total_ms=(now - started) * 1000.0,
             at=time.time(),
+            hops=tuple(h.render() for h in hops) if hops else (),
         )
         self.usage.record(record)
         for hook in self.hooks:

@@ -1,12 +1,22 @@
-"""Server-sent events as the OpenAI API frames them: ``data: <json>\\n\\n`` ... ``data: [DONE]\\n\\n``.
+"""Server-sent events of the three stream protocols the gateway relays, and how each one ends.
 
-``SseRelay`` passes upstream bytes through event by event, without re-encoding, while it picks up the
-``usage`` object and, when the gateway asked the backend for usage that the client did not ask for, drops
-the usage-only chunk (or the ``usage`` key) so the client sees exactly what it requested.
+| protocol (path)          | complete when                                         | in-band error event                          |
+| ------------------------ | ----------------------------------------------------- | -------------------------------------------- |
+| chat / completions       | ``data: [DONE]``, or the body ended normally after    | ``data: {"error": {...}}`` then ``[DONE]``   |
+|                          | every choice had its ``finish_reason`` ([DONE] added) |                                              |
+| Responses (``/responses``) | ``response.completed`` / ``.incomplete`` / ``.failed`` | ``event: error`` ``{"type": "error", ...}`` |
+| Anthropic (``/messages``) | ``message_stop``                                     | ``event: error`` ``{"type": "error", ...}``  |
+
+``SseRelay`` passes upstream events through as the same bytes, while it checks that each ``data`` payload is
+JSON (an event that is not is dropped and counted: a client SDK would crash on it), picks up ``usage``,
+notes how far the answer got (the text delivered so far, for a continuation elsewhere) and, when the
+gateway asked the backend for usage that the client did not ask for, drops the usage-only chunk (or the
+``usage`` key) so the client sees exactly what it requested.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +25,43 @@ import orjson
 DONE = b"data: [DONE]\n\n"
 
 
+class StreamKind(enum.Enum):
+    CHAT = "chat"  # /chat/completions and legacy /completions
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+
+
+def stream_kind(path: str) -> StreamKind:
+    if path.startswith("/responses"):
+        return StreamKind.RESPONSES
+    if path.startswith("/messages"):
+        return StreamKind.MESSAGES
+    return StreamKind.CHAT
+
+
+_TERMINAL = {
+    StreamKind.RESPONSES: frozenset({"response.completed", "response.incomplete", "response.failed"}),
+    StreamKind.MESSAGES: frozenset({"message_stop"}),
+}
+
+
 def event(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def named_event(name: str, obj: Any) -> bytes:
+    return b"event: " + name.encode() + b"\n" + event(obj)
+
+
+def error_event(kind: StreamKind, message: str, code: str, sequence_number: int = 0) -> bytes:
+    """The protocol's own way to say, inside a 200 stream, that the answer is incomplete."""
+    if kind is StreamKind.RESPONSES:
+        obj = {"type": "error", "code": code, "message": message, "param": None}
+        return named_event("error", {**obj, "sequence_number": sequence_number})
+    if kind is StreamKind.MESSAGES:
+        return named_event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+    err = {"message": message, "type": "upstream_error", "param": None, "code": code}
+    return event({"error": err}) + DONE
 
 
 def _split(buf: bytes) -> tuple[list[bytes], bytes]:
@@ -52,26 +97,62 @@ def iter_json_events(raw: bytes) -> Iterator[dict[str, Any]]:
 
 
 class SseRelay:
-    def __init__(self, strip_usage: bool) -> None:
-        self.strip_usage = strip_usage
+    """One upstream stream, event by event. After the body ended, ``complete`` says whether the answer is
+    whole by its protocol's rule; ``text`` and ``tool_calls`` say what the client has received of it."""
+
+    def __init__(self, strip_usage: bool, kind: StreamKind = StreamKind.CHAT) -> None:
+        self.strip_usage = strip_usage and kind is StreamKind.CHAT
+        self.kind = kind
         self.usage: dict[str, Any] | None = None
-        self.done = False
-        self.errored = False
+        self.done = False  # the protocol's own end marker arrived
+        self.errored = False  # the backend sent an error event
+        self.malformed = 0  # events dropped because their data was not JSON
+        self.events = 0  # JSON events relayed
+        self.sequence = 0  # Responses: the next sequence_number
+        self.text: list[str] = []  # chat: the content of choice 0 delivered so far
+        self.tool_calls = False  # chat: a tool-call delta was delivered
+        self.first: dict[str, Any] | None = None  # chat: the first chunk (its id, created, model)
+        self.content_events = 0  # chat: events that delivered content of choice 0 (about one token each)
+        # A continuation (``continue_from``): what earlier hops delivered, and the stream it extends.
+        self.prior = ""
+        self.carried = 0
+        self._base: dict[str, Any] | None = None
+        # Some servers (llama-server given a bare assistant prefill) repeat the prefill before the new
+        # tokens: what is left of it to take off the start of the continuation.
+        self._echo = ""
+        self._open: set[int] = set()  # chat: choices seen without their finish_reason yet
+        self._finished: set[int] = set()
         self._buf = b""
         self._crlf = False
 
+    def continue_from(self, before: SseRelay) -> None:
+        """This relay carries on the answer ``before`` relayed: its events are rebased onto that stream
+        (id, created, model, fingerprint; no second role delta) and its usage covers the whole answer."""
+        self.prior = before.delivered
+        self.carried = before.tokens
+        self._base = before._base or before.first
+        self.first = self._base
+        self._echo = self.prior
+
+    @property
+    def delivered(self) -> str:
+        """The text of choice 0 the client has received, over every hop."""
+        return self.prior + "".join(self.text)
+
+    @property
+    def tokens(self) -> int:
+        return self.carried + self.content_events
+
+    @property
+    def finished(self) -> bool:
+        """Every choice had its finish_reason (chat), so an end of body without [DONE] is still complete."""
+        return bool(self._finished) and not self._open
+
+    @property
+    def complete(self) -> bool:
+        return self.done or (self.kind is StreamKind.CHAT and self.finished)
+
     def feed(self, chunk: bytes) -> bytes:
-        # Fast path, the common read: whole events that need no change pass through as the same bytes.
-        if (
-            not self._buf
-            and not self._crlf
-            and chunk.endswith(b"\n\n")
-            and b'"usage"' not in chunk
-            and b'"error"' not in chunk
-            and b"[DONE]" not in chunk
-            and b"\r" not in chunk
-        ):
-            return chunk
         if self._crlf or b"\r" in chunk:
             self._crlf = True
             chunk = chunk.replace(b"\r\n", b"\n")
@@ -86,30 +167,146 @@ class SseRelay:
     def _one(self, ev: bytes) -> bytes:
         if ev.startswith(DONE):
             self.done = True
-            return ev
-        if b'"usage"' not in ev and b'"error"' not in ev:
-            return ev
-        data = data_of(ev)
-        if not data or data == b"[DONE]":
-            return ev
+            return b""  # the gateway ends the stream itself, after anything it has to add
+        # The common event is one ``data: {...}`` line: its payload without a line-by-line scan.
+        one_line = ev.startswith(b"data: {") and ev.find(b"\n") == len(ev) - 2
+        data = ev[6:-2] if one_line else data_of(ev)
+        if data is None:
+            return ev  # a comment, or fields without data
+        if data == b"[DONE]":
+            self.done = True
+            return b""
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return ev
+            self.malformed += 1  # dropped: the client's SDK would fail on it, and the stream may go on
+            return b""
         if not isinstance(obj, dict):
             return ev
+        self.events += 1
+        if self.kind is StreamKind.CHAT:
+            return self._chat(ev, obj)
+        kind = obj.get("type")
+        if kind == "error":
+            self.errored = True
+        elif kind in _TERMINAL[self.kind]:
+            self.done = True
+        seq = obj.get("sequence_number")
+        if isinstance(seq, int):
+            self.sequence = seq + 1
+        self._usage_of(obj)
+        return ev
+
+    def _chat(self, ev: bytes, obj: dict[str, Any]) -> bytes:
         if "error" in obj:
             self.errored = True
+            return ev
+        if self.first is None:
+            self.first = obj
+        changed = False
+        if self._base is not None:  # a continuation: rebased (and un-echoed) before it is counted
+            if not self._rebase(obj):
+                return b""
+            changed = True
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for c in choices:
+                if isinstance(c, dict):
+                    self._choice(c)
         usage = obj.get("usage")
         if isinstance(usage, dict):
+            if self.carried:
+                usage = obj["usage"] = self._whole(usage)
+                changed = True
             self.usage = usage
             if self.strip_usage:
-                if not obj.get("choices"):
+                if not choices:
                     return b""
                 obj.pop("usage")
                 return event(obj)
-        return ev
+        return event(obj) if changed else ev
+
+    def _rebase(self, obj: dict[str, Any]) -> bool:
+        """Make a continuation's chunk look like the next chunk of the first stream; False to drop it
+        (the role-only opening delta)."""
+        base = self._base
+        assert base is not None
+        for k in ("id", "created", "model", "system_fingerprint"):
+            if k in base:
+                obj[k] = base[k]
+        keep = bool(obj.get("usage"))
+        for c in obj.get("choices") or ():
+            delta = c.get("delta") if isinstance(c, dict) else None
+            if isinstance(delta, dict):
+                delta.pop("role", None)
+                if self._echo and isinstance(delta.get("content"), str):
+                    delta["content"] = self._unecho(delta["content"])
+                if delta.get("content") in ("", None) and len(delta) == 1:
+                    delta.pop("content")
+                keep = keep or bool(delta) or bool(c.get("finish_reason"))
+            else:
+                keep = True
+        return keep
+
+    def _unecho(self, content: str) -> str:
+        """``content`` without the part of an echoed prefill it repeats (only at the continuation's start,
+        and only while every byte so far matched the delivered text)."""
+        echo = self._echo
+        if content.startswith(echo):
+            self._echo = ""
+            return content[len(echo) :]
+        if echo.startswith(content):
+            self._echo = echo[len(content) :]
+            return ""
+        self._echo = ""  # not an echo: the new tokens start here
+        return content
+
+    def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """The continuation's usage restated for the whole answer: its prompt held the delivered text
+        (about ``carried`` tokens), which counts as completion."""
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(p, int) or not isinstance(c, int):
+            return usage
+        prompt, completion = max(1, p - self.carried), c + self.carried
+        return {**usage, "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _choice(self, c: dict[str, Any]) -> None:
+        i = c.get("index", 0)
+        if c.get("finish_reason"):
+            self._open.discard(i)
+            self._finished.add(i)
+        elif i not in self._finished:
+            self._open.add(i)
+        if i != 0:
+            return
+        delta = c.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                self.text.append(content)
+                self.content_events += 1
+            if delta.get("tool_calls"):
+                self.tool_calls = True
+        elif isinstance(c.get("text"), str):  # legacy completions
+            self.text.append(c["text"])
+
+    def _usage_of(self, obj: dict[str, Any]) -> None:
+        """Responses and Anthropic usage, in the chat protocol's names the usage records keep."""
+        holder = obj.get("response") or obj.get("message") or obj
+        u = holder.get("usage") if isinstance(holder, dict) else None
+        if not isinstance(u, dict):
+            return
+        usage = dict(self.usage or {})
+        if isinstance(u.get("input_tokens"), int):
+            usage["prompt_tokens"] = u["input_tokens"]
+        if isinstance(u.get("output_tokens"), int):
+            usage["completion_tokens"] = u["output_tokens"]
+        self.usage = usage
 
     def flush(self) -> bytes:
+        """Whatever is left when the body ended: a last event without its blank line is completed (a
+        partial event is never passed on; it would not parse)."""
         rest, self._buf = self._buf, b""
-        return rest
+        if not rest.strip():
+            return b""
+        return self._one(rest.rstrip(b"\n") + b"\n\n")

@@ -33,6 +33,7 @@ class UsageRecord:
     ttft_ms: float | None
     total_ms: float
     at: float  # unix seconds
+    hops: tuple[str, ...] = ()  # a stream's hops in order ("region backend (reason)"), when it has them
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from regiongate.pipeline.catalog import offering, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
 from regiongate.pipeline.services import Services
 from regiongate.rest.openapi import DOCUMENT_BYTES
+from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 log = logging.getLogger("regiongate.access")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -242,6 +243,11 @@ class RestApp:
                 raise client_error(
                     400, "Field 'messages' must be a non-empty array.", "invalid_value", "messages"
                 )
+        try:
+            raw_budget = headers.get(BUDGET_HEADER.encode())
+            budget = parse_budget_ms(raw_budget.decode("latin-1") if raw_budget is not None else None)
+        except ValueError as e:
+            raise client_error(400, str(e), "invalid_value", BUDGET_HEADER) from None
         inbound = Inbound(
             subpath,
             payload,
@@ -253,6 +259,8 @@ class RestApp:
             rid,
             self._client_location(scope, headers),
             explain=headers.get(b"x-regiongate-explain") == b"1",
+            continuation=headers.get(b"x-regiongate-continue", b"").lower() != b"off",
+            ttft_budget_ms=budget,
         )
         routed = await self.rt.gateway.dispatch(inbound)
         extra = [

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
 from regiongate.state.capacity import CapacityStore, deployment_key
+from regiongate.state.first_byte import FirstByteBudget
 from regiongate.state.outlier import Ewma, Outlier
 from regiongate.state.ttft import TtftEstimate, Typical, typical
 from regiongate.upstream.base import Upstream
@@ -18,13 +19,15 @@ class Backend:
     id: str
     upstream: Upstream
     upstream_model: str | None = None  # model name to send upstream, when it differs
+    prefill: str = "vllm"  # how it continues a delivered assistant text (regiongate.pipeline.continuation)
     outlier: Outlier = field(default_factory=Outlier)
     in_flight: int = 0
     rtt: Ewma | None = None  # filled by active probes
     probe_healthy: bool = True  # False after failed active probes (regiongate.health.probes)
+    busy_until: float = 0.0  # it answered 429 with Retry-After: not sent anything before then
 
     def healthy(self, now: float) -> bool:
-        return self.probe_healthy and not self.outlier.ejected(now)
+        return self.probe_healthy and not self.outlier.ejected(now) and now >= self.busy_until
 
     def state(self, now: float) -> BackendState:
         rtt = self.rtt.value if self.rtt is not None else None
@@ -41,6 +44,7 @@ class Deployment:
     key: str = ""
     queue_depth: int = 0
     reported_free: int | None = None
+    first_byte: FirstByteBudget = field(default_factory=FirstByteBudget)  # observed TTFTs -> the budget
 
     def __post_init__(self) -> None:
         self.key = deployment_key(self.model, self.region)
@@ -117,6 +121,20 @@ class Fleet:
         """One observed TTFT of a request of ``prompt`` tokens sent when ``queued`` were waiting there."""
         rtt = backend.rtt.value if backend is not None and backend.rtt is not None else None
         d.ttft.add(ttft_ms, self.clock(), rtt, prompt, queued)
+        d.first_byte.add(ttft_ms)
+
+    def record_attempt(self, b: Backend) -> None:
+        b.outlier.begin(self.clock())
+
+    def record_busy(self, b: Backend, seconds: float) -> None:
+        """The backend asked not to be sent anything for ``seconds`` (429 with Retry-After)."""
+        b.busy_until = max(b.busy_until, self.clock() + seconds)
+
+    def busy_for(self, backends: Iterable[Backend]) -> float | None:
+        """The shortest time until one of ``backends`` that said it is busy takes requests again."""
+        now = self.clock()
+        waits = [b.busy_until - now for b in backends if b.busy_until > now]
+        return min(waits) if waits else None
 
     def record_success(self, b: Backend) -> None:
         b.outlier.success()

@@ -1,7 +1,9 @@
 """Passive health (outlier ejection) and smoothed latency measurements, with an injected clock.
 
 A backend that fails ``consecutive`` times in a row is ejected for ``base_s * 2**(ejections-1)`` (capped),
-like Envoy's outlier detection; a success resets the streak and the back-off. Smoothing is an
+like Envoy's outlier detection; a success resets the streak and the back-off. When an ejection ends the
+backend is *half-open*: it gets one trial request (others still avoid it while the trial runs); a success
+closes the circuit, a failure ejects it again at once for the next, doubled, time. Smoothing is an
 exponentially weighted moving average whose weight depends on the time since the last sample, so a burst
 of samples does not erase history and an old value decays toward the new one.
 """
@@ -40,6 +42,7 @@ class Outlier:
     streak: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+    trial: bool = False  # half-open: the one trial request is in flight
 
     def configure(self, consecutive: int, base_s: float, max_s: float) -> None:
         self.consecutive, self.base_s, self.max_s = consecutive, base_s, max_s
@@ -48,11 +51,22 @@ class Outlier:
         self.streak = 0
         self.ejections = 0
         self.ejected_until = 0.0
+        self.trial = False
+
+    def begin(self, now: float) -> None:
+        """A request starts on this backend: after an ejection, it is the trial."""
+        if self.ejections and now >= self.ejected_until:
+            self.trial = True
+
+    def abandon(self) -> None:
+        """The request ended without telling (its client left before the first byte)."""
+        self.trial = False
 
     def failure(self, now: float) -> bool:
         """Count a failure; True when this one ejects the backend."""
         self.streak += 1
-        if self.streak >= self.consecutive:
+        if self.streak >= self.consecutive or self.trial:
+            self.trial = False
             self.streak = 0
             self.ejections += 1
             self.ejected_until = now + min(self.base_s * 2 ** (self.ejections - 1), self.max_s)
@@ -60,4 +74,4 @@ class Outlier:
         return False
 
     def ejected(self, now: float) -> bool:
-        return now < self.ejected_until
+        return now < self.ejected_until or self.trial

@@ -13,12 +13,27 @@ from typing import Any, Protocol
 
 
 class UpstreamFailure(Exception):
-    """The backend did not answer usefully before its first byte; another candidate may be tried."""
+    """The backend did not answer usefully before its first byte; another candidate may be tried.
 
-    def __init__(self, backend: str, reason: str) -> None:
+    ``transient``: a 5xx or a connection reset, worth one more try on the same backend when it is the only
+    one the request may use; ``busy_s``: it answered 429 asking not to be sent anything for that long
+    (``Retry-After`` / ``retry-after-ms``), which is not a health failure."""
+
+    def __init__(
+        self,
+        backend: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        busy_s: float | None = None,
+    ) -> None:
         super().__init__(f"{backend}: {reason}")
         self.backend = backend
         self.reason = reason
+        self.status = status
+        self.transient = transient
+        self.busy_s = busy_s
 
 
 @dataclass(slots=True)
@@ -29,6 +44,7 @@ class UpstreamCall:
     stream: bool
     request_id: str
     headers: list[tuple[str, str]] = field(default_factory=list)  # extra headers worth forwarding
+    first_byte_s: float | None = None  # this call's budget for the first byte (default: the backend's)
 
 
 @dataclass(slots=True)
@@ -52,7 +68,9 @@ class UpstreamResponse:
 
 class Upstream(Protocol):
     id: str
-    first_byte_timeout_s: float
+    first_byte_timeout_s: float  # the ceiling of a stream's first-byte budget
+    first_byte_floor_s: float
+    first_byte_factor: float
     idle_timeout_s: float
 
     @property

@@ -6,9 +6,12 @@ see ``docs/bench/compare-client.md``. A gateway needs a narrow slice of HTTP/1.1
 in one write, keep-alive, responses framed by content-length, chunked encoding or the connection's end,
 bodies streamed with backpressure, TLS) and that slice is this module; parsing stays in httptools.
 
-A connection taken from the pool may have been closed by the server just as it was taken; when such a
-reused connection fails before a single response byte arrived, the request is sent once more on a new
-connection (the server never read it), as browsers and Go's transport do.
+A connection taken from the pool may have been closed by the server just as it was taken. Such a reused
+connection that fails before a single response byte arrived is tried once more on a new connection only
+when the failure proves the server never read the request: the connection was already lost when the
+request was written, or within ``STALE_GRACE_S`` after (the server's close crossed our write). A server
+that read the request, kept silent and then closed may be running it: that is a failure for the gateway's
+failover rules, never a silent second send of a completion.
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ import httptools
 PAUSE_AT = 1 << 18  # stop reading from a streaming upstream when this many bytes wait for the client
 KEEPALIVE_S = 30.0  # close pooled connections idle for longer (servers commonly drop them after 60-75 s)
 MAX_IDLE = 256  # pooled connections kept per backend
+STALE_GRACE_S = 0.2  # a reused connection lost this soon after the write had been closed before it
+
+
+def retry_after_s(value: bytes, unit: float) -> float | None:
+    """A Retry-After value in seconds (``unit`` 1) or retry-after-ms (``unit`` 0.001); an HTTP date or
+    garbage gives None. Bounded, so a hostile value cannot take a backend out for days."""
+    try:
+        v = float(value) * unit
+    except ValueError:
+        return None
+    return min(v, 3600.0) if v >= 0 and v == v else None
 
 
 class UpstreamHttpError(ConnectionError):
@@ -37,6 +51,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.lost_at: float | None = None  # loop time the connection was lost
         self.idle_since = 0.0
         self._loop = asyncio.get_running_loop()
         self._begin()
@@ -45,6 +60,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.content_type = ""
+        self.retry_after_s: float | None = None  # Retry-After / retry-after-ms of the answer
         self.framed = False  # content-length or chunked: else the body ends with the connection
         self.head_done = False
         self.complete = False
@@ -70,6 +86,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost_at = self._loop.time()
         if self.head_done and not self.framed and not self.complete and exc is None:
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
@@ -83,6 +100,8 @@ class _Conn(asyncio.Protocol):
             self.content_type = value.decode("latin-1")
         elif lname == b"content-length" or (lname == b"transfer-encoding" and b"chunked" in value.lower()):
             self.framed = True
+        elif lname == b"retry-after-ms" or (lname == b"retry-after" and self.retry_after_s is None):
+            self.retry_after_s = retry_after_s(value, 0.001 if lname == b"retry-after-ms" else 1.0)
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -169,13 +188,14 @@ class H1Response:
     """A response whose head has arrived. Read the body with ``read`` or ``stream``; ``release`` hands the
     connection back to the pool when the body was read to its end, and closes it otherwise."""
 
-    __slots__ = ("_conn", "_pool", "content_type", "status")
+    __slots__ = ("_conn", "_pool", "content_type", "retry_after_s", "status")
 
     def __init__(self, conn: _Conn, pool: H1Pool) -> None:
         self._conn: _Conn | None = conn
         self._pool = pool
         self.status = conn.status
         self.content_type = conn.content_type
+        self.retry_after_s = conn.retry_after_s
 
     async def read(self) -> bytes:
         assert self._conn is not None
@@ -256,18 +276,21 @@ class H1Pool:
         """Send ``head`` (the request line and headers, ending in a blank line) and ``body`` in one write;
         return once the response head has arrived. Cancel it (a timeout) and the connection is closed."""
         fresh = False
+        loop = asyncio.get_running_loop()
         while True:
             conn = None if fresh else self._take()
             reused = conn is not None
             if conn is None:
                 conn = await self._connect()
+            written = loop.time()
             try:
                 assert conn.transport is not None
                 conn.transport.write(head + body if body else head)
                 await conn.head()
             except UpstreamHttpError:
                 conn.close()
-                if reused and not conn.got_bytes:
+                lost = conn.lost_at
+                if reused and not conn.got_bytes and lost is not None and lost - written <= STALE_GRACE_S:
                     fresh = True  # the server had closed this idle connection: it never saw the request
                     continue
                 raise

@@ -15,8 +15,9 @@ import orjson
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
-# Statuses that mean "this backend cannot serve it now": try the next candidate.
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
+# Statuses that mean "this backend cannot serve it now": try the next candidate. Other 4xx are the
+# request's own fault and are relayed as they are, never retried.
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -42,12 +43,16 @@ class HttpUpstream:
         api_key: str | None = None,
         connect_timeout_s: float = 2.0,
         first_byte_timeout_s: float = 30.0,
+        first_byte_floor_s: float = 5.0,
+        first_byte_factor: float = 4.0,
         idle_timeout_s: float = 60.0,
         total_timeout_s: float = 600.0,
     ) -> None:
         self.id = id
         self.base_url = base_url.rstrip("/")
         self.first_byte_timeout_s = first_byte_timeout_s
+        self.first_byte_floor_s = first_byte_floor_s
+        self.first_byte_factor = first_byte_factor
         self.idle_timeout_s = idle_timeout_s
         self.total_timeout_s = total_timeout_s
         self._pool = H1Pool(self.base_url, connect_timeout_s=connect_timeout_s)
@@ -67,16 +72,24 @@ class HttpUpstream:
             headers += f"{_header_value(k)}: {_header_value(v)}\r\n"
         headers += f"content-length: {len(call.body)}\r\n"
         started = asyncio.get_running_loop().time()
+        limit = call.first_byte_s or self.first_byte_timeout_s
         resp: H1Response | None = None
         # One deadline for the head and, for a non-streaming answer, its body: first_byte_s bounds the
         # whole answer there; a stream's chunks are then bounded by idle_s (the gateway) and total_s.
         try:
-            async with asyncio.timeout(self.first_byte_timeout_s):
+            async with asyncio.timeout(limit):
                 resp = await self._pool.request(self._head("POST", call.path, headers), call.body)
                 ctype = resp.content_type or "application/json"
                 if resp.status in RETRYABLE:
                     resp.release()  # pooled again only if the error body was already read to its end
-                    raise UpstreamFailure(self.id, f"answered HTTP {resp.status}")
+                    busy = resp.retry_after_s if resp.status == 429 else None
+                    raise UpstreamFailure(
+                        self.id,
+                        f"answered HTTP {resp.status}" + (f" (retry after {busy:g}s)" if busy else ""),
+                        status=resp.status,
+                        transient=resp.status >= 500,
+                        busy_s=busy,
+                    )
                 if call.stream and resp.status == 200:
                     if ctype.startswith("text/event-stream"):
                         chunks = resp.stream(started + self.total_timeout_s)
@@ -89,8 +102,8 @@ class HttpUpstream:
                 resp.release()
                 raise UpstreamFailure(self.id, f"body not received: {type(e).__name__}") from None
             if isinstance(e, TimeoutError):
-                raise UpstreamFailure(self.id, f"no response within {self.first_byte_timeout_s:g}s") from None
-            raise UpstreamFailure(self.id, f"connection failed: {e}") from None
+                raise UpstreamFailure(self.id, f"no response within {limit:g}s") from None
+            raise UpstreamFailure(self.id, f"connection failed: {e}", transient=True) from None
         parsed = None
         if resp.status == 200:
             parsed = _json_object(body)

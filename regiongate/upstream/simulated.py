@@ -79,6 +79,8 @@ class SimulatedEngine:
 
     first_byte_timeout_s = 30.0
     base_url = None  # in this process: nothing to probe, load read directly
+    first_byte_floor_s = 5.0
+    first_byte_factor = 4.0
     idle_timeout_s = 60.0
 
     def __init__(
@@ -106,12 +108,21 @@ class SimulatedEngine:
         self.peak_running = 0
 
     def turn(self, dialect: Dialect, payload: dict[str, Any]) -> Turn:
-        """The answer to ``payload`` (BadRequest when it cannot be answered), before any time has passed."""
-        ask = dialect.ask(payload)
+        """The answer to ``payload`` (BadRequest when it cannot be answered), before any time has passed.
+        A chat request ending in an assistant message with ``continue_final_message`` (as vLLM takes it)
+        continues that text: the same answer as without it, after the words already there."""
+        asked, done = _continued(payload)
+        ask = dialect.ask(asked)
+        ask.max_tokens += done
         intro = f"This is a simulated reply from {ask.model} in {self.region} ({self.region_name});"
+        choices = reply(ask, intro)
+        if done:
+            for c in choices:
+                c.tokens = c.tokens[done:]
+                c.text = "".join(c.tokens)
         return Turn(
             ask,
-            reply(ask, intro),
+            choices,
             payload,
             count_prompt_tokens(payload),
             f"fp_sim_{self.region}",
@@ -238,3 +249,19 @@ def _embedding_inputs(raw: Any) -> list[Any]:
         if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
             return [raw]
     raise BadRequest("'input' must be a non-empty string, array of strings, or token array(s).", "input")
+
+
+def _continued(payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The request without the assistant text it asks to continue, and how many words that text has."""
+    msgs = payload.get("messages")
+    if (
+        payload.get("continue_final_message") is not True
+        or not isinstance(msgs, list)
+        or not msgs
+        or not isinstance(msgs[-1], dict)
+        or msgs[-1].get("role") != "assistant"
+    ):
+        return payload, 0
+    content = msgs[-1].get("content")
+    done = len(content.split()) if isinstance(content, str) else 0
+    return {**payload, "messages": msgs[:-1]}, done

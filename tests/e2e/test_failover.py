@@ -87,24 +87,42 @@ def test_stream_silent_before_first_byte_fails_over(
     wait_until(lambda: sum(in_use(gw).values()) == 0)
 
 
-def test_stream_broken_after_first_byte_is_not_retried(
-    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
-) -> None:
-    sim = start_sim_backend("us-east-1", "--ttft-ms", "1", "--tokens-per-s", "20")
-    gw = start_gateway(world({"us-east-1": [http_backend(sim.url + "/v1")], "us-west-2": [FAST]}))
+def _kill_after_two(gw: Proc, sim: Proc, **kw: object) -> list[object]:
     got = []
-    with (
-        pytest_raises_api_error(),
-        client(gw).chat.completions.with_streaming_response.create(
-            model="grok-4", messages=MSG, stream=True, max_tokens=1000
-        ) as resp,
-    ):
+    with client(gw, max_retries=0).chat.completions.with_streaming_response.create(
+        model="grok-4", messages=MSG, stream=True, max_tokens=1000, **kw
+    ) as resp:
         assert resp.headers["x-regiongate-region"] == "us-east-1"
         for chunk in resp.parse():
             got.append(chunk)
             if len(got) == 2:
                 sim.proc.kill()  # the backend dies mid-stream
-    assert 2 <= len(got) < 1000
+    return got
+
+
+def test_stream_broken_after_first_byte_is_continued_in_the_next_region(
+    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
+) -> None:
+    sim = start_sim_backend("us-east-1", "--ttft-ms", "1", "--tokens-per-s", "20")
+    gw = start_gateway(world({"us-east-1": [http_backend(sim.url + "/v1")], "us-west-2": [FAST]}))
+    got = _kill_after_two(gw, sim)
+    text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)  # type: ignore[attr-defined]
+    # The simulated engine continues the same answer after the words already delivered (as vLLM does).
+    # us-east-1 delivered the first words, us-west-2 the rest (its region is named later in the text).
+    assert text.startswith("This is a simulated reply from grok-4 in us-west-2 (Oregon); ") and text.endswith(".")
+    assert text.count("This") == 1
+    assert len({c.id for c in got}) == 1  # type: ignore[attr-defined]
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+def test_stream_broken_after_first_byte_is_not_retried_when_continuation_is_off(
+    start_gateway: Callable[..., Proc], start_sim_backend: Callable[..., Proc]
+) -> None:
+    sim = start_sim_backend("us-east-1", "--ttft-ms", "1", "--tokens-per-s", "20")
+    gw = start_gateway(world({"us-east-1": [http_backend(sim.url + "/v1")], "us-west-2": [FAST]}))
+    with pytest_raises_api_error():
+        got = _kill_after_two(gw, sim, extra_headers={"x-regiongate-continue": "off"})
+        assert 2 <= len(got) < 1000
     wait_until(lambda: sum(in_use(gw).values()) == 0)
 
 

