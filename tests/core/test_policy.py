@@ -266,8 +266,10 @@ def test_plans_respect_scope_model_grants_and_rank(data: st.DataObject) -> None:
             assert zone == req.access.zone, "a fenced key never leaves its zone"
         assert req.access.permits(req.model, c.region), "a team never reaches a region it has no grant for"
         assert dep.free > 0 and c.backends, "only regions with room and a healthy backend"
-    totals = [c.estimate.total_ms for c in result.candidates]
-    assert totals == sorted(totals), "candidates follow estimated latency"
+    # The first is the policy's pick (the nearest open region unless another beats it by more than the
+    # margin, or one drawn among near-equals); the fallbacks after it follow predicted latency.
+    totals = [c.estimate.total_ms for c in result.candidates[1:]]
+    assert totals == sorted(totals), "fallback candidates follow predicted latency"
 
 
 @settings(max_examples=200, deadline=None)
