@@ -48,6 +48,7 @@ class Inbound:
     request_id: str
     client_location: Location | None = None
     explain: bool = False  # the caller asked for the x-regiongate-explain response header
+    client_request_id: str | None = None  # the client's x-request-id, echoed; never used as ours
 
     @property
     def include_usage(self) -> bool:
