@@ -332,22 +332,23 @@ def _read_response(f: BinaryIO) -> tuple[Answer | None, bool]:
     return answer, keep
 
 
+def raw_post(
+    path: bytes, body: bytes, host: bytes = b"localhost", key: str = "", extra: bytes = b""
+) -> bytes:
+    """A raw POST of ``body`` (any bytes) with a correct content-length; ``extra`` is more header lines."""
+    head = [
+        b"POST " + path + b" HTTP/1.1",
+        b"host: " + host,
+        b"authorization: Bearer " + key.encode(),
+        b"content-type: application/json",
+        b"content-length: " + str(len(body)).encode(),
+    ]
+    return b"\r\n".join(head) + b"\r\n" + extra + b"\r\n" + body
+
+
 def chat_request(
     path: bytes, marker: str, host: bytes = b"localhost", key: str = "", extra: bytes = b""
 ) -> bytes:
     """A raw POST whose first message is ``marker``."""
     body = orjson.dumps({"model": "grok-4", "messages": [{"role": "user", "content": marker}]})
-    return (
-        b"POST "
-        + path
-        + b" HTTP/1.1\r\nhost: "
-        + host
-        + b"\r\nauthorization: Bearer "
-        + key.encode()
-        + b"\r\ncontent-type: application/json\r\ncontent-length: "
-        + str(len(body)).encode()
-        + b"\r\n"
-        + extra
-        + b"\r\n"
-        + body
-    )
+    return raw_post(path, body, host, key, extra)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from bench.capture import CaptureBackend, RawClient, chat_request
+from bench.capture import CaptureBackend, RawClient, chat_request, raw_post
 from tests.support.procs import DEMO_KEY, Proc, spawn_gateway
 from tests.support.worlds import capture_world
 
@@ -93,14 +93,7 @@ def test_deeply_nested_json_is_a_400(gateway: Proc, capture: CaptureBackend) -> 
     for depth in (100, 253, 300, 1024, 1100):
         nested = b"[" * depth + b"]" * depth
         body = b'{"model":"grok-4","stream":true,"messages":[{"role":"user","content":' + nested + b"}]}"
-        raw = (
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer "
-            + DEMO_KEY.encode()
-            + b"\r\ncontent-length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-            + body
-        )
+        raw = raw_post(b"/v1/chat/completions", body, key=DEMO_KEY)
         a = client.send(raw)
         assert a is not None, depth
         assert a.status < 500, (depth, a)
@@ -111,13 +104,8 @@ def test_deeply_nested_json_is_a_400(gateway: Proc, capture: CaptureBackend) -> 
 def test_non_utf8_body_and_headers_are_4xx(gateway: Proc, capture: CaptureBackend) -> None:
     client = RawClient(gateway.port)
     body = b'{"model":"grok-4","messages":[{"role":"user","content":"\xff\xfe"}]}'
-    raw = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer "
-        + DEMO_KEY.encode()
-        + b"\r\nx-request-id: \xff\xfe\r\nx-custom: \xc4\x80\r\ncontent-length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
+    raw = raw_post(
+        b"/v1/chat/completions", body, key=DEMO_KEY, extra=b"x-request-id: \xff\xfe\r\nx-custom: \xc4\x80\r\n"
     )
     a = client.send(raw)
     assert a is not None and a.status == 400, a
