@@ -50,15 +50,7 @@ SUBSYSTEMS = [
     (
         "usage + metrics (record, store writer thread)",
         [
-            *(
-                "pipeline/usage.py",
-                "metering",
-                "sqlstore",
-                "sqlite",
-                "health/metrics.py",
-                "prometheus",
-                "Gateway._record",
-            ),
+            *("pipeline/usage.py", "metering", "sqlstore", "sqlite", "health/metrics.py", "prometheus", "Gateway._record"),
             *("concurrent/futures", "threading.py"),
         ],
     ),
@@ -70,10 +62,7 @@ SUBSYSTEMS = [
     ),
     ("uvicorn server (httptools parse, ASGI, writes)", ["uvicorn/", "asgi.py"]),
     ("asyncio/uvloop (tasks, timeouts, loop)", ["asyncio/", "uvloop", "runners.py"]),
-    (
-        "regiongate glue (app, gateway, auth, hooks)",
-        ["regiongate", "app.py", "pipeline/failover.py", "pipeline/auth.py"],
-    ),
+    ("regiongate glue (app, gateway, auth, hooks)", ["regiongate", "app.py", "pipeline/failover.py", "pipeline/auth.py"]),
 ]
 
 

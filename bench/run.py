@@ -97,9 +97,7 @@ def start_targets(args: argparse.Namespace, work: Path) -> tuple[Target, list[Ta
             except (RuntimeError, TimeoutError) as e:
                 notes.append(f"litellm: failed to start - skipped ({str(e).splitlines()[0]})")
         else:
-            notes.append(
-                f"litellm: not installed (see docs/bench/README.md; or set ${targets.LITELLM_ENV}) - skipped"
-            )
+            notes.append(f"litellm: not installed (see docs/bench/README.md; or set ${targets.LITELLM_ENV}) - skipped")
     return up, started, notes
 
 

@@ -48,9 +48,7 @@ class Runtime:
     load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    keys: KeyStore = field(
-        init=False
-    )  # what callers are looked up in: the control plane's, then the config's
+    keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
     _started: bool = False
 
     def __post_init__(self) -> None:

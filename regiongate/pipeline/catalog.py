@@ -42,7 +42,8 @@ def offering(fleet: Fleet, model: str, access: Access) -> list[str]:
     return [
         d.region
         for d in fleet.by_model.get(model, ())
-        if access.permits(model, d.region) and scope.in_fence(access, fleet.regions[d.region].zone)
+        if access.permits(model, d.region)
+        and scope.in_fence(access, fleet.regions[d.region].zone)
     ]
 
 

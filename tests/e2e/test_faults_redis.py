@@ -96,7 +96,6 @@ def test_redis_outage_per_deployment_mode_then_resume(
     wait_until(lambda: client.zcard(prefix + "replicas") == 1, timeout=5, what="the replica to re-register")
     wait_until(lambda: client.zcard(prefix + "cap:grok-4@us-west-2") >= 1, timeout=5, what="leases in Redis")
     client.close()
-
     def grown() -> bool:
         with lock:  # the load threads append under this lock: hold it only to read
             return len(outcomes) > during

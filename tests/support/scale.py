@@ -52,6 +52,8 @@ def unique_prefix() -> str:
     return f"rgtest:{uuid.uuid4().hex[:12]}:"
 
 
+
+
 @dataclass
 class RedisServer:
     """A private redis-server on a free port, which a test may stop and start again."""
