@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.capture import CaptureBackend
 from regiongate.config import demo_config_text
-from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, spawn_gateway, wait_http
 
 
 @pytest.fixture
@@ -23,18 +24,9 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> Proc:
-        path = tmp_path / f"gateway-{len(procs)}.toml"
-        path.write_text(config if config is not None else demo_config_text())
-        port = free_port()
-        cmd = ["serve", "--config", str(path), "--port", str(port), *(args or [])]
-        if "--grpc-port" not in cmd:
-            cmd += ["--grpc-port", "0"]
-        log = tmp_path / f"gateway-{len(procs)}.log"
-        # Each test's gateways keep their control store and receipt keys under its tmp_path.
-        base = {"REGIONGATE_DEMO_API_KEY": key, "REGIONGATE_DATA_DIR": str(tmp_path / "data")}
-        p = Proc(spawn(cmd, log, {**base, **(env or {})}), port, log)
+        text = config if config is not None else demo_config_text()
+        p = spawn_gateway(text, tmp_path, key=key, args=args, env=env, name=f"gateway-{len(procs)}")
         procs.append(p)
-        wait_http(p.url + "/healthz", p.proc, log=log)
         return p
 
     yield start
@@ -61,3 +53,11 @@ def start_sim_backend(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 
 pytest_plugins = ["tests.support.faults"]  # the fault-injection upstream's fixtures
+
+
+@pytest.fixture(scope="module")
+def capture_backend() -> Iterator[CaptureBackend]:
+    """A raw HTTP/1.1 backend that records exactly the bytes it receives (``bench.capture``)."""
+    backend = CaptureBackend().start()
+    yield backend
+    backend.stop()

@@ -36,7 +36,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_path=args.config,
         pid_file=args.pid_file,
         region_ports=None if args.region_ports is None else args.region_ports or args.port + 1,
+        admin_listen=args.admin_listen,
     )
+    if args.admin_listen:
+        from regiongate.app.serve import split_listen
+
+        try:
+            split_listen(args.admin_listen)
+        except ValueError as e:
+            print(f"regiongate: {e}", file=sys.stderr)
+            return 2
     try:
         serve(_config(args.config), opts)
     except PortInUse as e:
@@ -159,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--access-log", action="store_true", help="one JSON line per request (no bodies)")
     s.add_argument("--log-level", default="info", help="debug, info, warning or error (default: %(default)s)")
     s.add_argument("--pid-file", help="write the server's pid here (for `regiongate reload`)")
+    s.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="serve the admin API and /metrics on this address only (not on the public port)",
+    )
     s.set_defaults(func=cmd_serve)
 
     rl = sub.add_parser("reload", help="make a running gateway re-read its config file (SIGHUP)")

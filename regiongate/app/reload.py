@@ -19,6 +19,7 @@ import os
 import signal
 from pathlib import Path
 
+from regiongate.app.logs import register_secrets
 from regiongate.app.runtime import Runtime, build_fleet, build_keys
 from regiongate.app.scaleout import fit_fleet
 from regiongate.config import Config, ConfigError, HttpBackend, SimulatedBackend, load_config
@@ -117,7 +118,15 @@ def reload_from(rt: Runtime, path: str | os.PathLike[str]) -> bool:
     except ConfigError as e:
         log.error("config reload rejected; the running config keeps serving", extra={"error": str(e)})
         return False
-    apply(rt, cfg)
+    register_secrets(cfg, os.environ)  # before anything of the new config can be logged
+    try:
+        apply(rt, cfg)
+    except Exception as e:  # a config that validates but cannot be built (nothing was swapped in)
+        log.error(
+            "config reload rejected; the running config keeps serving",
+            extra={"error": f"{path}: {type(e).__name__}: {e}"},
+        )
+        return False
     deps = sum(len(d.models) for d in cfg.deployments)
     log.info("config reloaded", extra={"regions": len(cfg.regions), "deployments": deps, "path": str(path)})
     return True

@@ -11,14 +11,16 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
 
-from regiongate.app.logs import setup_logging
+from regiongate.app.edge import EdgeLimits, edge_protocol
+from regiongate.app.logs import register_secrets, setup_logging
 from regiongate.app.region_ports import describe, plan_ports, region_listeners
-from regiongate.app.runtime import build_keys, build_runtime
+from regiongate.app.runtime import Runtime, build_keys, build_runtime
 from regiongate.app.sockets import bind, check_free
 from regiongate.asgi import ASGIApp
 from regiongate.config import Config
@@ -40,6 +42,7 @@ class ServeOptions:
     config_path: str | None = None  # re-read on SIGHUP (hot reload)
     pid_file: str | None = None  # for `regiongate reload`
     region_ports: int | None = None  # first of the per-endpoint ports (regiongate.app.region_ports), or off
+    admin_listen: str | None = None  # HOST:PORT: /admin and /metrics there, not on the public port
 
 
 def ports_to_bind(cfg: Config, opts: ServeOptions) -> list[tuple[int, str, str]]:
@@ -60,25 +63,45 @@ def settle_heap() -> None:
 
 class _Server(uvicorn.Server):
     """uvicorn's server, draining on SIGTERM/SIGINT and then exiting 0 (uvicorn re-raises the signal after
-    its graceful shutdown, which would end the process as killed by it)."""
+    its graceful shutdown, which would end the process as killed by it).
 
-    def __init__(self, config: uvicorn.Config, app: RestApp) -> None:
+    SIGTERM first opens a drain period (``[gateway].drain_s``): ``/readyz`` answers 503 while the
+    listeners still accept and serve, so a load balancer probing readiness stops sending before anything
+    is refused. Then new connections are refused and in-flight requests get ``shutdown_grace_s``. SIGINT
+    (Ctrl-C at a terminal) or a second SIGTERM skips the drain period."""
+
+    def __init__(self, config: uvicorn.Config, app: RestApp, drain_s: float = 0.0) -> None:
         super().__init__(config)
         self.app = app
+        self.drain_s = drain_s
         self.on_drain: list[Callable[[], None]] = []
+        self._drain_until: float | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         settle_heap()
 
     def handle_exit(self, sig: int, frame: object) -> None:
+        # A signal handler: it only sets state, which on_tick (every 0.1 s on the loop) acts on.
+        self.app.ready = False
+        if sig == signal.SIGTERM and self.drain_s > 0 and self._drain_until is None and not self.should_exit:
+            self._drain_until = time.monotonic() + self.drain_s
+            log.info("draining: /readyz answers 503; still serving", extra={"drain_s": self.drain_s})
+            return
+        self._close(sig, frame)
+
+    def _close(self, sig: int, frame: object) -> None:
         if not self.should_exit:
             log.info("draining: no new connections; in-flight requests may finish", extra={"signal": sig})
-        self.app.ready = False
         for drain in self.on_drain:
             drain()
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
         self._captured_signals.clear()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and time.monotonic() >= self._drain_until and not self.should_exit:
+            self._close(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
 
 async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
@@ -86,28 +109,15 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
     from regiongate.app.scaleout import Replica
 
     runtime = build_runtime(cfg, dict(os.environ), replica=Replica(worker, max(opts.workers, 1)))
-    app = RestApp(runtime, access_log=opts.access_log)
+    app = RestApp(runtime, access_log=opts.access_log, admin_here=opts.admin_listen is None)
     install_sighup(runtime, opts.config_path)
     sock = bind(opts.host, opts.port, reuse_port=opts.workers > 1)
     socks: list[socket.socket] = []
     asgi: ASGIApp = app
     if opts.region_ports is not None:
         socks, asgi = region_listeners(cfg, opts.host, opts.region_ports, opts.workers > 1, app)
-    ucfg = uvicorn.Config(
-        asgi,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=max(1, round(cfg.gateway.shutdown_grace_s)),
-        ssl_certfile=opts.tls_cert,
-        ssl_keyfile=opts.tls_key,
-        server_header=False,
-        proxy_headers=False,  # client addresses are trusted by our own rules (gateway.trusted_proxies)
-        date_header=False,
-    )
-    server = _Server(ucfg, app)
+    ucfg = _uvicorn_config(asgi, cfg, opts, lifespan="on")
+    server = _Server(ucfg, app, cfg.gateway.drain_s)
     grpc = None
     if opts.grpc_port:
         from regiongate.grpc.server import start_grpc
@@ -134,15 +144,65 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
         "listening",
         extra={"rest": f"{opts.host}:{sock.getsockname()[1]}", "grpc": opts.grpc_port, "worker": worker},
     )
+    admin = await _start_admin(runtime, cfg, opts) if opts.admin_listen else None
     try:
         await server.serve(sockets=[sock, *socks])
     finally:
+        if admin is not None:
+            await admin.shutdown()
         if grpc is not None:
             await grpc.stop(0)  # already drained unless serving ended another way
 
 
+def _uvicorn_config(app: ASGIApp, cfg: Config, opts: ServeOptions, lifespan: str) -> uvicorn.Config:
+    edge = cfg.edge
+    limits = EdgeLimits(
+        edge.max_header_bytes, edge.header_timeout_s, edge.body_timeout_s, edge.max_connections
+    )
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=edge_protocol(limits),
+        timeout_keep_alive=edge.keepalive_idle_s,  # type: ignore[arg-type]  # a float is fine for call_later
+        lifespan=lifespan,  # type: ignore[arg-type]
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=max(1, round(cfg.gateway.shutdown_grace_s)),
+        ssl_certfile=opts.tls_cert,
+        ssl_keyfile=opts.tls_key,
+        server_header=False,
+        proxy_headers=False,  # client addresses are trusted by our own rules (gateway.trusted_proxies)
+        date_header=False,
+    )
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"--admin-listen must be HOST:PORT, not {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+async def _start_admin(runtime: Runtime, cfg: Config, opts: ServeOptions) -> uvicorn.Server:
+    """The admin API and /metrics on their own address (no signal handling: the public server's ends it)."""
+    from regiongate.rest.admin_site import AdminSite
+
+    assert opts.admin_listen is not None
+    host, port = split_listen(opts.admin_listen)
+    sock = bind(host, port, reuse_port=opts.workers > 1)
+    ucfg = _uvicorn_config(AdminSite(runtime), cfg, opts, lifespan="off")
+    ucfg.load()
+    server = uvicorn.Server(ucfg)
+    server.lifespan = ucfg.lifespan_class(ucfg)
+    await server.startup(sockets=[sock])
+    log.info("admin listening", extra={"admin": f"{host}:{sock.getsockname()[1]}"})
+    return server
+
+
 def _worker(cfg: Config, opts: ServeOptions, worker: int) -> None:
     setup_logging(opts.log_level)
+    register_secrets(cfg, os.environ)
     import uvloop
 
     uvloop.run(serve_async(cfg, opts, worker))
@@ -165,6 +225,7 @@ def serve(cfg: Config, opts: ServeOptions) -> None:
     _demo_keys(cfg)
     if opts.region_ports is not None:
         print(describe(plan_ports(cfg, opts.region_ports), opts.host), file=sys.stdout, flush=True)
+    register_secrets(cfg, os.environ)  # after the demo keys, which land in the environment
     if opts.pid_file:
         with open(opts.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")

@@ -141,6 +141,7 @@ class GatewayConfig(_Model):
     retry_after_s: float = Field(1.0, gt=0)
     ttft_halflife_s: float = Field(10.0, gt=0)
     shutdown_grace_s: float = Field(30.0, gt=0)  # SIGTERM: how long in-flight requests may finish
+    drain_s: float = Field(5.0, ge=0)  # SIGTERM: /readyz 503 while still serving, before refusing
     geoip_database: str | None = None  # MaxMind-format (.mmdb) file: client location from its address
 
     @field_validator("geoip_database")
@@ -159,6 +160,24 @@ class GatewayConfig(_Model):
             except ValueError as e:
                 raise ValueError(f"'{net}' is not an IP network: {e}") from None
         return v
+
+
+class EdgeConfig(_Model):
+    """Limits and timeouts of the public listeners (``regiongate.app.edge``, ``regiongate.grpc.server``),
+    per worker process. Read at start; a reload keeps the running values."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; past it 431
+    header_timeout_s: float = Field(10.0, gt=0, le=300)  # connection open -> request head complete; 408
+    body_timeout_s: float = Field(60.0, gt=0)  # request head complete -> body complete; then closed
+    keepalive_idle_s: float = Field(5.0, gt=0)  # an idle kept-alive connection is closed after this
+    max_connections: int = Field(4096, ge=1)  # open REST connections per worker; beyond, 503
+    grpc_max_metadata_bytes: int = Field(16 * 1024, ge=1024)  # a call's headers; past it RESOURCE_EXHAUSTED
+    grpc_max_message_bytes: int | None = Field(None, ge=1024)  # None: max(20 MiB, max_body_bytes)
+    grpc_max_concurrent_streams: int = Field(100, ge=1)  # calls at once on one connection
+    grpc_keepalive_s: float = Field(120.0, gt=0)  # our pings find dead clients behind NATs
+    grpc_keepalive_timeout_s: float = Field(20.0, gt=0)  # unanswered ping -> connection closed
+    grpc_idle_s: float = Field(300.0, gt=0)  # a connection with no call for this long is closed
+    grpc_max_connections: int = Field(4096, ge=1)  # open gRPC connections per worker; beyond, closed
 
 
 class LoadConfig(_Model):
@@ -187,6 +206,7 @@ class Config(_Model):
     health: HealthConfig = HealthConfig()
     control: ControlConfig = ControlConfig()
     load: LoadConfig = LoadConfig()
+    edge: EdgeConfig = EdgeConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
@@ -219,12 +239,12 @@ class Config(_Model):
 
 
 def format_validation_error(e: ValidationError, source: str, what: str = "config") -> str:
-    """One line per bad field, named by its path (``regions.1.lat: ...``)."""
-    lines = [f"{source}: invalid {what}"]
+    """One line: the file, then each bad field named by its path (``regions.1.lat: ...``)."""
+    fields = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
+        fields.append(f"{loc}: {err['msg']}")
+    return f"{source}: invalid {what}: " + "; ".join(fields)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -246,7 +266,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+        raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
     return parse_config(text, str(p))
 
 

@@ -270,6 +270,7 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         zone = f" (data zone {claims.get('zone')})" if claims.get("zone") else ""
         for label, value in (
             ("request", claims.get("rid")),
+            *([("client id", claims["client_rid"])] if "client_rid" in claims else []),
             ("team", claims.get("team")),
             ("key", claims.get("key")),
             ("model", claims.get("model")),

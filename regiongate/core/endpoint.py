@@ -34,13 +34,14 @@ GLOBAL = Endpoint(EndpointKind.GLOBAL)
 
 
 def split_host(authority: str) -> str:
-    """Host part of ``host[:port]`` (IPv6 literals in brackets), lower-cased, without a trailing dot."""
+    """Host part of ``host[:port]`` (IPv6 literals in brackets), lower-cased, without one trailing dot
+    (``name.`` is the same DNS name as ``name``; ``name..`` is no name and stays unmatched)."""
     host = authority.strip().lower()
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     if host.count(":") == 1:
         host = host.split(":", 1)[0]
-    return host.rstrip(".")
+    return host[:-1] if host.endswith(".") else host
 
 
 def _is_ip(host: str) -> bool:

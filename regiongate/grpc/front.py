@@ -103,6 +103,7 @@ class _Outer(asyncio.Protocol):
         self.hello: ClientHelloSni | None = ClientHelloSni() if front.tls else None
         self.closed = False
         self.connecting: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -110,7 +111,19 @@ class _Outer(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.info.client = (str(peer[0]), int(peer[1])) if peer else None
         self.front.open.add(self)
-        self.connecting = asyncio.get_running_loop().create_task(self._connect())
+        if len(self.front.open) > self.front.max_connections:
+            log.warning("grpc front refused a connection: at [edge].grpc_max_connections")
+            self.close()
+            return
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.front.handshake_timeout_s, self._handshake_expired)
+        self.connecting = loop.create_task(self._connect())
+
+    def _handshake_expired(self) -> None:
+        """A client that has not sent its HTTP/2 preface (h2c) or ClientHello (TLS) by now never will."""
+        began = self.h2.started if self.h2 is not None else self.hello is None
+        if not began:
+            self.close()
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,6 +197,8 @@ class _Outer(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
         self.front.open.discard(self)
         if self.port:
             self.front.conns.remove(self.port, self.info)
@@ -199,7 +214,17 @@ class _Outer(asyncio.Protocol):
 class GrpcFront:
     """The public listener. ``tls`` says whether clients speak TLS (the internal server then terminates it)."""
 
-    def __init__(self, conns: Connections, inner_port: int, tls: bool) -> None:
+    def __init__(
+        self,
+        conns: Connections,
+        inner_port: int,
+        tls: bool,
+        *,
+        max_connections: int = 4096,
+        handshake_timeout_s: float = 10.0,
+    ) -> None:
+        self.max_connections = max_connections
+        self.handshake_timeout_s = handshake_timeout_s
         self.conns = conns
         self.inner_port = inner_port
         self.tls = tls

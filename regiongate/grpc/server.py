@@ -18,6 +18,7 @@ import grpc
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from regiongate.config import EdgeConfig
 from regiongate.grpc.front import Connections, GrpcFront
 from regiongate.grpc.servicer import XaiServices, service_handlers
 from regiongate.pipeline.services import Services
@@ -26,16 +27,21 @@ log = logging.getLogger("regiongate.grpc")
 MIB = 1024 * 1024
 
 
-def server_options(max_message: int) -> list[tuple[str, Any]]:
-    """PROTOCOL.md 1.6: accept the SDK's 30 s keepalive pings (also idle) and its 20 MiB messages."""
+def server_options(edge: EdgeConfig, max_message: int) -> list[tuple[str, Any]]:
+    """PROTOCOL.md 1.6: accept the SDK's 30 s keepalive pings (also idle) and its 20 MiB messages; the
+    rest are the [edge] limits (metadata size, streams per connection, idle connections)."""
     return [
         ("grpc.max_receive_message_length", max_message),
         ("grpc.max_send_message_length", max_message),
+        ("grpc.max_metadata_size", edge.grpc_max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", edge.grpc_max_metadata_bytes),
+        ("grpc.max_concurrent_streams", edge.grpc_max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", int(edge.grpc_idle_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.keepalive_time_ms", 120_000),  # our own pings find dead clients behind NATs
-        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_time_ms", int(edge.grpc_keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(edge.grpc_keepalive_timeout_s * 1000)),
         ("grpc.so_reuseport", 0),
     ]
 
@@ -82,8 +88,9 @@ async def start_grpc(
     reuse_port: bool = False,
 ) -> GrpcHandle:
     """Serve the xAI gRPC API on ``host:port`` (0 picks a free port; see ``GrpcHandle.port``)."""
-    max_message = max(20 * MIB, runtime.config.gateway.max_body_bytes)
-    server = grpc.aio.server(options=server_options(max_message))
+    cfg = runtime.config
+    max_message = cfg.edge.grpc_max_message_bytes or max(20 * MIB, cfg.gateway.max_body_bytes)
+    server = grpc.aio.server(options=server_options(cfg.edge, max_message))
     conns = Connections()
     services = XaiServices(runtime, conns)
     for name, methods in service_handlers(services).items():
@@ -96,7 +103,13 @@ async def start_grpc(
     else:
         inner_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    front = GrpcFront(conns, inner_port, tls)
+    front = GrpcFront(
+        conns,
+        inner_port,
+        tls,
+        max_connections=cfg.edge.grpc_max_connections,
+        handshake_timeout_s=cfg.edge.header_timeout_s,
+    )
     try:
         public = await front.start(host, port, reuse_port=reuse_port)
     except BaseException:

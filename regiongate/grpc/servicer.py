@@ -21,7 +21,7 @@ from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.status import abort, upstream_error
-from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n
+from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_request_id
 from regiongate.pipeline.catalog import offering, visible_models
 from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
 from regiongate.pipeline.failover import Inbound, Routed
@@ -80,8 +80,8 @@ class XaiServices:
             forwarded=forwarded,
         )
 
-    def _request_id(self, md: dict[str, str]) -> str:
-        return md.get("x-request-id", "")[:128] or self.callers.request_id()
+    def _request_id(self) -> str:
+        return self.callers.request_id()  # always ours; a client's x-request-id is only echoed
 
     async def _caller_or_abort(self, context: Any) -> Caller:
         """The caller of a call that needs nothing more than who and where; refusals end the call."""
@@ -89,14 +89,15 @@ class XaiServices:
         try:
             return self._caller(context, md)
         except RouteError as e:
-            await abort(context, e, self._request_id(md))
+            await abort(context, e, self._request_id())
             raise
 
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
-    ) -> tuple[Routed, str]:
+    ) -> tuple[Routed, str, str | None]:
         md = _metadata(context)
-        rid = self._request_id(md)
+        rid = self._request_id()
+        client_rid = client_request_id(md.get("x-request-id"))
         try:
             caller = self._caller(context, md)
             payload = translate.chat_payload(request, stream)
@@ -118,19 +119,22 @@ class XaiServices:
                 explain=md.get("x-regiongate-explain") == "1",
                 continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
                 ttft_budget_ms=budget,
+                client_request_id=client_rid,
             )
             routed = await self.rt.gateway.dispatch(inbound)
         except RouteError as e:
             await abort(context, e, rid)
             raise  # unreachable: abort raises
-        return routed, rid
+        return routed, rid, client_rid
 
     @staticmethod
-    def _initial(routed: Routed, rid: str) -> tuple[tuple[str, str], ...]:
+    def _initial(routed: Routed, rid: str, client_rid: str | None) -> tuple[tuple[str, str], ...]:
+        echo = (("x-client-request-id", client_rid),) if client_rid is not None else ()
         return (
             ("x-regiongate-region", routed.region),
             ("x-regiongate-route", routed.route),
             ("x-request-id", rid),
+            *echo,
             *routed.headers,
         )
 
@@ -138,9 +142,9 @@ class XaiServices:
     async def get_completion(
         self, request: chat_pb2.GetCompletionsRequest, context: Any
     ) -> chat_pb2.GetChatCompletionResponse:
-        routed, rid = await self._route(request, context, stream=False)
+        routed, rid, client_rid = await self._route(request, context, stream=False)
         try:
-            await context.send_initial_metadata(self._initial(routed, rid))
+            await context.send_initial_metadata(self._initial(routed, rid, client_rid))
             if routed.status != 200 or routed.chunks is not None:
                 await abort(context, upstream_error(routed.status, routed.body), rid)
             try:
@@ -160,9 +164,9 @@ class XaiServices:
     async def get_completion_chunk(
         self, request: chat_pb2.GetCompletionsRequest, context: Any
     ) -> AsyncIterator[chat_pb2.GetChatCompletionChunk]:
-        routed, rid = await self._route(request, context, stream=True)
+        routed, rid, client_rid = await self._route(request, context, stream=True)
         try:  # from here on the stream owns a capacity lease: aclose() frees it on every exit path
-            await context.send_initial_metadata(self._initial(routed, rid))
+            await context.send_initial_metadata(self._initial(routed, rid, client_rid))
             if routed.chunks is None:  # the backend refused with a plain (error) answer
                 await abort(context, upstream_error(routed.status, routed.body), rid)
                 return
@@ -217,7 +221,7 @@ class XaiServices:
         self, request: models_pb2.GetModelRequest, context: Any
     ) -> models_pb2.LanguageModel:
         md = _metadata(context)
-        rid = self._request_id(md)
+        rid = self._request_id()
         try:
             c = self._caller(context, md)
             for m in visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models):

@@ -43,6 +43,11 @@ class H2Authorities:
         self._block = bytearray()
         self._in_block = False  # inside HEADERS ... CONTINUATION without END_HEADERS yet
 
+    @property
+    def started(self) -> bool:
+        """The connection preface has arrived."""
+        return not self._preface
+
     def feed(self, data: bytes) -> list[str]:
         """Authorities (lower-cased, as sent) of the header blocks completed by ``data``, in order."""
         out: list[str] = []
@@ -79,6 +84,8 @@ class H2Authorities:
                     break
                 pos += length
                 continue
+            if length > MAX_HEADER_BLOCK:
+                raise SniffError("header frame too large")  # refused before it is buffered
             if end - pos < 9 + length:
                 break  # wait for the whole header frame
             payload = buf[pos + 9 : pos + 9 + length]

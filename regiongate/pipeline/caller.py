@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,21 @@ class RequestIds:
 
     def __call__(self) -> str:
         return f"{self._prefix}{self._next():012x}"
+
+
+MAX_CLIENT_ID = 128
+_VISIBLE_ID = re.compile(rf"^[\x21-\x7e]{{1,{MAX_CLIENT_ID}}}$")
+
+
+def client_request_id(raw: str | None) -> str | None:
+    """A client's ``x-request-id`` when it is 1-128 visible ASCII characters; anything else is dropped.
+
+    The id a response, a log line, a usage record and a signed receipt name is always ours (``RequestIds``),
+    so a client cannot make a receipt name another request. The client's own id is echoed back as
+    ``x-client-request-id`` (the name OpenAI's API uses) and signed in its own receipt claim, ``client_rid``."""
+    if raw and _VISIBLE_ID.match(raw):
+        return raw
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ class Inbound:
     explain: bool = False  # the caller asked for the x-regiongate-explain response header
     continuation: bool = True  # a stream broken mid-answer may be continued elsewhere in scope
     ttft_budget_ms: float | None = None  # the caller's own first-byte budget (x-regiongate-ttft-budget-ms)
+    client_request_id: str | None = None  # the client's x-request-id, echoed; never used as ours
 
     @property
     def include_usage(self) -> bool:

@@ -1,7 +1,8 @@
 """Verifiable processing receipts: every routed response carries ``x-regiongate-receipt``, a JWS in compact
 form (RFC 7515) signed with Ed25519 (``alg: EdDSA``, RFC 8037), stating which request was served where:
 
-    {"iss": "regiongate", "rid": request id, "team": ..., "key": key id, "model": ...,
+    {"iss": "regiongate", "rid": the gateway's request id, "client_rid": the client's x-request-id (only
+     when it sent one; never used as "rid"), "team": ..., "key": key id, "model": ...,
      "endpoint": "global" | "zone:eu" | "region:eu-west-1", "region": served region, "zone": its data zone,
      "route": nearest | spillover | pinned | zone | failover, "iat": unix seconds, "time": ISO-8601 UTC}
 
@@ -19,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +48,22 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def b64url_decode(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as e:
-        raise ReceiptError(f"not base64url: {e}") from None
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64url_decode(text: str, what: str = "the text") -> bytes:
+    """Strict: JWS compact form is unpadded base64url with zero unused bits (RFC 7515 section 2), so each
+    byte string has exactly one encoding; anything else would let one signature have many spellings."""
+    if "=" in text:
+        raise ReceiptError(f"{what} is padded with '='; JWS uses unpadded base64url")
+    if not _B64URL.match(text):
+        raise ReceiptError(f"{what} has characters outside the base64url alphabet (A-Z a-z 0-9 - _)")
+    if len(text) % 4 == 1:
+        raise ReceiptError(f"{what} has a length no base64url encoding has")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(data) != text:
+        raise ReceiptError(f"{what} is not canonical base64url (its unused low bits are not zero)")
+    return data
 
 
 def public_jwk(public: Ed25519PublicKey) -> dict[str, str]:
@@ -90,8 +103,9 @@ def unverified_claims(token: str) -> dict[str, Any]:
     parts = token.strip().split(".")
     if len(parts) != 3:
         raise ReceiptError("a receipt has three dot-separated parts (header.payload.signature)")
+    raw = b64url_decode(parts[1], "the payload")
     try:
-        claims = json.loads(b64url_decode(parts[1]))
+        claims = json.loads(raw)
     except ValueError:
         raise ReceiptError("the payload is not JSON") from None
     if not isinstance(claims, dict):
@@ -105,8 +119,9 @@ def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str,
     parts = token.split(".")
     if len(parts) != 3:
         raise ReceiptError("a receipt has three dot-separated parts (header.payload.signature)")
+    raw = b64url_decode(parts[0], "the header")
     try:
-        header = json.loads(b64url_decode(parts[0]))
+        header = json.loads(raw)
     except ValueError:
         raise ReceiptError("the header is not JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "EdDSA":
@@ -118,8 +133,12 @@ def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str,
     if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
         raise ReceiptError(f"key {kid} is not an Ed25519 key")
     try:
-        public = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
-        public.verify(b64url_decode(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
+        public = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"], f"key {kid}"))
+    except ValueError as e:
+        raise ReceiptError(f"key {kid} is not a usable Ed25519 key: {e}") from None
+    signature = b64url_decode(parts[2], "the signature")
+    try:
+        public.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
     except (InvalidSignature, ValueError):
         raise ReceiptError("the signature does not match: the receipt was altered or forged") from None
     return unverified_claims(token)
@@ -245,6 +264,8 @@ class ReceiptHook:
             "iat": int(now),
             "time": iso_time(now),
         }
+        if inbound.client_request_id is not None:
+            claims["client_rid"] = inbound.client_request_id  # the client's own id, never as "rid"
         routed.headers.append((HEADER, sign(self.key, claims)))
 
     def settled(self, inbound: Inbound, record: UsageRecord) -> None:

@@ -13,6 +13,7 @@ import orjson
 
 from regiongate.asgi import (
     JSON,
+    REFUSED,
     ASGIApp,
     BodyTooLarge,
     Receive,
@@ -27,29 +28,47 @@ from regiongate.asgi import (
     stream_response,
 )
 from regiongate.core import Endpoint, Location, RouteError
+from regiongate.core.errors import GatewayError
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.caller import CLIENT_LOCATION, check_n
+from regiongate.pipeline.caller import CLIENT_LOCATION, check_n, client_request_id
 from regiongate.pipeline.catalog import offering, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
 from regiongate.pipeline.services import Services
+from regiongate.rest.admin_site import METRICS, is_admin_path
 from regiongate.rest.openapi import DOCUMENT_BYTES
+from regiongate.rest.paths import forwarded, normalise
 from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 log = logging.getLogger("regiongate.access")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+MAX_JSON_DEPTH = 128  # nesting levels of a request body (JSON schemas in tools rarely pass 20)
+
+
+def too_many_connections() -> GatewayError:
+    return GatewayError(
+        "This gateway worker is at its limit of open connections ([edge].max_connections); retry "
+        "shortly, reusing one keep-alive connection.",
+        code="too_many_connections",
+        status=503,
+        retry_after=1.0,
+        headers=(("connection", "close"),),  # uvicorn closes the connection after this answer
+    )
 
 
 class RestApp:
-    def __init__(self, runtime: Services, access_log: bool = False) -> None:
+    def __init__(self, runtime: Services, access_log: bool = False, admin_here: bool = True) -> None:
         self.rt = runtime
         self.callers = runtime.callers
+        self.admin_here = admin_here  # False: /admin and /metrics live on the admin listener only
         self._configure(runtime)
         runtime.on_reload.append(self._configure)
         self.access_log = access_log
         self.ready = True
         self._request_id = self.callers.request_id
         # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
-        self.mounts: list[tuple[str, ASGIApp]] = list(runtime.mounts)
+        self.mounts: list[tuple[str, ASGIApp]] = [
+            (prefix, app) for prefix, app in runtime.mounts if admin_here or not is_admin_path(prefix)
+        ]
 
     def _configure(self, runtime: Services) -> None:
         """Read what the listener caches from the config (at start and after each reload)."""
@@ -76,15 +95,24 @@ class RestApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
         method: str = scope["method"]
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or self._request_id()
+        rid = self._request_id()  # always ours: a client's x-request-id is echoed, never trusted
+        raw_client_id = headers.get(b"x-request-id")
+        client_rid = client_request_id(raw_client_id.decode("latin-1")) if raw_client_id else None
+        if client_rid is not None:
+            send = _echoing(send, client_rid)
+        normalised = normalise(scope.get("raw_path") or scope["path"].encode("latin-1", "replace"))
+        path = normalised if normalised is not None else scope["path"]
         started = time.monotonic()
         status = 0
         try:
+            if scope.get(REFUSED):
+                raise too_many_connections()
+            if normalised is None:
+                raise client_error(404, f"Unknown path {method} {path!r}.", "unknown_url")
             if path.startswith("/v1/"):
-                status = await self._api(scope, receive, send, method, path, headers, rid)
+                status = await self._api(scope, receive, send, method, path, headers, rid, client_rid)
             elif path == "/healthz":
                 status = 200
                 await send_json(send, 200, {"status": "ok"})
@@ -94,11 +122,9 @@ class RestApp:
             elif path == "/openapi.json":
                 status = 200
                 await send_bytes(send, 200, DOCUMENT_BYTES)
-            elif path == "/metrics":
+            elif path == "/metrics" and self.admin_here:
                 status = 200
-                await send_bytes(
-                    send, 200, self.rt.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8"
-                )
+                await send_bytes(send, 200, self.rt.metrics.render(), METRICS)
             elif (mounted := self._mounted(path)) is not None:
                 status = await _with_status(mounted, scope, receive, send)
             else:
@@ -116,17 +142,21 @@ class RestApp:
             await send_error(send, err, rid)
         except ConnectionError:
             status = 499
-        if self.access_log:
-            log.info(
-                "request",
-                extra={
-                    "request_id": rid,
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "ms": round((time.monotonic() - started) * 1000, 2),
-                },
-            )
+        except Exception:
+            status = 500  # a bug: uvicorn answers 500, and the access log still names the request
+            raise
+        finally:
+            if self.access_log:
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": rid,
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "ms": round((time.monotonic() - started) * 1000, 2),
+                    },
+                )
 
     def _mounted(self, path: str) -> ASGIApp | None:
         for prefix, app in self.mounts:
@@ -135,8 +165,13 @@ class RestApp:
         return None
 
     # --- /v1 ---------------------------------------------------------------------------------------
-    def _endpoint(self, headers: dict[bytes, bytes]) -> Endpoint:
-        return self.callers.endpoint(headers.get(b"host", b"").decode("latin-1"))
+    def _endpoint(self, scope: Scope) -> Endpoint:
+        hosts = [v for k, v in scope["headers"] if k == b"host"]
+        if len(hosts) > 1:
+            raise client_error(400, "Send exactly one Host header.", "invalid_host", param="host")
+        if not hosts and scope.get("http_version", "1.1") != "1.0":
+            raise client_error(400, "HTTP/1.1 requires a Host header.", "invalid_host", param="host")
+        return self.callers.endpoint(hosts[0].decode("latin-1") if hosts else "")
 
     def _principal(self, headers: dict[bytes, bytes]) -> Principal:
         raw = headers.get(b"authorization")
@@ -159,11 +194,19 @@ class RestApp:
         path: str,
         headers: dict[bytes, bytes],
         rid: str,
+        client_rid: str | None,
     ) -> int:
-        principal = self._principal(headers)
-        endpoint = self._endpoint(headers)
         if method == "POST":
-            return await self._proxy(scope, receive, send, path[3:], headers, principal, endpoint, rid)
+            route = forwarded(path)
+            if route is None:
+                raise client_error(404, f"Unknown path POST {path}. See /v1/chat/completions.", "unknown_url")
+            principal = self._principal(headers)
+            endpoint = self._endpoint(scope)
+            return await self._proxy(
+                scope, receive, send, route, headers, principal, endpoint, rid, client_rid
+            )
+        principal = self._principal(headers)
+        endpoint = self._endpoint(scope)
         if method != "GET":
             raise client_error(405, f"Method {method} is not allowed on {path}.", "method_not_allowed")
         if path == "/v1/models":
@@ -218,6 +261,7 @@ class RestApp:
         principal: Principal,
         endpoint: Endpoint,
         rid: str,
+        client_rid: str | None,
     ) -> int:
         declared = headers.get(b"content-length")
         body = await read_body(
@@ -261,6 +305,7 @@ class RestApp:
             explain=headers.get(b"x-regiongate-explain") == b"1",
             continuation=headers.get(b"x-regiongate-continue", b"").lower() != b"off",
             ttft_budget_ms=budget,
+            client_request_id=client_rid,
         )
         routed = await self.rt.gateway.dispatch(inbound)
         extra = [
@@ -274,6 +319,18 @@ class RestApp:
             return routed.status
         await stream_response(receive, send, SSE_HEADERS + extra, routed.chunks, routed.aclose)
         return 200
+
+
+def _echoing(send: Send, client_rid: str) -> Send:
+    """``send`` that adds ``x-client-request-id`` to the response head."""
+    echo = (b"x-client-request-id", client_rid.encode("ascii"))
+
+    async def echoing(msg: Any) -> None:
+        if msg["type"] == "http.response.start":
+            msg["headers"] = [*msg.get("headers", ()), echo]
+        await send(msg)
+
+    return echoing
 
 
 async def _with_status(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> int:
@@ -299,7 +356,25 @@ def _parse(body: bytes) -> dict[str, Any]:
         raise client_error(400, f"Request body is not valid JSON: {e}.", "invalid_json") from None
     if not isinstance(payload, dict):
         raise client_error(400, "Request body must be a JSON object.", "invalid_json")
+    # orjson reads 1024 levels but writes ~254, and a body is re-encoded when a backend renames the
+    # model or a stream asks for usage: refuse depth here rather than fail there. Counting brackets first
+    # keeps the walk off ordinary bodies.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _too_deep(payload, MAX_JSON_DEPTH):
+        raise client_error(
+            400, f"Request body is nested more than {MAX_JSON_DEPTH} levels deep.", "invalid_json"
+        )
     return payload
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 __all__ = ["RestApp", "error_headers"]

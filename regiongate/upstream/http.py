@@ -7,6 +7,7 @@ as they are: the request body the gateway built and, for streams, the SSE bytes 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9\-._~/?&=%]*$")
 # Statuses that mean "this backend cannot serve it now": try the next candidate. Other 4xx are the
 # request's own fault and are relayed as they are, never retried.
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -64,6 +66,10 @@ class HttpUpstream:
         self._post_headers = fixed + "content-type: application/json\r\n"
 
     def _head(self, method: str, path: str, headers: str) -> bytes:
+        # Paths come from the listener's allow-list or the config; this check is the last line, so that
+        # no future caller can put a space, CR/LF or a non-ASCII character on the request line.
+        if not _SAFE_PATH.match(path):
+            raise UpstreamFailure(self.id, "refused to send a path outside the safe character set")
         return f"{method} {self._pool.path_prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
@@ -121,7 +127,7 @@ class HttpUpstream:
                 resp = await self._pool.request(self._head("GET", path, self._auth_headers))
                 await resp.read()
                 return resp.status < 500
-        except (TimeoutError, UpstreamHttpError, OSError):
+        except (TimeoutError, UpstreamHttpError, UpstreamFailure, OSError):
             return False
 
     async def aclose(self) -> None:

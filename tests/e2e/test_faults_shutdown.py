@@ -1,4 +1,5 @@
-"""SIGTERM during 50 open streams: the gateway stops accepting, every stream runs to its end (none
+"""SIGTERM during 50 open streams: /readyz answers 503 for the drain period while the gateway still
+serves, then it stops accepting, every stream runs to its end (none
 cut), usage is flushed to the store, leases are released, and the process exits 0."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def test_sigterm_drains_fifty_open_streams(start_gateway: Callable[..., Proc], t
     prefix = unique_prefix()
     slow = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 4 }'  # ~7 s a stream
     extra = shared_section(shared_redis(), prefix, lease_ttl_s=10.0, heartbeat_s=1.0)
-    cfg = world({"us-east-1": [slow]}, limit=64, extra=extra, gateway="shutdown_grace_s = 30")
+    cfg = world({"us-east-1": [slow]}, limit=64, extra=extra, gateway="shutdown_grace_s = 30\ndrain_s = 2")
     data = tmp_path / "data"
     gw = start_gateway(cfg, env={"REGIONGATE_DATA_DIR": str(data)})
     outcomes = [Outcome() for _ in range(STREAMS)]
@@ -44,7 +45,13 @@ def test_sigterm_drains_fifty_open_streams(start_gateway: Callable[..., Proc], t
 
     gw.proc.send_signal(signal.SIGTERM)
 
-    def refused() -> bool:  # no new connections while draining
+    def draining() -> bool:  # first the drain period: still accepting, /readyz says 503
+        return httpx.get(gw.url + "/readyz", timeout=5).status_code == 503
+
+    wait_until(draining, timeout=10, what="/readyz to answer 503")
+    assert httpx.get(gw.url + "/healthz", timeout=5).status_code == 200  # still serving
+
+    def refused() -> bool:  # then no new connections
         try:
             httpx.get(gw.url + "/healthz", timeout=1)
             return False

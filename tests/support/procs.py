@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def wait_http(
             out = log.read_text() if log else ""
             raise RuntimeError(f"process exited with {proc.returncode}:\n{out}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:  # this server's health answer, not any server's
+            if (
+                httpx.get(url, timeout=1.0).status_code == 200
+            ):  # this server's health answer, not any server's
                 return
         except httpx.HTTPError:
             pass
@@ -82,7 +85,7 @@ class Proc:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)  # a gateway skips its SIGTERM drain period for SIGINT
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -107,6 +110,34 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         )
 
 
+def spawn_gateway(
+    config: str,
+    workdir: Path,
+    *,
+    key: str = DEMO_KEY,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    name: str = "gateway",
+) -> Proc:
+    """Start ``regiongate serve`` with ``config`` in ``workdir`` and wait for /healthz (the caller stops it)."""
+    path = workdir / f"{name}.toml"
+    path.write_text(config)
+    port = free_port()
+    cmd = ["serve", "--config", str(path), "--port", str(port), *(args or [])]
+    if "--grpc-port" not in cmd:
+        cmd += ["--grpc-port", "0"]
+    log = workdir / f"{name}.log"
+    # Each gateway keeps its control store and receipt keys under its own directory.
+    base = {"REGIONGATE_DEMO_API_KEY": key, "REGIONGATE_DATA_DIR": str(workdir / "data")}
+    p = Proc(spawn(cmd, log, {**base, **(env or {})}), port, log)
+    try:
+        wait_http(p.url + "/healthz", p.proc, log=log)
+    except BaseException:
+        p.stop()
+        raise
+    return p
+
+
 def wait_until(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,7 +145,6 @@ def wait_until(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.
             return
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-
 
 
 class ClosingServer:

@@ -65,5 +65,10 @@ def world(
     return "\n".join(out)
 
 
+def capture_world(url: str, gateway: str = "") -> str:
+    """One region whose only backend is ``url`` (a ``bench.capture`` backend), with no load scraping."""
+    return world({"us-east-1": [f'{{ kind = "http", url = "{url}", metrics_url = "" }}']}, gateway=gateway)
+
+
 def demo() -> str:
     return demo_config_text()
