@@ -263,7 +263,7 @@ def _legacy_usage(turn: Turn) -> dict[str, Any]:
 
 class Legacy:
     path = "/completions"
-    error = Chat.error
+    error = staticmethod(Chat.error)
 
     @staticmethod
     def ask(payload: dict[str, Any]) -> Ask:
