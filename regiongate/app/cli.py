@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_path=args.config,
         pid_file=args.pid_file,
         region_ports=None if args.region_ports is None else args.region_ports or args.port + 1,
+        listen=args.listen,
     )
     try:
         serve(_config(args.config), opts)
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIRST",
         help="also serve each regional and zone endpoint on its own port, from FIRST (default: --port + 1) "
         "up, printed at start; the port fixes the endpoint, whatever the Host header says",
+    )
+    s.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve REST (HTTP/1.1, HTTP/2) and gRPC on this one port (:PORT for every IPv4 address), instead "
+        "of --port and --grpc-port; with --tls-cert: TLS with ALPN h2 and http/1.1, else cleartext h2c and HTTP/1.1",
     )
     s.add_argument("--tls-cert", help="PEM certificate (with --tls-key): serve REST and gRPC over TLS")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
