@@ -39,7 +39,7 @@ from tests.support.product_page import ONE_PORT_WORLD as CONFIG
 from tests.support.product_page import SNIPPET as XAI_SDK
 
 pytestmark = pytest.mark.timeout(180)
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent  # tests/
 JS_DIR = HERE / "js"
 
 SEED = Path("/work/shared/seed/regional-endpoints.md")
