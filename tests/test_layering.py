@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"pipeline", "simulate"},
     {"control"},
     {"rest", "grpc", "console"},
+    {"front"},  # the one-port listener: dispatches connections and streams to the rest and grpc listeners
     {"app"},
     {"__main__"},
 ]

@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pid_file=args.pid_file,
         region_ports=None if args.region_ports is None else args.region_ports or args.port + 1,
         admin_listen=args.admin_listen,
+        listen=args.listen,
     )
     if args.admin_listen:
         from regiongate.app.serve import split_listen
@@ -162,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIRST",
         help="also serve each regional and zone endpoint on its own port, from FIRST (default: --port + 1) "
         "up, printed at start; the port fixes the endpoint, whatever the Host header says",
+    )
+    s.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve REST (HTTP/1.1, HTTP/2) and gRPC on this one port (:PORT for every IPv4 address), instead "
+        "of --port and --grpc-port; with --tls-cert: TLS with ALPN h2 and http/1.1, else cleartext h2c and HTTP/1.1",
     )
     s.add_argument("--tls-cert", help="PEM certificate (with --tls-key): serve REST and gRPC over TLS")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")

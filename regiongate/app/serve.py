@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -43,11 +44,23 @@ class ServeOptions:
     pid_file: str | None = None  # for `regiongate reload`
     region_ports: int | None = None  # first of the per-endpoint ports (regiongate.app.region_ports), or off
     admin_listen: str | None = None  # HOST:PORT: /admin and /metrics there, not on the public port
+    listen: str | None = None  # HOST:PORT for REST and gRPC on one port (regiongate.app.listeners), or off
+
+
+def main_listener(opts: ServeOptions) -> tuple[str, int]:
+    """Where the main listener binds: ``--listen`` when given (one port for REST and gRPC), else ``--port``."""
+    if opts.listen:
+        from regiongate.app.listeners import parse_listen
+
+        return parse_listen(opts.listen)
+    return opts.host, opts.port
 
 
 def ports_to_bind(cfg: Config, opts: ServeOptions) -> list[tuple[int, str, str]]:
     """(port, what listens there, the option that moves it) for every fixed port this run will bind."""
     out = [(opts.port, "REST", "--port"), (opts.grpc_port, "gRPC", "--grpc-port")]
+    if opts.listen:
+        out = [(main_listener(opts)[1], "REST and gRPC", "--listen")]
     if opts.region_ports is not None:
         out += [(p.port, f"{p.kind} {p.name}", "--region-ports") for p in plan_ports(cfg, opts.region_ports)]
     return [entry for entry in out if entry[0]]
@@ -111,21 +124,29 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
     runtime = build_runtime(cfg, dict(os.environ), replica=Replica(worker, max(opts.workers, 1)))
     app = RestApp(runtime, access_log=opts.access_log, admin_here=opts.admin_listen is None)
     install_sighup(runtime, opts.config_path)
-    sock = bind(opts.host, opts.port, reuse_port=opts.workers > 1)
+    host, port = main_listener(opts)
+    sock = bind(host, port, reuse_port=opts.workers > 1)
+    grpc = None
+    one_port: dict[str, Any] = {}  # uvicorn settings of the one-port listener (regiongate.app.listeners)
+    if opts.listen:
+        from regiongate.app.listeners import start_one_port
+
+        await runtime.start()  # keys loaded and probes running before the first gRPC call
+        grpc, one_port = await start_one_port(runtime, port, tls=bool(opts.tls_cert and opts.tls_key))
     socks: list[socket.socket] = []
     asgi: ASGIApp = app
     if opts.region_ports is not None:
         socks, asgi = region_listeners(cfg, opts.host, opts.region_ports, opts.workers > 1, app)
-    ucfg = _uvicorn_config(asgi, cfg, opts, lifespan="on")
+    ucfg = _uvicorn_config(asgi, cfg, opts, lifespan="on", overrides=one_port)
     server = _Server(ucfg, app, cfg.gateway.drain_s)
-    grpc = None
-    if opts.grpc_port:
+    if opts.grpc_port and not opts.listen:
         from regiongate.grpc.server import start_grpc
 
         await runtime.start()  # keys loaded and probes running before the first gRPC call
         grpc = await start_grpc(
             runtime, opts.host, opts.grpc_port, opts.tls_cert, opts.tls_key, reuse_port=opts.workers > 1
         )
+    if grpc is not None:
         grace = cfg.gateway.shutdown_grace_s
         handle = grpc
         draining: list[asyncio.Task[None]] = []
@@ -142,7 +163,11 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
         runtime.drains.append(grpc_drained)  # the runtime closes only after in-flight gRPC calls end
     log.info(
         "listening",
-        extra={"rest": f"{opts.host}:{sock.getsockname()[1]}", "grpc": opts.grpc_port, "worker": worker},
+        extra={
+            "rest": f"{host}:{sock.getsockname()[1]}",
+            "grpc": "same port" if opts.listen else opts.grpc_port,
+            "worker": worker,
+        },
     )
     admin = await _start_admin(runtime, cfg, opts) if opts.admin_listen else None
     try:
@@ -154,15 +179,20 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
             await grpc.stop(0)  # already drained unless serving ended another way
 
 
-def _uvicorn_config(app: ASGIApp, cfg: Config, opts: ServeOptions, lifespan: str) -> uvicorn.Config:
+def _uvicorn_config(
+    app: ASGIApp, cfg: Config, opts: ServeOptions, lifespan: str, overrides: dict[str, Any] | None = None
+) -> uvicorn.Config:
+    """uvicorn's settings; ``overrides`` are the one-port listener's (its ``http=`` protocol class, which
+    dispatches HTTP/1.1 and HTTP/2, and its SSL context factory)."""
     edge = cfg.edge
+    extra = dict(overrides or {})
     limits = EdgeLimits(
         edge.max_header_bytes, edge.header_timeout_s, edge.body_timeout_s, edge.max_connections
     )
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http=edge_protocol(limits),
+        http=extra.pop("http", None) or edge_protocol(limits),
         timeout_keep_alive=edge.keepalive_idle_s,  # type: ignore[arg-type]  # a float is fine for call_later
         lifespan=lifespan,  # type: ignore[arg-type]
         access_log=False,
@@ -173,6 +203,7 @@ def _uvicorn_config(app: ASGIApp, cfg: Config, opts: ServeOptions, lifespan: str
         server_header=False,
         proxy_headers=False,  # client addresses are trusted by our own rules (gateway.trusted_proxies)
         date_header=False,
+        **extra,
     )
 
 
@@ -221,7 +252,7 @@ def _demo_keys(cfg: Config) -> None:
 
 def serve(cfg: Config, opts: ServeOptions) -> None:
     setup_logging(opts.log_level)
-    check_free(opts.host, ports_to_bind(cfg, opts))
+    check_free(main_listener(opts)[0], ports_to_bind(cfg, opts))
     _demo_keys(cfg)
     if opts.region_ports is not None:
         print(describe(plan_ports(cfg, opts.region_ports), opts.host), file=sys.stdout, flush=True)

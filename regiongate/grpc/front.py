@@ -39,6 +39,14 @@ class ConnInfo:
     authority: str | None = None  # first :authority (h2c) or the TLS server name; None when not sent
     mixed: str | None = None  # a second, different authority seen on the same connection
 
+    def saw(self, authority: str) -> None:
+        """A request on this connection named ``authority``: the first one counts, a different later one
+        marks the connection as mixed."""
+        if self.authority is None:
+            self.authority = authority
+        elif authority.lower() != self.authority.lower() and self.mixed is None:
+            self.mixed = authority
+
 
 class Connections:
     """Loopback local port -> ConnInfo, for the connections the front has open to the internal server."""
@@ -148,7 +156,7 @@ class _Outer(asyncio.Protocol):
         try:
             if self.h2 is not None:
                 for authority in self.h2.feed(data):
-                    self._saw(authority)
+                    self.info.saw(authority)
             elif self.hello is not None:
                 done, name = self.hello.feed(data)
                 if done:
@@ -162,13 +170,6 @@ class _Outer(asyncio.Protocol):
             inner.transport.write(data)
         else:
             self.pending.append(data)
-
-    def _saw(self, authority: str) -> None:
-        info = self.info
-        if info.authority is None:
-            info.authority = authority
-        elif authority.lower() != info.authority.lower() and info.mixed is None:
-            info.mixed = authority
 
     def eof_received(self) -> bool:
         inner = self.inner

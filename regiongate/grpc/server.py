@@ -9,7 +9,7 @@ ClientHello's server name; without them both hops are cleartext h2c and the fron
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,15 +46,15 @@ def server_options(edge: EdgeConfig, max_message: int) -> list[tuple[str, Any]]:
     ]
 
 
-class _ConnectionsCollector(Collector):
+class ConnectionsCollector(Collector):
     """Open gRPC client connections, read when /metrics is scraped."""
 
-    def __init__(self, front: GrpcFront) -> None:
-        self.front = front
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
-            "regiongate_grpc_connections", "Open gRPC client connections", value=len(self.front.open)
+            "regiongate_grpc_connections", "Open gRPC client connections", value=self.count()
         )
 
 
@@ -68,14 +68,37 @@ class GrpcHandle:
     port: int  # the public port
     inner_port: int
     server: Any  # grpc.aio.Server
-    front: GrpcFront
+    front: GrpcFront | None  # None on the one-port listener (regiongate/front/), which relays streams itself
     conns: Connections
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let running calls finish for ``grace`` seconds, then drop every connection."""
-        await self.front.stop_accepting()
+        if self.front is not None:
+            await self.front.stop_accepting()
         await self.server.stop(grace)
-        self.front.close_all()
+        if self.front is not None:
+            self.front.close_all()
+
+
+async def start_inner(
+    runtime: Services, tls_cert: str | None, tls_key: str | None
+) -> tuple[Any, Connections, int]:
+    """The grpc.aio server on ``127.0.0.1:<random>``: (server, connection registry, port). With a certificate
+    it terminates TLS itself (the separate-port front then only reads the ClientHello)."""
+    cfg = runtime.config
+    max_message = cfg.edge.grpc_max_message_bytes or max(20 * MIB, cfg.gateway.max_body_bytes)
+    server = grpc.aio.server(options=server_options(cfg.edge, max_message))
+    conns = Connections()
+    services = XaiServices(runtime, conns)
+    for name, methods in service_handlers(services).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, methods),))
+        server.add_registered_method_handlers(name, methods)
+    if tls_cert and tls_key:
+        inner_port = server.add_secure_port("127.0.0.1:0", _credentials(tls_cert, tls_key))
+    else:
+        inner_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, conns, inner_port
 
 
 async def start_grpc(
@@ -88,21 +111,9 @@ async def start_grpc(
     reuse_port: bool = False,
 ) -> GrpcHandle:
     """Serve the xAI gRPC API on ``host:port`` (0 picks a free port; see ``GrpcHandle.port``)."""
-    cfg = runtime.config
-    max_message = cfg.edge.grpc_max_message_bytes or max(20 * MIB, cfg.gateway.max_body_bytes)
-    server = grpc.aio.server(options=server_options(cfg.edge, max_message))
-    conns = Connections()
-    services = XaiServices(runtime, conns)
-    for name, methods in service_handlers(services).items():
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, methods),))
-        server.add_registered_method_handlers(name, methods)
+    server, conns, inner_port = await start_inner(runtime, tls_cert, tls_key)
     tls = bool(tls_cert and tls_key)
-    if tls:
-        assert tls_cert is not None and tls_key is not None
-        inner_port = server.add_secure_port("127.0.0.1:0", _credentials(tls_cert, tls_key))
-    else:
-        inner_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    cfg = runtime.config
     front = GrpcFront(
         conns,
         inner_port,
@@ -115,6 +126,6 @@ async def start_grpc(
     except BaseException:
         await server.stop(None)
         raise
-    runtime.metrics.registry.register(_ConnectionsCollector(front))
+    runtime.metrics.registry.register(ConnectionsCollector(lambda: len(front.open)))
     log.info("grpc listening", extra={"grpc": f"{host}:{public}", "tls": tls})
     return GrpcHandle(public, inner_port, server, front, conns)

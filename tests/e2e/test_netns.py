@@ -34,27 +34,13 @@ import httpx
 import openai
 import pytest
 
-from tests.support.procs import DEMO_KEY, Proc
+from tests.support.procs import DEMO_KEY, Proc, need, sh
 from tests.support.worlds import http_backend, world
 
 pytestmark = pytest.mark.timeout(180)
 HERE = Path(__file__).parent
 PORT = 8000
 MSG = [{"role": "user", "content": "Which region is fastest from here?"}]
-
-
-def need(ok: bool, why: str) -> None:
-    if not ok:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
 
 
 def _used_networks() -> list[ipaddress.IPv4Network]:

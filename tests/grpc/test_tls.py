@@ -9,13 +9,10 @@ gateway's ``*.api.x.ai`` certificate. The gateway learns the region from the TLS
 from __future__ import annotations
 
 import os
-import re
-import select
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,23 +21,11 @@ import httpx
 import pytest
 
 from tests.support.certs import make_certs
+from tests.support.connect_proxy import ConnectProxy
 from tests.support.procs import DEMO_KEY, free_port, spawn
+from tests.support.product_page import SNIPPET
+from tests.support.product_page import X_AI_WORLD as CONFIG
 
-SNIPPET = """import os
-
-from xai_sdk import Client
-from xai_sdk.chat import user
-
-client = Client(
-api_key=os.getenv("XAI_API_KEY"),
-api_host="us-east-1.api.x.ai" # Without the https://
-)
-
-chat = client.chat.create(model="grok-4")
-chat.append(user("What is the meaning of life?"))
-
-completion = chat.sample()
-"""
 # Appended after the snippet, so its lines stay untouched: show where it ran, then ask the global endpoint.
 EPILOGUE = """
 print("regional:", completion.content)
@@ -48,104 +33,6 @@ glob = Client(api_key=os.getenv("XAI_API_KEY"), api_host="api.x.ai").chat.create
 glob.append(user("What is the meaning of life?"))
 print("global:", glob.sample().content)
 """
-
-CONFIG = """
-[gateway]
-lat = 53.35
-lon = -6.26
-base_domains = ["api.x.ai"]
-
-[[regions]]
-id = "us-east-1"
-lat = 39.04
-lon = -77.49
-zone = "us"
-
-[[regions]]
-id = "eu-west-1"
-lat = 53.35
-lon = -6.26
-zone = "eu"
-
-[[deployments]]
-region = "us-east-1"
-models = ["grok-4"]
-backends = [{ kind = "simulated", ttft_ms = 5, tokens_per_s = 4000 }]
-
-[[deployments]]
-region = "eu-west-1"
-models = ["grok-4"]
-backends = [{ kind = "simulated", ttft_ms = 5, tokens_per_s = 4000 }]
-
-[[teams]]
-name = "demo"
-keys = [{ id = "demo", env = "REGIONGATE_DEMO_API_KEY" }]
-"""
-
-
-class ConnectProxy:
-    """An HTTP CONNECT proxy that records the host each CONNECT names and always tunnels to one loopback
-    port, whatever that host is: the test never reaches the network."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.seen: list[str] = []
-        self.stopped = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)  # accept() wakes up to notice close()
-        self.port = int(self.listener.getsockname()[1])
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._tunnel, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _tunnel(self, client: socket.socket) -> None:
-        with client:
-            client.settimeout(10)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                data = client.recv(4096)
-                if not data:
-                    return
-                head += data
-            request, _, rest = head.partition(b"\r\n\r\n")
-            m = re.match(rb"CONNECT (\S+) HTTP/1\.[01]", request)
-            if not m:
-                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
-                return
-            self.seen.append(m.group(1).decode())
-            with socket.create_connection(("127.0.0.1", self.target_port), timeout=10) as upstream:
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                if rest:
-                    upstream.sendall(rest)
-                self._pipe(client, upstream)
-
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
-        peers = {a: b, b: a}
-        while not self.stopped.is_set():
-            ready, _, _ = select.select(list(peers), [], [], 0.2)
-            for s in ready:
-                data = s.recv(65536)
-                if not data:
-                    return
-                peers[s].sendall(data)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.listener.close()
-        for t in self.threads:
-            t.join(5)
-
 
 def wait_tls(port: int, ctx: ssl.SSLContext, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30

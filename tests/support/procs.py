@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 DEMO_KEY = "rg-test-demo-key-0123456789"
 
@@ -177,3 +178,18 @@ class ClosingServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def need(ok: bool, why: str) -> None:
+    """A test's system requirement (root, iproute2, a binary): skipped without it, a failure under CI."""
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
