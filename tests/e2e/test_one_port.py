@@ -78,7 +78,9 @@ class Gateway:
 
 def start(tmp_path: Path, tls: bool) -> Gateway:
     ca, cert, key = make_certs(tmp_path)
-    (tmp_path / "gateway.toml").write_text(CONFIG)
+    # No drain period before the listener closes (SIGTERM's /readyz-503 window is tested with the edge
+    # limits): here the GOAWAY must come while the open streams are still running.
+    (tmp_path / "gateway.toml").write_text(CONFIG.replace("[gateway]\n", "[gateway]\ndrain_s = 0\n", 1))
     port = free_port()
     cmd = ["serve", "--config", str(tmp_path / "gateway.toml"), "--listen", f"127.0.0.1:{port}"]
     if tls:
