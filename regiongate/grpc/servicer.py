@@ -28,9 +28,16 @@ from regiongate.pipeline.services import Services
 from regiongate.pipeline.sse import iter_json_events
 
 SERVED = (
-    "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "
-    "xai_api.Models/GetLanguageModel and xai_api.Auth/get_api_key_info"
+    "xai_api.Chat/GetCompletion, GetCompletionChunk, StartDeferredCompletion, GetDeferredCompletion; "
+    "xai_api.Models/*; xai_api.Tokenize/TokenizeText; xai_api.Embedder/Embed; xai_api.Image/GenerateImage; "
+    "xai_api.Auth/get_api_key_info"
 )
+# Routes a backend may lack (a 404 from it means "this backend does not do that", not "no such model").
+NOT_EVERYWHERE = {
+    "/tokenize": "tokenization",
+    "/images/generations": "image generation",
+    "/embeddings": "embeddings",
+}
 
 
 class _BadEvent(Exception):
@@ -90,32 +97,77 @@ class XaiServices:
             await abort(context, e, self._request_id(md))
             raise
 
+    def inbound(
+        self, context: Any, md: dict[str, str], rid: str, path: str, payload: dict[str, Any], stream: bool
+    ) -> Inbound:
+        """The internal request for one call of any service: who, through which endpoint, what."""
+        caller = self._caller(context, md)
+        return Inbound(
+            path,
+            payload,
+            orjson.dumps(payload),
+            str(payload.get("model", "")),
+            stream,
+            caller.endpoint,
+            caller.principal,
+            rid,
+            caller.location,
+            explain=md.get("x-regiongate-explain") == "1",
+        )
+
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
     ) -> tuple[Routed, str]:
         md = _metadata(context)
         rid = self._request_id(md)
         try:
-            caller = self._caller(context, md)
             payload = translate.chat_payload(request, stream)
             check_n(payload.get("n", 1))
-            inbound = Inbound(
-                "/chat/completions",
-                payload,
-                orjson.dumps(payload),
-                request.model,
-                stream,
-                caller.endpoint,
-                caller.principal,
-                rid,
-                caller.location,
-                explain=md.get("x-regiongate-explain") == "1",
+            routed = await self.rt.gateway.dispatch(
+                self.inbound(context, md, rid, "/chat/completions", payload, stream)
             )
-            routed = await self.rt.gateway.dispatch(inbound)
         except RouteError as e:
             await abort(context, e, rid)
             raise  # unreachable: abort raises
         return routed, rid
+
+    async def route_json(
+        self, context: Any, path: str, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], Routed, str]:
+        """Route one non-streaming call and return the backend's JSON answer; every refusal ends the
+        call with its status. The initial metadata (region, route, receipt) is sent before returning."""
+        md = _metadata(context)
+        rid = self._request_id(md)
+        try:
+            routed = await self.rt.gateway.dispatch(self.inbound(context, md, rid, path, payload, False))
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise
+        try:
+            await context.send_initial_metadata(self._initial(routed, rid))
+            if routed.status == 404 and path in NOT_EVERYWHERE:
+                err = RouteError(
+                    f"The backend {routed.backend} in {routed.region} does not offer {NOT_EVERYWHERE[path]} "
+                    f"(it answered HTTP 404 to {path}).",
+                    code="not_supported_by_backend",
+                    status=501,
+                )
+                await abort(context, err, rid)
+            if routed.status != 200:
+                await abort(context, upstream_error(routed.status, routed.body), rid)
+            try:
+                obj = orjson.loads(routed.body)
+            except orjson.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                err = upstream_error(502, b"")
+                err.message = (
+                    f"The backend in {routed.region} answered with a body that is not a JSON object."
+                )
+                await abort(context, err, rid)
+            return obj, routed, rid
+        finally:
+            await routed.aclose()
 
     @staticmethod
     def _initial(routed: Routed, rid: str) -> tuple[tuple[str, str], ...]:
@@ -200,7 +252,9 @@ class XaiServices:
     ) -> models_pb2.ListLanguageModelsResponse:
         c = await self._caller_or_abort(context)
         views = visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models)
-        return models_pb2.ListLanguageModelsResponse(models=[self._language_model(m) for m in views])
+        return models_pb2.ListLanguageModelsResponse(
+            models=[self._language_model(m) for m in views if m.info.kind == "language"]
+        )
 
     async def get_language_model(
         self, request: models_pb2.GetModelRequest, context: Any
@@ -210,7 +264,7 @@ class XaiServices:
         try:
             c = self._caller(context, md)
             for m in visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models):
-                if request.name == m.id or request.name in m.info.aliases:
+                if m.info.kind == "language" and (request.name == m.id or request.name in m.info.aliases):
                     return self._language_model(m)
             where = "here" if c.endpoint.kind is EndpointKind.GLOBAL else f"on {c.endpoint}"
             raise RouteError.model_not_found(
@@ -239,7 +293,10 @@ class XaiServices:
 
     # --- registration ------------------------------------------------------------------------------
     def implemented(self) -> dict[str, Callable[..., Any]]:
+        from regiongate.grpc.services import MoreServices
+
         return {
+            **MoreServices(self).implemented(),
             "/xai_api.Chat/GetCompletion": self.get_completion,
             "/xai_api.Chat/GetCompletionChunk": self.get_completion_chunk,
             "/xai_api.Models/ListLanguageModels": self.list_language_models,

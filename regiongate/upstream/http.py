@@ -15,6 +15,8 @@ import orjson
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
+# Routes that inference servers serve at their root rather than under /v1 (vLLM, llama.cpp, SGLang).
+ORIGIN_PATHS = frozenset({"/tokenize", "/detokenize"})
 # Statuses that mean "this backend cannot serve it now": try the next candidate.
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
@@ -59,7 +61,8 @@ class HttpUpstream:
         self._post_headers = fixed + "content-type: application/json\r\n"
 
     def _head(self, method: str, path: str, headers: str) -> bytes:
-        return f"{method} {self._pool.path_prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
+        prefix = "" if path in ORIGIN_PATHS else self._pool.path_prefix
+        return f"{method} {prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
         headers = f"{self._post_headers}x-request-id: {_header_value(call.request_id)}\r\n"
