@@ -19,6 +19,7 @@ from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
 from regiongate.objects.deferred import Deferred
+from regiongate.objects.responses import StoredResponses
 from regiongate.objects.service import ObjectState
 from regiongate.pipeline.auth import KeyStore, Principal, StaticKeys, hash_key, new_key
 from regiongate.pipeline.caller import Callers
@@ -52,6 +53,7 @@ class Runtime:
     load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
     objects: ObjectState | None = None  # stored objects per region (regiongate.objects)
     deferred: Deferred | None = None  # deferred completions over those stores
+    responses: StoredResponses = field(default_factory=lambda: StoredResponses(None, lambda: None))
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
@@ -147,9 +149,8 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
             for i, spec in enumerate(d.backends):
                 bid = f"{d.region}/{model}/{spec.id or i}"
                 upstream_model = spec.model if isinstance(spec, HttpBackend) else None
-                backends.append(
-                    Backend(bid, _upstream(cfg, spec, bid, by_id[d.region], d.limit), upstream_model)
-                )
+                up = _upstream(cfg, spec, bid, by_id[d.region], d.limit)
+                backends.append(Backend(bid, up, upstream_model, responses_via_chat=spec.responses == "chat"))
             deployments.append(
                 Deployment(model, d.region, d.limit, backends, TtftEstimate(cfg.gateway.ttft_halflife_s))
             )
@@ -223,9 +224,9 @@ def build_runtime(
     if cfg.state.store != "none":
         data_dir = resolve_control(cfg.control, dict(os.environ) if env is None else env).data_dir
         rt.objects = ObjectState(cfg, str(data_dir), lambda e, a, r: in_endpoint(rt.fleet, e, a, r))
-        rt.deferred = Deferred(
-            rt.objects, lambda: rt.gateway, lambda: rt.control.receipts if rt.control else None
-        )
+        receipts = lambda: rt.control.receipts if rt.control else None  # noqa: E731
+        rt.deferred = Deferred(rt.objects, lambda: rt.gateway, receipts)
+        rt.responses = StoredResponses(rt.objects, receipts)
     shared.prober = Prober(lambda: rt.fleet, cfg.health)
     metrics.registry.register(HealthCollector(lambda: rt.fleet, shared.link))
     rt.load = LoadScraper(lambda: rt.fleet, lambda: rt.config)

@@ -167,11 +167,19 @@ class ObjectStore:
 
         return await self._run(get)
 
+    def _scrub(self) -> None:
+        """After a delete: an SQLite WAL still holds the row's old page images until a checkpoint; fold
+        them into the (secure_delete-zeroed) database and truncate the log, so the bytes are gone."""
+        if self.dialect.name == "sqlite":
+            self._c().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def delete(self, object_id: str, kind: str, team: str) -> bool:
         def delete() -> bool:
             cur = self._q(
                 "DELETE FROM stored_objects WHERE id = ? AND kind = ? AND team = ?", (object_id, kind, team)
             )
+            if cur.rowcount:
+                self._scrub()
             return bool(cur.rowcount)
 
         return await self._run(delete)
@@ -183,6 +191,8 @@ class ObjectStore:
             cur = self._q(
                 "DELETE FROM stored_objects WHERE expires_at <= ?", (time.time() if now is None else now,)
             )
+            if cur.rowcount:
+                self._scrub()
             return int(cur.rowcount or 0)
 
         return await self._run(purge)

@@ -30,6 +30,7 @@ from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+from regiongate.upstream.responses_chat import chat_request, translate_response
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -51,6 +52,8 @@ class Inbound:
 
     @property
     def include_usage(self) -> bool:
+        if self.path not in ("/chat/completions", "/completions"):
+            return True  # only these two take stream_options; other streams carry usage their own way
         opts = self.payload.get("stream_options")
         return isinstance(opts, dict) and opts.get("include_usage") is True
 
@@ -210,6 +213,11 @@ class Gateway:
     def _call(self, inbound: Inbound, backend: Backend) -> UpstreamCall:
         payload, body = inbound.payload, inbound.body
         rename = backend.upstream_model is not None and backend.upstream_model != inbound.model
+        if inbound.path == "/responses" and backend.responses_via_chat:
+            chat = chat_request(payload)
+            if rename:
+                chat["model"] = backend.upstream_model
+            return UpstreamCall("/chat/completions", orjson.dumps(chat), chat, inbound.stream, inbound.request_id)
         want_usage = inbound.stream and not inbound.include_usage
         if rename or want_usage:
             payload = dict(payload)
@@ -231,6 +239,8 @@ class Gateway:
         sent = time.monotonic()
         try:
             resp = await backend.upstream.send(call)
+            if call.path != inbound.path:  # a translated Responses request: answer as the Responses API
+                resp = translate_response(inbound.payload, resp)
             if resp.chunks is None:
                 return self._complete(a, resp)
             try:
@@ -368,8 +378,9 @@ class Gateway:
         started: float,
     ) -> None:
         prompt = completion = 0
-        if usage:
-            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if usage:  # chat completions' names, else the Responses API's
+            p = usage.get("prompt_tokens", usage.get("input_tokens"))
+            c = usage.get("completion_tokens", usage.get("output_tokens"))
             prompt = p if isinstance(p, int) else 0
             completion = c if isinstance(c, int) else 0
         now = time.monotonic()

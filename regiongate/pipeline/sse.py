@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 DONE = b"data: [DONE]\n\n"
+# The Responses API's stream has no [DONE]: one of these events is its last.
+RESPONSE_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def event(obj: Any) -> bytes:
@@ -99,6 +101,16 @@ class SseRelay:
         if not isinstance(obj, dict):
             return ev
         if "error" in obj:
+            self.errored = True
+        kind = obj.get("type")
+        if isinstance(kind, str) and kind in RESPONSE_END:  # a Responses stream ends with its final event
+            self.done = True
+            self.errored = self.errored or kind == "response.failed"
+            final = obj.get("response")
+            if isinstance(final, dict) and isinstance(final.get("usage"), dict):
+                self.usage = final["usage"]
+            return ev
+        if kind == "error":
             self.errored = True
         usage = obj.get("usage")
         if isinstance(usage, dict):

@@ -27,10 +27,12 @@ from regiongate.asgi import (
     stream_response,
 )
 from regiongate.core import Endpoint, Location, RouteError
+from regiongate.objects.responses import input_item_list
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n
 from regiongate.pipeline.catalog import offering, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
+from regiongate.pipeline.receipts import HEADER
 from regiongate.pipeline.services import Services
 from regiongate.rest.openapi import DOCUMENT_BYTES
 
@@ -161,6 +163,8 @@ class RestApp:
     ) -> int:
         principal = self._principal(headers)
         endpoint = self._endpoint(headers)
+        if path.startswith("/v1/responses/") and method in ("GET", "DELETE"):
+            return await self._stored_response(send, method, path, principal, endpoint)
         if method == "POST":
             return await self._proxy(scope, receive, send, path[3:], headers, principal, endpoint, rid)
         if method != "GET":
@@ -242,6 +246,10 @@ class RestApp:
                 raise client_error(
                     400, "Field 'messages' must be a non-empty array.", "invalid_value", "messages"
                 )
+        prepared = None
+        if subpath == "/responses":  # the stateful half is ours, whatever the backend (objects.responses)
+            prepared = await self.rt.responses.prepare(payload, endpoint, principal)
+            payload, body, endpoint = prepared.payload, prepared.body, prepared.endpoint
         inbound = Inbound(
             subpath,
             payload,
@@ -255,6 +263,12 @@ class RestApp:
             explain=headers.get(b"x-regiongate-explain") == b"1",
         )
         routed = await self.rt.gateway.dispatch(inbound)
+        if prepared is not None:
+            try:
+                routed = await self.rt.responses.finish(prepared, inbound, routed)
+            except BaseException:
+                await routed.aclose()
+                raise
         extra = [
             (b"x-regiongate-region", routed.region.encode()),
             (b"x-regiongate-route", routed.route.encode()),
@@ -266,6 +280,27 @@ class RestApp:
             return routed.status
         await stream_response(receive, send, SSE_HEADERS + extra, routed.chunks, routed.aclose)
         return 200
+
+    async def _stored_response(
+        self, send: Send, method: str, path: str, principal: Principal, endpoint: Endpoint
+    ) -> int:
+        """GET /v1/responses/{id}[/input_items], DELETE /v1/responses/{id}: read in the region the id names."""
+        rest = path[len("/v1/responses/") :]
+        oid, _, sub = rest.partition("/")
+        responses = self.rt.responses
+        if method == "DELETE" and not sub:
+            await responses.delete(oid, endpoint, principal)
+            await send_json(send, 200, {"id": oid, "object": "response.deleted", "deleted": True})
+            return 200
+        if method == "GET" and sub in ("", "input_items"):
+            doc, obj = await responses.retrieve(oid, endpoint, principal)
+            extra = [(b"x-regiongate-region", obj.processed_region.encode())]
+            if doc.get("receipt"):
+                extra.append((HEADER.encode(), str(doc["receipt"]).encode()))
+            body = doc["response"] if not sub else input_item_list(doc)
+            await send_bytes(send, 200, orjson.dumps(body), JSON, extra)
+            return 200
+        raise client_error(404, f"Unknown path {method} {path}.", "unknown_url")
 
 
 async def _with_status(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> int:
