@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -234,3 +235,189 @@ def test_stored_response_survives_a_restart(gw: Gw) -> None:
     gw.stop()
     gw.start()
     assert gw.client().responses.retrieve(r.id).output_text == r.output_text
+
+
+# --- pass-through: a backend that implements /v1/responses itself (llama.cpp, vLLM, providers) -------------
+
+
+class NativeBackend:
+    """A loopback OpenAI-compatible server that answers /v1/responses natively and records what it got."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import uvicorn
+
+        self.seen: list[dict[str, Any]] = []
+        self.port = free_port()
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off", interface="asgi3"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until_up(f"http://127.0.0.1:{self.port}/v1/models")
+
+    async def app(self, scope: dict[str, object], receive: object, send: object) -> None:
+        import json
+
+        path = scope["path"]
+        body = b""
+        while True:
+            msg = await receive()  # type: ignore[operator]
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        if path != "/v1/responses":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b'{"object": "list", "data": []}'})  # type: ignore[operator]
+            return
+        req = json.loads(body)
+        self.seen.append(req)
+        resp = {
+            "id": "resp_native_1",
+            "object": "response",
+            "created_at": 1,
+            "status": "completed",
+            "model": req["model"],
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "native answer", "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": 7,
+                "output_tokens": 2,
+                "total_tokens": 9,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "store": False,
+        }
+        if not req.get("stream"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(resp).encode()})  # type: ignore[operator]
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,  # type: ignore[operator]
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        events = [
+            {
+                "type": "response.created",
+                "sequence_number": 0,
+                "response": {**resp, "status": "in_progress", "output": []},
+            },
+            {
+                "type": "response.output_item.added",
+                "sequence_number": 1,
+                "output_index": 0,
+                "item": {**resp["output"][0], "status": "in_progress", "content": []},
+            },  # type: ignore[index, dict-item]
+            {
+                "type": "response.content_part.added",
+                "sequence_number": 2,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            },
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 3,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "native answer",
+                "logprobs": [],
+            },
+            {"type": "response.completed", "sequence_number": 4, "response": resp},
+        ]
+        for ev in events:  # no [DONE]: the Responses API's stream ends with response.completed
+            data = f"event: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
+            await send({"type": "http.response.body", "body": data, "more_body": True})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def wait_until_up(url: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gw, NativeBackend]]:
+    backend = NativeBackend()
+    tmp = tmp_path_factory.mktemp("responses-native")
+    g = Gw(tmp)
+    (tmp / "gateway.toml").write_text(
+        CONFIG.replace(
+            f'models = ["grok-4"]\nbackends = [{FAST}]\n\n[[deployments]]\nregion = "eu-west-1"',
+            f'models = ["grok-4"]\nbackends = [{{ kind = "http", url = "http://127.0.0.1:{backend.port}/v1", '
+            f'responses = "native" }}]\n\n[[deployments]]\nregion = "eu-west-1"',
+            1,
+        )
+    )
+    g.start()
+    try:
+        yield g, backend
+    finally:
+        g.stop()
+        backend.stop()
+
+
+def test_native_pass_through_keeps_state_at_the_gateway(native: tuple[Gw, NativeBackend]) -> None:
+    gw, backend = native
+    c = gw.client("us-east-1")
+    first = c.responses.create(model="grok-4", input="hello")
+    assert first.id.startswith("resp_us-east-1_") and first.output_text == "native answer"
+    assert backend.seen[-1]["store"] is False and backend.seen[-1]["input"] == [
+        {"type": "message", "role": "user", "content": "hello"}
+    ]
+    second = c.responses.create(model="grok-4", input="again", previous_response_id=first.id)
+    sent = backend.seen[-1]
+    assert "previous_response_id" not in sent and sent["store"] is False
+    assert sent["input"][0]["content"] == "hello"
+    assert sent["input"][-1] == {"type": "message", "role": "user", "content": "again"}
+    assert c.responses.retrieve(second.id).previous_response_id == first.id
+    with c.responses.stream(model="grok-4", input="stream it") as stream:
+        kinds = [ev.type for ev in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert (
+        final.id.startswith("resp_us-east-1_")
+        and c.responses.retrieve(final.id).output_text == "native answer"
+    )

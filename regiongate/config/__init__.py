@@ -177,6 +177,29 @@ class StateConfig(_Model):
     deferred_timeout_s: float = Field(600.0, gt=0)  # a deferred completion still pending after this expires
     purge_interval_s: float = Field(60.0, gt=0)  # expired objects are deleted this often
 
+    @field_validator("store")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v in ("", "none"):
+            return v
+        if not v.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ValueError("use '', 'none', or a 'sqlite:///...' / 'postgresql://...' URL template")
+        if "{region}" not in v and "{region_}" not in v:
+            raise ValueError(
+                "must name the region ({region} or {region_}): each region keeps its objects in its own store"
+            )
+        return v
+
+    @field_validator("regions")
+    @classmethod
+    def _urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for region, url in v.items():
+            if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+                raise ValueError(f"{region}: use a 'sqlite:///...' or 'postgresql://...' URL")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two regions share one store URL: each region keeps its objects in its own store")
+        return v
+
 
 class ModelInfo(_Model):
     owned_by: str = "regiongate"
