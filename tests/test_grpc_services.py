@@ -40,7 +40,7 @@ zone = "eu"
 
 [[deployments]]
 region = "us-east-1"
-models = ["grok-4", "grok-embed", "grok-imagine-image"]
+models = ["grok-4", "grok-embed", "grok-imagine-image", "grok-imagine-video"]
 backends = [{FAST}]
 
 [[deployments]]
@@ -57,6 +57,8 @@ backends = [{{ kind = "http", url = "{sim_url}/v1" }}]
 kind = "embedding"
 [models.grok-imagine-image]
 kind = "image"
+[models.grok-imagine-video]
+kind = "video"
 
 [[teams]]
 name = "demo"
@@ -270,3 +272,31 @@ def test_deferred_survives_a_gateway_restart(gw: Gw) -> None:
     resp, md = _wait_done(gw, oid, None)
     assert resp.status == deferred_pb2.DONE and "in us-east-1 " in resp.response.outputs[0].message.content
     assert md["x-regiongate-region"] == "us-east-1"
+
+
+def test_video_generate_and_extend_deferred(gw: Gw) -> None:
+    with gw.client() as c:
+        v = c.video.generate(
+            prompt="A lake at sunrise",
+            model="grok-imagine-video",
+            duration=5,
+            aspect_ratio="16:9",
+            resolution="720p",
+        )
+        assert v.duration == 5 and v.url.startswith("data:text/plain;base64,")
+        longer = c.video.extend(prompt="zoom out", model="grok-imagine-video", video_url=v.url, duration=6)
+        assert longer.duration == 6
+    with gw.client("eu-west-1.localhost") as c:  # no video model in Dublin: refused at start, not elsewhere
+        code, details = code_of(lambda: c.video.generate(prompt="x", model="grok-imagine-video"))
+    assert code == grpc.StatusCode.NOT_FOUND and "us-east-1" in details
+
+
+def test_a_chat_deferred_id_is_not_a_video_id(gw: Gw) -> None:
+    oid = _start(gw, None)
+    with gw.channel() as ch:
+        from xai_sdk.proto import video_pb2, video_pb2_grpc
+
+        stub = video_pb2_grpc.VideoStub(ch)
+        req = video_pb2.GetDeferredVideoRequest(request_id=oid)
+        code, _ = code_of(lambda: stub.GetDeferredVideo(req, metadata=auth()))
+    assert code == grpc.StatusCode.NOT_FOUND

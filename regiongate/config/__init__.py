@@ -206,7 +206,7 @@ class ModelInfo(_Model):
     created: int = 1752019200
     aliases: list[str] = []
     # What the model does, for the xAI model lists (language, embedding, image generation models).
-    kind: Literal["language", "embedding", "image"] = "language"
+    kind: Literal["language", "embedding", "image", "video"] = "language"
 
 
 class Config(_Model):

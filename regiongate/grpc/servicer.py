@@ -24,20 +24,16 @@ from regiongate.grpc.status import abort, upstream_error
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n
 from regiongate.pipeline.catalog import offering, visible_models
 from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.routes import not_offered
 from regiongate.pipeline.services import Services
 from regiongate.pipeline.sse import iter_json_events
 
 SERVED = (
     "xai_api.Chat/GetCompletion, GetCompletionChunk, StartDeferredCompletion, GetDeferredCompletion; "
     "xai_api.Models/*; xai_api.Tokenize/TokenizeText; xai_api.Embedder/Embed; xai_api.Image/GenerateImage; "
+    "xai_api.Video/GenerateVideo, ExtendVideo, GetDeferredVideo; "
     "xai_api.Auth/get_api_key_info"
 )
-# Routes a backend may lack (a 404 from it means "this backend does not do that", not "no such model").
-NOT_EVERYWHERE = {
-    "/tokenize": "tokenization",
-    "/images/generations": "image generation",
-    "/embeddings": "embeddings",
-}
 
 
 class _BadEvent(Exception):
@@ -145,14 +141,9 @@ class XaiServices:
             raise
         try:
             await context.send_initial_metadata(self._initial(routed, rid))
-            if routed.status == 404 and path in NOT_EVERYWHERE:
-                err = RouteError(
-                    f"The backend {routed.backend} in {routed.region} does not offer {NOT_EVERYWHERE[path]} "
-                    f"(it answered HTTP 404 to {path}).",
-                    code="not_supported_by_backend",
-                    status=501,
-                )
-                await abort(context, err, rid)
+            missing = not_offered(path, routed.status, routed.backend, routed.region)
+            if missing is not None:
+                await abort(context, missing, rid)
             if routed.status != 200:
                 await abort(context, upstream_error(routed.status, routed.body), rid)
             try:

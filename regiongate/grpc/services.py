@@ -1,10 +1,11 @@
-"""The xAI services beyond chat, over the same gateway as REST: Tokenize, Embedder, Image, the embedding and
-image model lists, and deferred chat completions.
+"""The xAI services beyond chat, over the same gateway as REST: Tokenize, Embedder, Image, Video, the
+embedding and image model lists, and deferred chat completions.
 
 Each call goes through ``XaiServices.inbound`` (the one caller resolution for every gRPC service) and
 ``Gateway.dispatch`` (the same plan, grants, limits, receipts and usage as REST), to the backend route an
 inference server offers: ``/tokenize`` (vLLM, llama.cpp: at the server root), ``/v1/embeddings``,
-``/v1/images/generations``. A backend that answers 404 there does not offer that service: the call ends
+``/v1/images/generations``, ``/v1/videos/generations`` (and ``/extensions``; answered synchronously by the
+backend, deferred by regiongate). A backend that answers 404 there does not offer that service: the call ends
 UNIMPLEMENTED naming the backend and its region.
 """
 
@@ -17,13 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from xai_sdk.proto import chat_pb2, deferred_pb2, embed_pb2, image_pb2, models_pb2, tokenize_pb2, usage_pb2
+from xai_sdk.proto import (
+    chat_pb2,
+    deferred_pb2,
+    embed_pb2,
+    image_pb2,
+    models_pb2,
+    tokenize_pb2,
+    usage_pb2,
+    video_pb2,
+)
 
 from regiongate.core import EndpointKind, RouteError
 from regiongate.core.errors import GatewayError
 from regiongate.grpc import translate
 from regiongate.grpc.servicer import _metadata
 from regiongate.grpc.status import abort
+from regiongate.objects.deferred import DeferredResult
 from regiongate.pipeline.catalog import ModelView, offering, visible_models
 
 if TYPE_CHECKING:
@@ -33,7 +44,9 @@ _DEFERRED_STATUS = {
     "pending": deferred_pb2.PENDING,
     "done": deferred_pb2.DONE,
     "expired": deferred_pb2.EXPIRED,
+    "failed": deferred_pb2.FAILED,
 }
+CHAT, VIDEO = "defer", "video"  # id prefixes of the two deferred kinds
 
 
 def _unsupported(what: str) -> RouteError:
@@ -241,56 +254,130 @@ class MoreServices:
             )
         return d
 
-    async def start_deferred(
-        self, request: chat_pb2.GetCompletionsRequest, context: Any
-    ) -> deferred_pb2.StartDeferredResponse:
+    async def _start(self, context: Any, path: str, payload: dict[str, Any], prefix: str) -> str:
         md = _metadata(context)
         rid = self.core._request_id(md)
         try:
-            payload = translate.chat_payload(request, False)
-            inbound = self.core.inbound(context, md, rid, "/chat/completions", payload, False)
-            oid = await self._deferred().start(inbound)
+            inbound = self.core.inbound(context, md, rid, path, payload, False)
+            oid: str = await self._deferred().start(inbound, prefix)
         except RouteError as e:
             await abort(context, e, rid)
             raise
         await context.send_initial_metadata((("x-request-id", oid),))
-        return deferred_pb2.StartDeferredResponse(request_id=oid)
+        return oid
+
+    async def _result(self, context: Any, oid: str, prefix: str) -> DeferredResult:
+        md = _metadata(context)
+        rid = oid[:128]
+        try:
+            c = self.core._caller(context, md)
+            result: DeferredResult = await self._deferred().get(oid, c.endpoint, c.principal, prefix)
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise
+        out: list[tuple[str, str]] = [("x-request-id", rid)]
+        if result.processed_region:
+            out.append(("x-regiongate-region", result.processed_region))
+        if result.receipt:
+            out.append(("x-regiongate-receipt", result.receipt))
+        await context.send_initial_metadata(tuple(out))
+        return result
+
+    async def start_deferred(
+        self, request: chat_pb2.GetCompletionsRequest, context: Any
+    ) -> deferred_pb2.StartDeferredResponse:
+        try:
+            payload = translate.chat_payload(request, False)
+        except RouteError as e:
+            await abort(context, e, "")
+            raise
+        return deferred_pb2.StartDeferredResponse(
+            request_id=await self._start(context, "/chat/completions", payload, CHAT)
+        )
 
     async def get_deferred(
         self, request: deferred_pb2.GetDeferredRequest, context: Any
     ) -> chat_pb2.GetDeferredCompletionResponse:
-        md = _metadata(context)
-        rid = request.request_id[:128]
-        try:
-            c = self.core._caller(context, md)
-            result = await self._deferred().get(request.request_id, c.endpoint, c.principal)
-        except RouteError as e:
-            await abort(context, e, rid)
-            raise
-        if result.status == "failed":
+        result = await self._result(context, request.request_id, CHAT)
+        if result.status == "failed":  # the chat SDK knows no FAILED status: end the call with the cause
             err = result.error or {}
-            status = result.http_status or 502
             await abort(
                 context,
                 RouteError(
                     f"The deferred completion failed: {err.get('message', 'no detail')}",
                     code=str(err.get("code") or "deferred_failed"),
-                    status=status,
+                    status=result.http_status or 502,
                 ),
-                rid,
+                request.request_id[:128],
             )
-        md_out: list[tuple[str, str]] = [("x-request-id", rid)]
-        if result.processed_region:
-            md_out.append(("x-regiongate-region", result.processed_region))
-        if result.receipt:
-            md_out.append(("x-regiongate-receipt", result.receipt))
-        await context.send_initial_metadata(tuple(md_out))
-        resp = chat_pb2.GetDeferredCompletionResponse(
-            status=_DEFERRED_STATUS.get(result.status, deferred_pb2.INVALID_DEFERRED_STATUS)
-        )
-        if result.completion is not None:
+        resp = chat_pb2.GetDeferredCompletionResponse(status=_DEFERRED_STATUS[result.status])
+        if result.result is not None:
+            model = str(result.result.get("model", ""))
+            resp.response.CopyFrom(translate.completion_response(result.result, model))
+        return resp
+
+    # --- xai_api.Video: generation and extension, deferred ---------------------------------------------
+    async def generate_video(
+        self, request: video_pb2.GenerateVideoRequest, context: Any
+    ) -> deferred_pb2.StartDeferredResponse:
+        payload: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
+        if request.duration:
+            payload["duration"] = request.duration
+        if request.aspect_ratio:
+            name = video_pb2.VideoAspectRatio.Name(request.aspect_ratio)  # VIDEO_ASPECT_RATIO_16_9 -> 16:9
+            payload["aspect_ratio"] = name.removeprefix("VIDEO_ASPECT_RATIO_").replace("_", ":")
+        if request.resolution:
+            name = video_pb2.VideoResolution.Name(request.resolution)  # VIDEO_RESOLUTION_720P -> 720p
+            payload["resolution"] = name.removeprefix("VIDEO_RESOLUTION_").lower()
+        if request.HasField("image") and request.image.image_url:
+            payload["image_url"] = request.image.image_url
+        if request.HasField("video") and request.video.url:
+            payload["video_url"] = request.video.url
+        refs = [i.image_url for i in request.reference_images if i.image_url]
+        if refs:
+            payload["reference_image_urls"] = refs
+        if len(refs) != len(request.reference_images) or (request.HasField("image") and request.image.file_id):
+            await abort(context, _unsupported("Images by file id need xAI's Files API; send image URLs."), "")
+        oid = await self._start(context, "/videos/generations", payload, VIDEO)
+        return deferred_pb2.StartDeferredResponse(request_id=oid)
+
+    async def extend_video(
+        self, request: video_pb2.ExtendVideoRequest, context: Any
+    ) -> deferred_pb2.StartDeferredResponse:
+        payload: dict[str, Any] = {
+            "model": request.model,
+            "prompt": request.prompt,
+            "video_url": request.video.url,
+        }
+        if request.duration:
+            payload["duration"] = request.duration
+        oid = await self._start(context, "/videos/extensions", payload, VIDEO)
+        return deferred_pb2.StartDeferredResponse(request_id=oid)
+
+    async def get_deferred_video(
+        self, request: video_pb2.GetDeferredVideoRequest, context: Any
+    ) -> video_pb2.GetDeferredVideoResponse:
+        result = await self._result(context, request.request_id, VIDEO)
+        resp = video_pb2.GetDeferredVideoResponse(status=_DEFERRED_STATUS[result.status])
+        obj = result.result
+        if result.status == "failed":  # the video SDK reads FAILED with the error in the response
+            err = result.error or {}
+            resp.response.error.code = str(err.get("code") or "failed")
+            resp.response.error.message = str(err.get("message") or "")
+        elif obj is not None:
+            raw = obj.get("video")
+            video: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            duration = video.get("duration")
             resp.response.CopyFrom(
-                translate.completion_response(result.completion, str(result.completion.get("model", "")))
+                video_pb2.VideoResponse(
+                    video=video_pb2.GeneratedVideo(
+                        url=str(video.get("url") or ""),
+                        duration=duration if isinstance(duration, int) else 0,
+                        respect_moderation=True,
+                    ),
+                    model=str(obj.get("model") or ""),
+                    progress=100,
+                )
             )
         return resp
 
@@ -305,6 +392,9 @@ class MoreServices:
             "/xai_api.Models/GetImageGenerationModel": self.get_image_model,
             "/xai_api.Chat/StartDeferredCompletion": self.start_deferred,
             "/xai_api.Chat/GetDeferredCompletion": self.get_deferred,
+            "/xai_api.Video/GenerateVideo": self.generate_video,
+            "/xai_api.Video/ExtendVideo": self.extend_video,
+            "/xai_api.Video/GetDeferredVideo": self.get_deferred_video,
         }
 
 

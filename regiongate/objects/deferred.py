@@ -1,6 +1,7 @@
-"""Deferred completions: ``start`` answers with an id at once; the completion runs through the normal
-plan in the background and its result is stored in the region named by the id; ``get`` answers
-pending / done / failed / expired.
+"""Deferred requests (chat completions, video generations): ``start`` answers with an id at once; the
+request runs through the normal plan in the background and its result is stored in the region named by
+the id; ``get`` answers pending / done / failed / expired. The id's prefix names the kind (``defer`` for
+chat, ``video``), so one kind's id is not found through the other's method.
 
 The id names the region of the plan's first candidate at submission, which is inside the request's
 scope; the run itself follows the same plan (failover included), so the region that processed it is in
@@ -27,16 +28,16 @@ from regiongate.objects.store import StoredObject, not_found
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.failover import Gateway, Inbound
 from regiongate.pipeline.receipts import ReceiptHook
+from regiongate.pipeline.routes import not_offered
 
 log = logging.getLogger("regiongate.deferred")
-PREFIX = "defer"
 KIND = "deferred"
 
 
 @dataclass(slots=True)
 class DeferredResult:
     status: str  # pending | done | failed | expired
-    completion: dict[str, Any] | None = None  # the OpenAI chat completion, when done
+    result: dict[str, Any] | None = None  # the backend's answer (a chat completion, a video), when done
     error: dict[str, Any] | None = None  # the OpenAI error body and its HTTP status, when failed
     processed_region: str = ""
     receipt: str | None = None
@@ -55,13 +56,13 @@ class Deferred:
         self._receipts = receipts
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, inbound: Inbound) -> str:
+    async def start(self, inbound: Inbound, prefix: str) -> str:
         """Plan, store a pending record in the first candidate's region, run it; returns the id."""
         plan = self._gateway().plan(inbound)
         if isinstance(plan, RouteError):
             raise plan
         region = plan.first.region
-        oid = new_id(PREFIX, region)
+        oid = new_id(prefix, region)
         inbound.request_id = oid  # usage records and receipts carry the object's id
         now = time.time()
         store = self.state.stores.store(region)
@@ -94,8 +95,11 @@ class Deferred:
                     obj = orjson.loads(routed.body)
                 except orjson.JSONDecodeError:
                     obj = None
+                missing = not_offered(inbound.path, routed.status, routed.backend, region)
                 if routed.status == 200 and isinstance(obj, dict):
-                    status, doc = "done", {"completion": obj}
+                    status, doc = "done", {"result": obj}
+                elif missing is not None:
+                    doc = {"error": missing.body()["error"], "http_status": missing.status}
                 else:
                     doc = {"error": _error_of(obj, routed.status), "http_status": routed.status}
             finally:
@@ -106,10 +110,10 @@ class Deferred:
         except RouteError as e:
             doc = {"error": e.body()["error"], "http_status": e.status}
         except Exception as e:  # the result must say it failed rather than stay pending forever
-            log.warning("deferred completion failed", extra={"error": type(e).__name__})
+            log.warning("deferred request failed", extra={"error": type(e).__name__})
             doc = {
                 "error": {
-                    "message": "The deferred completion failed in the gateway.",
+                    "message": "The deferred request failed in the gateway.",
                     "type": "server_error",
                     "param": None,
                     "code": "internal_error",
@@ -121,14 +125,12 @@ class Deferred:
         except RouteError as e:
             log.warning("deferred result not stored", extra={"error": e.message[:200]})
 
-    async def get(self, oid: str, endpoint: Endpoint, p: Principal) -> DeferredResult:
+    async def get(self, oid: str, endpoint: Endpoint, p: Principal, prefix: str) -> DeferredResult:
         """The state of ``oid`` for this caller; a 404 when it is outside the endpoint's scope."""
-        store = self.state.stores.locate(
-            oid, region_of(oid, PREFIX), endpoint, p.access, "deferred completion"
-        )
+        store = self.state.stores.locate(oid, region_of(oid, prefix), endpoint, p.access, "deferred request")
         obj = await store.get(oid, KIND, p.team)
         if obj is None:
-            raise not_found("deferred completion", oid)
+            raise not_found("deferred request", oid)
         if obj.status == "pending":
             if time.time() - obj.created_at > self.state.cfg.deferred_timeout_s:
                 return DeferredResult("expired")
@@ -136,7 +138,7 @@ class Deferred:
         doc = orjson.loads(obj.body)
         return DeferredResult(
             obj.status,
-            doc.get("completion"),
+            doc.get("result"),
             doc.get("error"),
             obj.processed_region,
             doc.get("receipt"),

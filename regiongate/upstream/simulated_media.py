@@ -3,7 +3,9 @@
 ``tokenize`` answers like vLLM's ``POST /tokenize`` (``tokens``, ``count``, ``max_model_len``,
 ``token_strs``): one token per word piece, ids from a hash, so the same text always gives the same ids.
 ``generate_images`` answers like ``POST /v1/images/generations``: small solid-colour PNGs whose colour
-comes from the prompt, as ``b64_json`` or as a ``data:`` URL.
+comes from the prompt, as ``b64_json`` or as a ``data:`` URL. ``generate_video`` answers
+``POST /v1/videos/generations`` (and ``/extensions``) synchronously with a ``video`` whose URL is a
+``data:`` URL of a text note: nothing is rendered, the engine only says what it would have made.
 """
 
 from __future__ import annotations
