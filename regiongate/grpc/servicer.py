@@ -296,8 +296,24 @@ class XaiServices:
         }
 
 
+# Why each unserved service is not served (docs/api.md has the whole table).
+WHY_NOT = {
+    "xai_api.Files": "files live in xAI's Files API; regiongate stores no files",
+    "collections.Collections": "collections are xAI's document store; regiongate keeps none",
+    "xai_api.Documents": "document search runs over xAI's collections",
+    "xai_api.BatchMgmt": "batches run inside xAI's service; use deferred completions (chat.defer) instead",
+    "xai_api.Sample": "legacy text sampling; use xai_api.Chat",
+    "xai_api.Chat/GetStoredCompletion": "stored xAI chat completions are not kept; the Responses API over REST "
+    "(store, previous_response_id) is",
+    "xai_api.Chat/DeleteStoredCompletion": "stored xAI chat completions are not kept",
+    "xai_api.Chat/CompactContext": "context compaction runs inside xAI's service",
+}
+
+
 def _unimplemented(path: str, streaming_response: bool) -> Callable[..., Any]:
-    message = f"regiongate does not implement {path.lstrip('/')}; it serves {SERVED}."
+    method = path.lstrip("/")
+    why = WHY_NOT.get(method) or WHY_NOT.get(method.split("/")[0], "not offered by an inference server")
+    message = f"regiongate does not implement {method} ({why}); it serves {SERVED}."
 
     async def unary(request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
