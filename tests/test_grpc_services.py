@@ -16,42 +16,31 @@ from xai_sdk.proto import chat_pb2, chat_pb2_grpc, deferred_pb2, embed_pb2, embe
 
 from regiongate.pipeline.receipts import unverified_claims
 from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
+from tests.worlds import DEMO_REGIONS, http_backend, world
 
 EU_KEY = "rg-test-eu-fenced-key-0123456789"
 FAST = '{ kind = "simulated", ttft_ms = 5, tokens_per_s = 4000 }'
+TWO = {r: DEMO_REGIONS[r] for r in ("us-east-1", "eu-west-1")}
 
 
 def config(sim_url: str) -> str:
-    return f"""
-[gateway]
-base_domains = ["api.x.ai"]
-
-[[regions]]
-id = "us-east-1"
-lat = 39.04
-lon = -77.49
-zone = "us"
-
-[[regions]]
-id = "eu-west-1"
-lat = 53.35
-lon = -6.26
-zone = "eu"
-
+    """us-east-1 and eu-west-1 with grok-4; embedding models in both, image and video models in us-east-1
+    only; a backend without a tokenizer; an EU-fenced team."""
+    extra = f"""
 [[deployments]]
 region = "us-east-1"
-models = ["grok-4", "grok-embed", "grok-imagine-image", "grok-imagine-video"]
+models = ["grok-embed", "grok-imagine-image", "grok-imagine-video"]
 backends = [{FAST}]
 
 [[deployments]]
 region = "eu-west-1"
-models = ["grok-4", "grok-embed"]
+models = ["grok-embed"]
 backends = [{FAST}]
 
 [[deployments]]
 region = "us-east-1"
 models = ["no-tokenizer"]
-backends = [{{ kind = "http", url = "{sim_url}/v1" }}]
+backends = [{http_backend(sim_url + "/v1")}]
 
 [models.grok-embed]
 kind = "embedding"
@@ -61,13 +50,10 @@ kind = "image"
 kind = "video"
 
 [[teams]]
-name = "demo"
-keys = [{{ id = "demo", env = "REGIONGATE_DEMO_API_KEY" }}]
-
-[[teams]]
 name = "eu-team"
 keys = [{{ id = "eu", env = "REGIONGATE_TEST_EU_KEY", zone = "eu" }}]
 """
+    return world({r: [FAST] for r in TWO}, regions=TWO, gateway='base_domains = ["api.x.ai"]', extra=extra)
 
 
 class Gw:

@@ -17,25 +17,12 @@ from regiongate.objects.service import ObjectState
 from regiongate.objects.store import RegionalStores, StoredObject, store_urls
 from regiongate.pipeline.auth import Principal
 from tests.control_support import drop_schema, new_schema, pg_url, require_pg
+from tests.worlds import DEMO_REGIONS, world
 
 REGIONS = {"us-east-1": "us", "eu-west-1": "eu"}
-WORLD = """
-[[regions]]
-id = "us-east-1"
-lat = 39.04
-lon = -77.49
-zone = "us"
-
-[[regions]]
-id = "eu-west-1"
-lat = 53.35
-lon = -6.26
-zone = "eu"
-
-[[teams]]
-name = "brief"
-retention_s = 60
-"""
+WORLD = world(
+    {}, regions={r: DEMO_REGIONS[r] for r in REGIONS}, extra='[[teams]]\nname = "brief"\nretention_s = 60\n'
+)
 
 
 def in_scope(endpoint: Endpoint, access: Access, region: str) -> bool:
@@ -150,14 +137,14 @@ async def test_retention_per_team_and_an_orphaned_deferred_expires(tmp_path: Pat
             StoredObject(oid, "deferred", "brief", "pending", "", now - 10, now + 60, "{}")
         )
         who = Principal("brief", "k", Access("brief"))
-        assert (await deferred.get(oid, GLOBAL, who)).status == "expired"
+        assert (await deferred.get(oid, GLOBAL, who, "defer")).status == "expired"
         fresh = new_id("defer", "us-east-1")
         await state.stores.store("us-east-1").put(
             StoredObject(fresh, "deferred", "brief", "pending", "", now, now + 60, "{}")
         )
-        assert (await deferred.get(fresh, GLOBAL, who)).status == "pending"
+        assert (await deferred.get(fresh, GLOBAL, who, "defer")).status == "pending"
         with pytest.raises(RouteError):
-            await deferred.get(fresh, Endpoint(EndpointKind.REGION, "eu-west-1"), who)
+            await deferred.get(fresh, Endpoint(EndpointKind.REGION, "eu-west-1"), who, "defer")
     finally:
         await state.aclose()
 

@@ -15,55 +15,33 @@ from openai import OpenAI
 
 from regiongate.pipeline.receipts import unverified_claims
 from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
+from tests.worlds import DEMO_REGIONS, world
 
 EU_KEY = "rg-test-eu-fenced-key-0123456789"
 SHORT_KEY = "rg-test-no-retention-key-012345"
 FAST = '{ kind = "simulated", ttft_ms = 5, tokens_per_s = 4000 }'
-CONFIG = f"""
-[gateway]
-base_domains = ["api.x.ai"]
-
-[[regions]]
-id = "us-east-1"
-lat = 39.04
-lon = -77.49
-zone = "us"
-
-[[regions]]
-id = "eu-west-1"
-lat = 53.35
-lon = -6.26
-zone = "eu"
-
-[[deployments]]
-region = "us-east-1"
-models = ["grok-4"]
-backends = [{FAST}]
-
-[[deployments]]
-region = "eu-west-1"
-models = ["grok-4"]
-backends = [{FAST}]
-
-[[teams]]
-name = "demo"
-keys = [{{ id = "demo", env = "REGIONGATE_DEMO_API_KEY" }}]
-
+TWO = {r: DEMO_REGIONS[r] for r in ("us-east-1", "eu-west-1")}
+TEAMS = """
 [[teams]]
 name = "eu-team"
-keys = [{{ id = "eu", env = "REGIONGATE_TEST_EU_KEY", zone = "eu" }}]
+keys = [{ id = "eu", env = "REGIONGATE_TEST_EU_KEY", zone = "eu" }]
 
 [[teams]]
 name = "keeps-nothing"
 retention_s = 0
-keys = [{{ id = "short", env = "REGIONGATE_TEST_SHORT_KEY" }}]
+keys = [{ id = "short", env = "REGIONGATE_TEST_SHORT_KEY" }]
 """
+
+
+def config(us_backend: str = FAST) -> str:
+    backends = {"us-east-1": [us_backend], "eu-west-1": [FAST]}
+    return world(backends, regions=TWO, gateway='base_domains = ["api.x.ai"]', extra=TEAMS)
 
 
 class Gw:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        (tmp / "gateway.toml").write_text(CONFIG)
+        (tmp / "gateway.toml").write_text(config())
         self.proc: Proc | None = None
         self.starts = 0
 
@@ -383,14 +361,8 @@ def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gw, Nativ
     backend = NativeBackend()
     tmp = tmp_path_factory.mktemp("responses-native")
     g = Gw(tmp)
-    (tmp / "gateway.toml").write_text(
-        CONFIG.replace(
-            f'models = ["grok-4"]\nbackends = [{FAST}]\n\n[[deployments]]\nregion = "eu-west-1"',
-            f'models = ["grok-4"]\nbackends = [{{ kind = "http", url = "http://127.0.0.1:{backend.port}/v1", '
-            f'responses = "native" }}]\n\n[[deployments]]\nregion = "eu-west-1"',
-            1,
-        )
-    )
+    native_backend = f'{{ kind = "http", url = "http://127.0.0.1:{backend.port}/v1", responses = "native" }}'
+    (tmp / "gateway.toml").write_text(config(native_backend))
     g.start()
     try:
         yield g, backend

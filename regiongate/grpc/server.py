@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from regiongate.grpc.front import Connections, GrpcFront
 from regiongate.grpc.servicer import XaiServices, service_handlers
-from regiongate.pipeline.services import Services
+from regiongate.objects.services import StatefulServices
 
 log = logging.getLogger("regiongate.grpc")
 MIB = 1024 * 1024
@@ -73,7 +73,7 @@ class GrpcHandle:
 
 
 async def start_grpc(
-    runtime: Services,
+    runtime: StatefulServices,
     host: str,
     port: int,
     tls_cert: str | None,

@@ -20,12 +20,13 @@ from regiongate.core import EndpointKind, RouteError
 from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
-from regiongate.grpc.status import abort, upstream_error
+from regiongate.grpc.services import MoreServices
+from regiongate.grpc.status import abort, metadata_of, upstream_error
+from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n
 from regiongate.pipeline.catalog import offering, visible_models
 from regiongate.pipeline.failover import Inbound, Routed
 from regiongate.pipeline.routes import not_offered
-from regiongate.pipeline.services import Services
 from regiongate.pipeline.sse import iter_json_events
 
 SERVED = (
@@ -40,12 +41,8 @@ class _BadEvent(Exception):
     pass
 
 
-def _metadata(context: Any) -> dict[str, str]:
-    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-
-
 class XaiServices:
-    def __init__(self, runtime: Services, conns: Connections) -> None:
+    def __init__(self, runtime: StatefulServices, conns: Connections) -> None:
         self.rt = runtime
         self.conns = conns
         self.callers = runtime.callers  # the REST listener's too: one config cache, one id sequence
@@ -86,7 +83,7 @@ class XaiServices:
 
     async def _caller_or_abort(self, context: Any) -> Caller:
         """The caller of a call that needs nothing more than who and where; refusals end the call."""
-        md = _metadata(context)
+        md = metadata_of(context)
         try:
             return self._caller(context, md)
         except RouteError as e:
@@ -114,7 +111,7 @@ class XaiServices:
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
     ) -> tuple[Routed, str]:
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = self._request_id(md)
         try:
             payload = translate.chat_payload(request, stream)
@@ -132,7 +129,7 @@ class XaiServices:
     ) -> tuple[dict[str, Any], Routed, str]:
         """Route one non-streaming call and return the backend's JSON answer; every refusal ends the
         call with its status. The initial metadata (region, route, receipt) is sent before returning."""
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = self._request_id(md)
         try:
             routed = await self.rt.gateway.dispatch(self.inbound(context, md, rid, path, payload, False))
@@ -250,7 +247,7 @@ class XaiServices:
     async def get_language_model(
         self, request: models_pb2.GetModelRequest, context: Any
     ) -> models_pb2.LanguageModel:
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = self._request_id(md)
         try:
             c = self._caller(context, md)
@@ -284,8 +281,6 @@ class XaiServices:
 
     # --- registration ------------------------------------------------------------------------------
     def implemented(self) -> dict[str, Callable[..., Any]]:
-        from regiongate.grpc.services import MoreServices
-
         return {
             **MoreServices(self).implemented(),
             "/xai_api.Chat/GetCompletion": self.get_completion,

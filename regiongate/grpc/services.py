@@ -14,7 +14,7 @@ from __future__ import annotations
 import array
 import base64
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,13 +32,32 @@ from xai_sdk.proto import (
 from regiongate.core import EndpointKind, RouteError
 from regiongate.core.errors import GatewayError
 from regiongate.grpc import translate
-from regiongate.grpc.servicer import _metadata
-from regiongate.grpc.status import abort
+from regiongate.grpc.status import abort, metadata_of
 from regiongate.objects.deferred import DeferredResult
+from regiongate.objects.services import StatefulServices
+from regiongate.pipeline.caller import Caller
 from regiongate.pipeline.catalog import ModelView, offering, visible_models
+from regiongate.pipeline.failover import Inbound, Routed
 
-if TYPE_CHECKING:
-    from regiongate.grpc.servicer import XaiServices
+
+class Core(Protocol):
+    """What these services use of ``servicer.XaiServices``: the one caller resolution and routing."""
+
+    rt: StatefulServices
+
+    def inbound(
+        self, context: Any, md: dict[str, str], rid: str, path: str, payload: dict[str, Any], stream: bool
+    ) -> Inbound: ...
+
+    async def route_json(
+        self, context: Any, path: str, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], Routed, str]: ...
+
+    def _caller(self, context: Any, md: dict[str, str]) -> Caller: ...
+
+    async def _caller_or_abort(self, context: Any) -> Caller: ...
+
+    def _request_id(self, md: dict[str, str]) -> str: ...
 
 _DEFERRED_STATUS = {
     "pending": deferred_pb2.PENDING,
@@ -78,11 +97,11 @@ def tokens(obj: dict[str, Any]) -> list[tokenize_pb2.Token]:
 
 
 class MoreServices:
-    def __init__(self, core: XaiServices) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
 
     @property
-    def rt(self) -> Any:
+    def rt(self) -> StatefulServices:
         return self.core.rt
 
     # --- xai_api.Tokenize ---------------------------------------------------------------------------
@@ -255,7 +274,7 @@ class MoreServices:
         return d
 
     async def _start(self, context: Any, path: str, payload: dict[str, Any], prefix: str) -> str:
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = self.core._request_id(md)
         try:
             inbound = self.core.inbound(context, md, rid, path, payload, False)
@@ -267,7 +286,7 @@ class MoreServices:
         return oid
 
     async def _result(self, context: Any, oid: str, prefix: str) -> DeferredResult:
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = oid[:128]
         try:
             c = self.core._caller(context, md)

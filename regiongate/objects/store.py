@@ -9,21 +9,16 @@ pages are zeroed); expired objects are deleted by ``purge`` and never returned b
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from regiongate.control.sqlstore import Conn, Dialect
-from regiongate.control.store import redact, split_pg_url, sqlite_path
+from regiongate.control.model import redact
+from regiongate.control.sqlstore import Conn, Dialect, SqlWorker
+from regiongate.control.store import split_pg_url, sqlite_path
 from regiongate.core import Access, Endpoint, RouteError
-from regiongate.core.errors import GatewayError
-
-T = TypeVar("T")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS stored_objects (
@@ -68,55 +63,21 @@ def dialect_for(url: str) -> Dialect:
     )
 
 
-class ObjectStore:
-    """The objects of one region. Calls run on one thread per store, like the control store's."""
+class ObjectStore(SqlWorker):
+    """The objects of one region, on one connection and thread like the control store."""
 
     def __init__(self, region: str, url: str) -> None:
+        super().__init__(dialect_for(url), f"rg-state-{region}")
         self.region = region
-        self.dialect = dialect_for(url)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rg-state-{region}")
-        self._conn: Conn | None = None
-        self._ready = False
+        self.what = f"state store of {region}"
 
-    @property
-    def description(self) -> str:
-        return self.dialect.description
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._guard, fn, *args))
-
-    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return fn(*args)
-        except self.dialect.unavailable_errors as e:
-            if self._conn is not None:
-                with suppress(Exception):
-                    self._conn.close()
-            self._conn, self._ready = None, False
-            raise GatewayError(
-                f"The state store of {self.region} ({self.description}) is unavailable: {type(e).__name__}. "
-                "Retry shortly.",
-                code="store_unavailable",
-                status=503,
-                retry_after=1.0,
-            ) from None
-
-    def _c(self) -> Conn:
-        if self._conn is not None and self.dialect.broken(self._conn):
-            self._conn, self._ready = None, False
-        if self._conn is None:
-            self._conn = self.dialect.connect()
-            if self.dialect.name == "sqlite":
-                self._conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten on disk
-        if not self._ready:
-            if self.dialect.name == "postgresql":
-                schema = getattr(self.dialect, "schema", "public")
-                self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            for statement in SCHEMA:
-                self._conn.execute(statement)
-            self._ready = True
-        return self._conn
+    def _opened(self, conn: Conn) -> None:
+        if self.dialect.name == "sqlite":
+            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten on disk
+        else:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{getattr(self.dialect, "schema", "public")}"')
+        for statement in SCHEMA:
+            conn.execute(statement)
 
     def _q(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
         return self._c().execute(self.dialect.sql(statement), params)
@@ -198,14 +159,8 @@ class ObjectStore:
         return await self._run(purge)
 
     async def aclose(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                with suppress(Exception):
-                    self._conn.close()
-                self._conn = None
-
         with suppress(RuntimeError):
-            await self._run(close)
+            await self._run(self._drop)
         self._pool.shutdown(wait=False)
 
 

@@ -24,13 +24,13 @@ from regiongate.core.labels import Route
 from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import SseRelay, event
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
-from regiongate.upstream.responses_chat import chat_request, translate_response
 
 log = logging.getLogger("regiongate.gateway")
 

@@ -28,12 +28,12 @@ from regiongate.asgi import (
 )
 from regiongate.core import Endpoint, Location, RouteError
 from regiongate.objects.responses import input_item_list
+from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n
 from regiongate.pipeline.catalog import offering, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
 from regiongate.pipeline.receipts import HEADER
-from regiongate.pipeline.services import Services
 from regiongate.rest.openapi import DOCUMENT_BYTES
 
 log = logging.getLogger("regiongate.access")
@@ -41,7 +41,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 
 class RestApp:
-    def __init__(self, runtime: Services, access_log: bool = False) -> None:
+    def __init__(self, runtime: StatefulServices, access_log: bool = False) -> None:
         self.rt = runtime
         self.callers = runtime.callers
         self._configure(runtime)
@@ -52,7 +52,7 @@ class RestApp:
         # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
         self.mounts: list[tuple[str, ASGIApp]] = list(runtime.mounts)
 
-    def _configure(self, runtime: Services) -> None:
+    def _configure(self, runtime: StatefulServices) -> None:
         """Read what the listener caches from the config (at start and after each reload)."""
         self.max_body = runtime.config.gateway.max_body_bytes
 

@@ -22,7 +22,7 @@ class Backend:
     in_flight: int = 0
     rtt: Ewma | None = None  # filled by active probes
     probe_healthy: bool = True  # False after failed active probes (regiongate.health.probes)
-    responses_via_chat: bool = False  # /v1/responses translated to chat completions (upstream.responses_chat)
+    responses_via_chat: bool = False  # /v1/responses translated to chat completions (pipeline.responses_chat)
 
     def healthy(self, now: float) -> bool:
         return self.probe_healthy and not self.outlier.ejected(now)

@@ -63,6 +63,7 @@ def test_models_depend_on_the_endpoint(gw: Proc) -> None:
         "grok-code-fast-1",
         "grok-embed",
         "grok-imagine-image",
+        "grok-imagine-video",
     }
     sydney = {m.id for m in client(gw, "ap-southeast-2.localhost").models.list()}
     assert sydney == {"grok-4-fast"}
