@@ -15,8 +15,8 @@ from xai_sdk.chat import user
 from xai_sdk.proto import chat_pb2, chat_pb2_grpc, deferred_pb2, embed_pb2, embed_pb2_grpc
 
 from regiongate.pipeline.receipts import unverified_claims
-from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
-from tests.worlds import DEMO_REGIONS, http_backend, world
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
+from tests.support.worlds import DEMO_REGIONS, http_backend, world
 
 EU_KEY = "rg-test-eu-fenced-key-0123456789"
 FAST = '{ kind = "simulated", ttft_ms = 5, tokens_per_s = 4000 }'
@@ -82,7 +82,7 @@ class Gw:
         }
         log = self.tmp / f"gateway-{self.starts}.log"
         self.starts += 1
-        self.proc = Proc(_spawn(cmd, log, env), port, log)
+        self.proc = Proc(spawn(cmd, log, env), port, log)
         wait_http(self.proc.url + "/healthz", self.proc.proc, log=log)
 
     def stop(self) -> None:
@@ -112,7 +112,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     tmp = tmp_path_factory.mktemp("grpc-services")
     sim_port = free_port()
     sim = Proc(
-        _spawn(["sim-backend", "--region", "us-east-1", "--port", str(sim_port)], tmp / "sim.log"),
+        spawn(["sim-backend", "--region", "us-east-1", "--port", str(sim_port)], tmp / "sim.log"),
         sim_port,
         tmp / "sim.log",
     )

@@ -16,8 +16,8 @@ from regiongate.objects.ids import new_id, region_of
 from regiongate.objects.service import ObjectState
 from regiongate.objects.store import RegionalStores, StoredObject, store_urls
 from regiongate.pipeline.auth import Principal
-from tests.control_support import drop_schema, new_schema, pg_url, require_pg
-from tests.worlds import DEMO_REGIONS, world
+from tests.support.control import drop_schema, new_schema, pg_url, require_pg
+from tests.support.worlds import DEMO_REGIONS, world
 
 REGIONS = {"us-east-1": "us", "eu-west-1": "eu"}
 WORLD = world(

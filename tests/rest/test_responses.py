@@ -14,8 +14,8 @@ import pytest
 from openai import OpenAI
 
 from regiongate.pipeline.receipts import unverified_claims
-from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
-from tests.worlds import DEMO_REGIONS, world
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
+from tests.support.worlds import DEMO_REGIONS, world
 
 EU_KEY = "rg-test-eu-fenced-key-0123456789"
 SHORT_KEY = "rg-test-no-retention-key-012345"
@@ -56,7 +56,7 @@ class Gw:
         }
         log = self.tmp / f"gateway-{self.starts}.log"
         self.starts += 1
-        self.proc = Proc(_spawn(cmd, log, env), port, log)
+        self.proc = Proc(spawn(cmd, log, env), port, log)
         wait_http(self.proc.url + "/healthz", self.proc.proc, log=log)
 
     def stop(self) -> None:

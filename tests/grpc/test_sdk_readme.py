@@ -14,7 +14,7 @@ import pytest
 from xai_sdk import Client
 from xai_sdk.chat import image, system, user
 
-from tests.conftest import DEMO_KEY, Proc, _spawn, free_port, wait_http
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     port, grpc_port = free_port(), free_port()
     env = {"REGIONGATE_DEMO_API_KEY": DEMO_KEY, "REGIONGATE_DATA_DIR": str(tmp / "data")}
     proc = Proc(
-        _spawn(["serve", "--port", str(port), "--grpc-port", str(grpc_port)], tmp / "gw.log", env),
+        spawn(["serve", "--port", str(port), "--grpc-port", str(grpc_port)], tmp / "gw.log", env),
         port,
         tmp / "gw.log",
     )
