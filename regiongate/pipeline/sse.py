@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 DONE = b"data: [DONE]\n\n"
-# The Responses API's stream has no [DONE]: one of these events is its last.
-RESPONSE_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# The Responses API's and Anthropic's Messages streams have no [DONE]: one of these events is their last.
+STREAM_END = frozenset({"response.completed", "response.incomplete", "response.failed", "message_stop"})
 
 
 def event(obj: Any) -> bytes:
@@ -71,6 +71,7 @@ class SseRelay:
             and b'"usage"' not in chunk
             and b'"error"' not in chunk
             and b"[DONE]" not in chunk
+            and b'"message_stop"' not in chunk
             and b"\r" not in chunk
         ):
             return chunk
@@ -89,7 +90,7 @@ class SseRelay:
         if ev.startswith(DONE):
             self.done = True
             return ev
-        if b'"usage"' not in ev and b'"error"' not in ev:
+        if b'"usage"' not in ev and b'"error"' not in ev and b'"message_stop"' not in ev:
             return ev
         data = data_of(ev)
         if not data or data == b"[DONE]":
@@ -103,7 +104,7 @@ class SseRelay:
         if "error" in obj:
             self.errored = True
         kind = obj.get("type")
-        if isinstance(kind, str) and kind in RESPONSE_END:  # a Responses stream ends with its final event
+        if isinstance(kind, str) and kind in STREAM_END:  # such a stream ends with its final event
             self.done = True
             self.errored = self.errored or kind == "response.failed"
             final = obj.get("response")

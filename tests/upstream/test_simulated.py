@@ -331,12 +331,6 @@ def test_responses_and_messages_streams_from_the_sim_backend_directly(setup: Set
     _messages_stream(anthropic.Anthropic(base_url=setup.sim.url, api_key="x", max_retries=0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 4 (the streams helper): the gateway ends every stream with [DONE] and appends a "
-    "stream_interrupted error to Responses / Messages streams; it also drops Anthropic's message_delta "
-    "(top-level usage) when the client did not ask for stream usage",
-)
 @HOSTS
 def test_responses_and_messages_streams_through_the_gateway(setup: Setup, host: str) -> None:
     _responses_stream(setup.openai(host))
