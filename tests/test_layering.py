@@ -1,5 +1,5 @@
 """Imports run one way: core <- config <- asgi <- upstream <- state <- health <- pipeline <- control <-
-listeners <- app, and no two modules import each other, however indirectly.
+objects <- listeners <- app, and no two modules import each other, however indirectly.
 
 Every import counts, lazy ones inside functions and ``TYPE_CHECKING`` ones too: a dependency hidden in a
 function body is still a dependency a reader has to know about.
@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"health"},
     {"pipeline", "simulate"},
     {"control"},
+    {"objects"},
     {"rest", "grpc", "console"},
     {"front"},  # the one-port listener: dispatches connections and streams to the rest and grpc listeners
     {"app"},

@@ -15,7 +15,7 @@ from typing import Any
 from regiongate.front.dispatch import front_protocol, remember_sni
 from regiongate.front.h2server import FrontEnv
 from regiongate.grpc.server import ConnectionsCollector, GrpcHandle, start_inner
-from regiongate.pipeline.services import Services
+from regiongate.objects.services import StatefulServices
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -32,7 +32,7 @@ def _ssl_factory(config: object, default: Callable[[], ssl.SSLContext]) -> ssl.S
     return ctx
 
 
-async def start_one_port(runtime: Services, port: int, tls: bool) -> tuple[GrpcHandle, dict[str, Any]]:
+async def start_one_port(runtime: StatefulServices, port: int, tls: bool) -> tuple[GrpcHandle, dict[str, Any]]:
     """Start the internal gRPC server and return it with the uvicorn settings (``http=`` protocol class and,
     with TLS, the SSL context factory) that make uvicorn's listener the one port for everything."""
     grpc_server, conns, inner_port = await start_inner(runtime, None, None)  # cleartext: TLS ends in uvicorn

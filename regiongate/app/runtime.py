@@ -11,14 +11,19 @@ from typing import Any
 
 from regiongate.app.scaleout import Replica, Shared, build_shared, fit_fleet
 from regiongate.config import Config, HttpBackend, SimulatedBackend
+from regiongate.config.control import resolve as resolve_control
 from regiongate.control.metering import TeeUsage
 from regiongate.control.plane import ControlPlane, build_control
 from regiongate.core import Access, Grant, Location, Region
 from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
+from regiongate.objects.deferred import Deferred
+from regiongate.objects.responses import StoredResponses
+from regiongate.objects.service import ObjectState
 from regiongate.pipeline.auth import KeyStore, Principal, StaticKeys, hash_key, new_key
 from regiongate.pipeline.caller import Callers
+from regiongate.pipeline.catalog import in_endpoint
 from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.usage import MemoryUsage
 from regiongate.state.capacity import CapacityStore, LocalCapacity
@@ -46,6 +51,9 @@ class Runtime:
     control: ControlPlane | None = None  # teams, keys, usage store, receipts (regiongate.control)
     mounts: list[tuple[str, Any]] = field(default_factory=list)  # (path prefix, ASGI app): admin, console
     load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
+    objects: ObjectState | None = None  # stored objects per region (regiongate.objects)
+    deferred: Deferred | None = None  # deferred completions over those stores
+    responses: StoredResponses = field(default_factory=lambda: StoredResponses(None, lambda: None))
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
@@ -77,6 +85,8 @@ class Runtime:
             await self.control.start(self.gateway)  # before traffic: keys loaded, receipt key ready
         if self.load is not None:
             await self.load.start()
+        if self.objects is not None:
+            await self.objects.start()
 
     async def usage_for(self, team: str) -> list[dict[str, object]]:
         if self.control is not None and self.control.started:  # every gateway's usage, from the store
@@ -86,11 +96,15 @@ class Runtime:
     async def aclose(self) -> None:
         for drain in self.drains:
             await drain()
+        if self.deferred is not None:  # running deferred completions store their results first
+            await self.deferred.drain(self.config.gateway.shutdown_grace_s)
         if self.shared is not None:
             await self.shared.aclose()  # probes stop, rate-limit settlements flush
         if self.load is not None:
             await self.load.aclose()
         await self.usage.aclose()
+        if self.objects is not None:
+            await self.objects.aclose()
         if self.control is not None:
             await self.control.aclose()  # flushes every pending usage record
         await self.fleet.aclose()
@@ -138,7 +152,15 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
                 bid = f"{d.region}/{model}/{spec.id or i}"
                 upstream_model = spec.model if isinstance(spec, HttpBackend) else None
                 upstream = _upstream(cfg, spec, bid, by_id[d.region], d.limit)
-                backends.append(Backend(bid, upstream, upstream_model, prefill=spec.prefill))
+                backends.append(
+                    Backend(
+                        bid,
+                        upstream,
+                        upstream_model,
+                        prefill=spec.prefill,
+                        responses_via_chat=spec.responses == "chat",
+                    )
+                )
             deployments.append(
                 Deployment(model, d.region, d.limit, backends, TtftEstimate(cfg.gateway.ttft_halflife_s))
             )
@@ -209,6 +231,12 @@ def build_runtime(
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
     if control is not None:
         _mount_control(rt, control)
+    if cfg.state.store != "none":
+        data_dir = resolve_control(cfg.control, dict(os.environ) if env is None else env).data_dir
+        rt.objects = ObjectState(cfg, str(data_dir), lambda e, a, r: in_endpoint(rt.fleet, e, a, r))
+        receipts = lambda: rt.control.receipts if rt.control else None  # noqa: E731
+        rt.deferred = Deferred(rt.objects, lambda: rt.gateway, receipts)
+        rt.responses = StoredResponses(rt.objects, receipts)
     shared.prober = Prober(lambda: rt.fleet, cfg.health)
     metrics.registry.register(HealthCollector(lambda: rt.fleet, shared.link))
     rt.load = LoadScraper(lambda: rt.fleet, lambda: rt.config)

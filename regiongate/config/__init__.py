@@ -64,6 +64,7 @@ class SimulatedBackend(_Model):
     tokens_per_s: float = Field(100.0, gt=0)
     slots: int | None = Field(None, ge=1)  # concurrent sequences; more queue (default: the deployment limit)
     rtt_ms: float = Field(0.0, ge=0)  # emulated network round trip
+    responses: Literal["native", "chat"] = "chat"  # see HttpBackend.responses
 
 
 class HttpBackend(_Model):
@@ -76,6 +77,9 @@ class HttpBackend(_Model):
     timeouts: Timeouts | None = None
     metrics_url: str | None = None  # Prometheus load metrics (default <origin>/metrics; "" = do not scrape)
     prefill: Prefill = "vllm"  # how it continues a broken stream's text; "none" if it cannot
+    # How /v1/responses reaches this backend: "native" forwards it (llama.cpp, vLLM, providers implement
+    # it); "chat" translates it to /v1/chat/completions and the answer back (regiongate.upstream.responses).
+    responses: Literal["native", "chat"] = "native"
 
     @field_validator("url")
     @classmethod
@@ -130,6 +134,7 @@ class TeamConfig(_Model):
     grants: list[GrantConfig] | None = None  # None: every model in every region
     keys: list[KeyConfig] = []
     generate_demo_key: bool = False  # print a fresh key at start-up when no env key is set
+    retention_s: float | None = Field(None, ge=0)  # stored objects' lifetime; None: [state].retention_s
 
 
 class GatewayConfig(_Model):
@@ -188,10 +193,49 @@ class LoadConfig(_Model):
     stale_after_s: float = Field(10.0, gt=0)  # an older reading counts as none
 
 
+class StateConfig(_Model):
+    """Where stored objects (deferred completions, stored responses) live: one store per region, so an
+    object is at rest in the region that processed it (docs/state.md)."""
+
+    # "" = one SQLite file per region, <data dir>/state/<region>.db; "none" = no stored objects;
+    # else a URL template with {region} (or {region_} for '-' -> '_'): "sqlite:////var/rg/{region}.db",
+    # "postgresql://db/rg?schema=state_{region_}".
+    store: str = ""
+    regions: dict[str, str] = {}  # region id -> its own store URL (overrides the template)
+    retention_s: float = Field(30 * 86400, ge=0)  # default lifetime of a stored object; teams override it
+    deferred_timeout_s: float = Field(600.0, gt=0)  # a deferred completion still pending after this expires
+    purge_interval_s: float = Field(60.0, gt=0)  # expired objects are deleted this often
+
+    @field_validator("store")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v in ("", "none"):
+            return v
+        if not v.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ValueError("use '', 'none', or a 'sqlite:///...' / 'postgresql://...' URL template")
+        if "{region}" not in v and "{region_}" not in v:
+            raise ValueError(
+                "must name the region ({region} or {region_}): each region keeps its objects in its own store"
+            )
+        return v
+
+    @field_validator("regions")
+    @classmethod
+    def _urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for region, url in v.items():
+            if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+                raise ValueError(f"{region}: use a 'sqlite:///...' or 'postgresql://...' URL")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two regions share one store URL: each region keeps its objects in its own store")
+        return v
+
+
 class ModelInfo(_Model):
     owned_by: str = "regiongate"
     created: int = 1752019200
     aliases: list[str] = []
+    # What the model does, for the xAI model lists (language, embedding, image generation models).
+    kind: Literal["language", "embedding", "image", "video"] = "language"
 
 
 class Config(_Model):
@@ -207,6 +251,7 @@ class Config(_Model):
     control: ControlConfig = ControlConfig()
     load: LoadConfig = LoadConfig()
     edge: EdgeConfig = EdgeConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
@@ -231,6 +276,9 @@ class Config(_Model):
         names = [t.name for t in self.teams]
         if len(set(names)) != len(names):
             raise ValueError("teams: duplicate team name")
+        for r in self.state.regions:
+            if r not in ids:
+                raise ValueError(f"state.regions: unknown region '{r}' (known: {', '.join(ids)})")
         for t in self.teams:
             for k in t.keys:
                 if k.zone is not None and k.zone not in zones:

@@ -72,10 +72,16 @@ def _key(row: Sequence[Any]) -> ApiKey:
     )
 
 
-class SqlStore:
-    def __init__(self, dialect: Dialect) -> None:
+class SqlWorker:
+    """One connection, used on one dedicated thread (see the module docstring); the async callers hand it
+    work with ``_run``. A driver's "unavailable" error drops the connection (the next call reconnects) and
+    surfaces as ``StoreUnavailable`` naming ``what`` the store is."""
+
+    what = "control store"
+
+    def __init__(self, dialect: Dialect, thread_name: str = "") -> None:
         self.dialect = dialect
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rg-{dialect.name}")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name or f"rg-{dialect.name}")
         self._conn: Conn | None = None
 
     @property
@@ -93,7 +99,7 @@ class SqlStore:
         except self.dialect.unavailable_errors as e:
             self._drop()
             raise StoreUnavailable(
-                f"The control store ({self.description}) is unavailable: {type(e).__name__}: "
+                f"The {self.what} ({self.description}) is unavailable: {type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}"
             ) from None
 
@@ -103,13 +109,20 @@ class SqlStore:
                 self._conn.close()
             self._conn = None
 
+    def _opened(self, conn: Conn) -> None:
+        """Called once on each new connection (subclasses prepare it)."""
+
     def _c(self) -> Conn:
         if self._conn is not None and self.dialect.broken(self._conn):
             self._drop()
         if self._conn is None:
-            self._conn = self.dialect.connect()
+            conn = self.dialect.connect()
+            self._opened(conn)
+            self._conn = conn
         return self._conn
 
+
+class SqlStore(SqlWorker):
     def _q(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self._c().execute(self.dialect.sql(statement), params)
 

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from regiongate.config import EdgeConfig
 from regiongate.grpc.front import Connections, GrpcFront
 from regiongate.grpc.servicer import XaiServices, service_handlers
-from regiongate.pipeline.services import Services
+from regiongate.objects.services import StatefulServices
 
 log = logging.getLogger("regiongate.grpc")
 MIB = 1024 * 1024
@@ -81,7 +81,7 @@ class GrpcHandle:
 
 
 async def start_inner(
-    runtime: Services, tls_cert: str | None, tls_key: str | None
+    runtime: StatefulServices, tls_cert: str | None, tls_key: str | None
 ) -> tuple[Any, Connections, int]:
     """The grpc.aio server on ``127.0.0.1:<random>``: (server, connection registry, port). With a certificate
     it terminates TLS itself (the separate-port front then only reads the ClientHello)."""
@@ -102,7 +102,7 @@ async def start_inner(
 
 
 async def start_grpc(
-    runtime: Services,
+    runtime: StatefulServices,
     host: str,
     port: int,
     tls_cert: str | None,

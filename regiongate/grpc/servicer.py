@@ -20,18 +20,22 @@ from regiongate.core import EndpointKind, RouteError
 from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
-from regiongate.grpc.status import abort, upstream_error
+from regiongate.grpc.services import MoreServices
+from regiongate.grpc.status import abort, metadata_of, upstream_error
+from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_request_id
 from regiongate.pipeline.catalog import offering, visible_models
 from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
 from regiongate.pipeline.failover import Inbound, Routed
-from regiongate.pipeline.services import Services
+from regiongate.pipeline.routes import not_offered
 from regiongate.pipeline.sse import iter_json_events
 from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 SERVED = (
-    "xai_api.Chat/GetCompletion, xai_api.Chat/GetCompletionChunk, xai_api.Models/ListLanguageModels, "
-    "xai_api.Models/GetLanguageModel and xai_api.Auth/get_api_key_info"
+    "xai_api.Chat/GetCompletion, GetCompletionChunk, StartDeferredCompletion, GetDeferredCompletion; "
+    "xai_api.Models/*; xai_api.Tokenize/TokenizeText; xai_api.Embedder/Embed; xai_api.Image/GenerateImage; "
+    "xai_api.Video/GenerateVideo, ExtendVideo, GetDeferredVideo; "
+    "xai_api.Auth/get_api_key_info"
 )
 
 
@@ -39,12 +43,8 @@ class _BadEvent(Exception):
     pass
 
 
-def _metadata(context: Any) -> dict[str, str]:
-    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-
-
 class XaiServices:
-    def __init__(self, runtime: Services, conns: Connections) -> None:
+    def __init__(self, runtime: StatefulServices, conns: Connections) -> None:
         self.rt = runtime
         self.conns = conns
         self.callers = runtime.callers  # the REST listener's too: one config cache, one id sequence
@@ -85,47 +85,83 @@ class XaiServices:
 
     async def _caller_or_abort(self, context: Any) -> Caller:
         """The caller of a call that needs nothing more than who and where; refusals end the call."""
-        md = _metadata(context)
+        md = metadata_of(context)
         try:
             return self._caller(context, md)
         except RouteError as e:
             await abort(context, e, self._request_id())
             raise
 
+    def inbound(
+        self, context: Any, md: dict[str, str], rid: str, path: str, payload: dict[str, Any], stream: bool
+    ) -> Inbound:
+        """The internal request for one call of any service: who, through which endpoint, what."""
+        caller = self._caller(context, md)
+        return Inbound(
+            path,
+            payload,
+            orjson.dumps(payload),
+            str(payload.get("model", "")),
+            stream,
+            caller.endpoint,
+            caller.principal,
+            rid,
+            caller.location,
+            explain=md.get("x-regiongate-explain") == "1",
+            continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
+            ttft_budget_ms=_budget(md),
+            client_request_id=client_request_id(md.get("x-request-id")),
+        )
+
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
     ) -> tuple[Routed, str, str | None]:
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = self._request_id()
         client_rid = client_request_id(md.get("x-request-id"))
         try:
-            caller = self._caller(context, md)
             payload = translate.chat_payload(request, stream)
             check_n(payload.get("n", 1))
-            try:
-                budget = parse_budget_ms(md.get(BUDGET_HEADER))
-            except ValueError as e:
-                raise ClientError(str(e), code="invalid_value", param=BUDGET_HEADER) from None
-            inbound = Inbound(
-                "/chat/completions",
-                payload,
-                orjson.dumps(payload),
-                request.model,
-                stream,
-                caller.endpoint,
-                caller.principal,
-                rid,
-                caller.location,
-                explain=md.get("x-regiongate-explain") == "1",
-                continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
-                ttft_budget_ms=budget,
-                client_request_id=client_rid,
+            routed = await self.rt.gateway.dispatch(
+                self.inbound(context, md, rid, "/chat/completions", payload, stream)
             )
-            routed = await self.rt.gateway.dispatch(inbound)
         except RouteError as e:
             await abort(context, e, rid)
             raise  # unreachable: abort raises
         return routed, rid, client_rid
+
+    async def route_json(
+        self, context: Any, path: str, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], Routed, str]:
+        """Route one non-streaming call and return the backend's JSON answer; every refusal ends the
+        call with its status. The initial metadata (region, route, receipt) is sent before returning."""
+        md = metadata_of(context)
+        rid = self._request_id()
+        try:
+            routed = await self.rt.gateway.dispatch(self.inbound(context, md, rid, path, payload, False))
+        except RouteError as e:
+            await abort(context, e, rid)
+            raise
+        try:
+            await context.send_initial_metadata(self._initial(routed, rid, client_request_id(md.get("x-request-id"))))
+            missing = not_offered(path, routed.status, routed.backend, routed.region)
+            if missing is not None:
+                await abort(context, missing, rid)
+            if routed.status != 200:
+                await abort(context, upstream_error(routed.status, routed.body), rid)
+            try:
+                obj = orjson.loads(routed.body)
+            except orjson.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                err = upstream_error(502, b"")
+                err.message = (
+                    f"The backend in {routed.region} answered with a body that is not a JSON object."
+                )
+                await abort(context, err, rid)
+            return obj, routed, rid
+        finally:
+            await routed.aclose()
 
     @staticmethod
     def _initial(routed: Routed, rid: str, client_rid: str | None) -> tuple[tuple[str, str], ...]:
@@ -215,17 +251,19 @@ class XaiServices:
     ) -> models_pb2.ListLanguageModelsResponse:
         c = await self._caller_or_abort(context)
         views = visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models)
-        return models_pb2.ListLanguageModelsResponse(models=[self._language_model(m) for m in views])
+        return models_pb2.ListLanguageModelsResponse(
+            models=[self._language_model(m) for m in views if m.info.kind == "language"]
+        )
 
     async def get_language_model(
         self, request: models_pb2.GetModelRequest, context: Any
     ) -> models_pb2.LanguageModel:
-        md = _metadata(context)
+        md = metadata_of(context)
         rid = self._request_id()
         try:
             c = self._caller(context, md)
             for m in visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models):
-                if request.name == m.id or request.name in m.info.aliases:
+                if m.info.kind == "language" and (request.name == m.id or request.name in m.info.aliases):
                     return self._language_model(m)
             where = "here" if c.endpoint.kind is EndpointKind.GLOBAL else f"on {c.endpoint}"
             raise RouteError.model_not_found(
@@ -255,6 +293,7 @@ class XaiServices:
     # --- registration ------------------------------------------------------------------------------
     def implemented(self) -> dict[str, Callable[..., Any]]:
         return {
+            **MoreServices(self).implemented(),
             "/xai_api.Chat/GetCompletion": self.get_completion,
             "/xai_api.Chat/GetCompletionChunk": self.get_completion_chunk,
             "/xai_api.Models/ListLanguageModels": self.list_language_models,
@@ -263,8 +302,24 @@ class XaiServices:
         }
 
 
+# Why each unserved service is not served (docs/api.md has the whole table).
+WHY_NOT = {
+    "xai_api.Files": "files live in xAI's Files API; regiongate stores no files",
+    "collections.Collections": "collections are xAI's document store; regiongate keeps none",
+    "xai_api.Documents": "document search runs over xAI's collections",
+    "xai_api.BatchMgmt": "batches run inside xAI's service; use deferred completions (chat.defer) instead",
+    "xai_api.Sample": "legacy text sampling; use xai_api.Chat",
+    "xai_api.Chat/GetStoredCompletion": "stored xAI chat completions are not kept; the Responses API over REST "
+    "(store, previous_response_id) is",
+    "xai_api.Chat/DeleteStoredCompletion": "stored xAI chat completions are not kept",
+    "xai_api.Chat/CompactContext": "context compaction runs inside xAI's service",
+}
+
+
 def _unimplemented(path: str, streaming_response: bool) -> Callable[..., Any]:
-    message = f"regiongate does not implement {path.lstrip('/')}; it serves {SERVED}."
+    method = path.lstrip("/")
+    why = WHY_NOT.get(method) or WHY_NOT.get(method.split("/")[0], "not offered by an inference server")
+    message = f"regiongate does not implement {method} ({why}); it serves {SERVED}."
 
     async def unary(request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
@@ -307,3 +362,11 @@ def service_handlers(services: XaiServices) -> dict[str, dict[str, Any]]:
                 )
             out[svc.full_name] = methods
     return out
+
+
+def _budget(md: dict[str, str]) -> float | None:
+    """The caller's own first-byte budget (``x-regiongate-ttft-budget-ms``), if it sent one."""
+    try:
+        return parse_budget_ms(md.get(BUDGET_HEADER))
+    except ValueError as e:
+        raise ClientError(str(e), code="invalid_value", param=BUDGET_HEADER) from None

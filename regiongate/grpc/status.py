@@ -55,6 +55,11 @@ def trailers(
     return tuple(md)
 
 
+def metadata_of(context: Any) -> dict[str, str]:
+    """A call's text metadata (binary ``-bin`` values are left out)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
 async def abort(
     context: Any, err: RouteError, request_id: str, extra: tuple[tuple[str, str], ...] = ()
 ) -> None:

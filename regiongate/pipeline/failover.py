@@ -25,6 +25,7 @@ from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.continuation import HOPS_HEADER, Hop, prefill_payload, refusal, render_hops
+from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.capacity import Lease
@@ -55,6 +56,8 @@ class Inbound:
 
     @property
     def include_usage(self) -> bool:
+        if self.path not in ("/chat/completions", "/completions"):
+            return True  # only these two take stream_options; other streams carry usage their own way
         opts = self.payload.get("stream_options")
         return isinstance(opts, dict) and opts.get("include_usage") is True
 
@@ -333,6 +336,11 @@ class Gateway:
     def _call(self, inbound: Inbound, backend: Backend, payload: dict[str, Any]) -> UpstreamCall:
         body = inbound.body if payload is inbound.payload else orjson.dumps(payload)
         rename = backend.upstream_model is not None and backend.upstream_model != inbound.model
+        if inbound.path == "/responses" and backend.responses_via_chat:
+            chat = chat_request(payload)
+            if rename:
+                chat["model"] = backend.upstream_model
+            return UpstreamCall("/chat/completions", orjson.dumps(chat), chat, inbound.stream, inbound.request_id)
         want_usage = inbound.stream and not inbound.include_usage
         if rename or want_usage:
             payload = dict(payload)
@@ -354,6 +362,8 @@ class Gateway:
         sent = time.monotonic()
         try:
             resp = await backend.upstream.send(call)
+            if call.path != a.inbound.path:  # a translated Responses request: answer as the Responses API
+                resp = translate_response(a.inbound.payload, resp)
             if resp.chunks is None:
                 return _Open(a, resp, None, 0.0)
             budget = call.first_byte_s or backend.upstream.first_byte_timeout_s
@@ -546,8 +556,9 @@ class Gateway:
         hops: list[Hop] | None = None,
     ) -> None:
         prompt = completion = 0
-        if usage:
-            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if usage:  # chat completions' names, else the Responses API's
+            p = usage.get("prompt_tokens", usage.get("input_tokens"))
+            c = usage.get("completion_tokens", usage.get("output_tokens"))
             prompt = p if isinstance(p, int) else 0
             completion = c if isinstance(c, int) else 0
         now = time.monotonic()

@@ -6,6 +6,9 @@ form (RFC 7515) signed with Ed25519 (``alg: EdDSA``, RFC 8037), stating which re
      "endpoint": "global" | "zone:eu" | "region:eu-west-1", "region": served region, "zone": its data zone,
      "route": nearest | spillover | pinned | zone | failover, "iat": unix seconds, "time": ISO-8601 UTC}
 
+A stored object's receipt (``object_receipt``) adds ``"object"`` (its id), ``"stored"`` (the region whose
+store holds it) and ``"stored_zone"``.
+
 Public keys are published as a JWK Set (``/.well-known/regiongate-keys.json``); ``kid`` is the key's
 RFC 7638 thumbprint. Keys live in a directory: ``<kid>.key`` (private, PEM, mode 0600) for the signing key,
 ``<kid>.jwk`` (public) for every key ever used, and ``current`` naming the signing one. Rotation writes a
@@ -249,24 +252,34 @@ class ReceiptHook:
     async def before(self, inbound: Inbound) -> None:
         return None
 
-    def after(self, inbound: Inbound, routed: Routed) -> None:
+    def _claims(self, inbound: Inbound, region: str, route: str) -> dict[str, Any]:
         now = time.time()
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self.issuer,
             "rid": inbound.request_id,
             "team": inbound.principal.team,
             "key": inbound.principal.key_id,
             "model": inbound.model,
             "endpoint": str(inbound.endpoint),
-            "region": routed.region,
-            "zone": self.zones.get(routed.region),
-            "route": routed.route,
+            "region": region,
+            "zone": self.zones.get(region),
+            "route": route,
             "iat": int(now),
             "time": iso_time(now),
         }
         if inbound.client_request_id is not None:
             claims["client_rid"] = inbound.client_request_id  # the client's own id, never as "rid"
-        routed.headers.append((HEADER, sign(self.key, claims)))
+        return claims
+
+    def after(self, inbound: Inbound, routed: Routed) -> None:
+        routed.headers.append((HEADER, sign(self.key, self._claims(inbound, routed.region, routed.route))))
+
+    def object_receipt(self, inbound: Inbound, region: str, route: str, object_id: str, stored: str) -> str:
+        """The receipt of a stored object (deferred completion, stored response): where the request was
+        processed (``region``) and where its result is at rest (``stored``, with that region's zone)."""
+        claims = self._claims(inbound, region, route)
+        claims.update(object=object_id, stored=stored, stored_zone=self.zones.get(stored))
+        return sign(self.key, claims)
 
     def settled(self, inbound: Inbound, record: UsageRecord) -> None:
         return None

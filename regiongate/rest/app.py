@@ -29,11 +29,13 @@ from regiongate.asgi import (
 )
 from regiongate.core import Endpoint, Location, RouteError
 from regiongate.core.errors import GatewayError
+from regiongate.objects.responses import input_item_list
+from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n, client_request_id
 from regiongate.pipeline.catalog import offering, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
-from regiongate.pipeline.services import Services
+from regiongate.pipeline.receipts import HEADER
 from regiongate.rest.admin_site import METRICS, is_admin_path
 from regiongate.rest.openapi import DOCUMENT_BYTES
 from regiongate.rest.paths import forwarded, normalise
@@ -56,7 +58,7 @@ def too_many_connections() -> GatewayError:
 
 
 class RestApp:
-    def __init__(self, runtime: Services, access_log: bool = False, admin_here: bool = True) -> None:
+    def __init__(self, runtime: StatefulServices, access_log: bool = False, admin_here: bool = True) -> None:
         self.rt = runtime
         self.callers = runtime.callers
         self.admin_here = admin_here  # False: /admin and /metrics live on the admin listener only
@@ -70,7 +72,7 @@ class RestApp:
             (prefix, app) for prefix, app in runtime.mounts if admin_here or not is_admin_path(prefix)
         ]
 
-    def _configure(self, runtime: Services) -> None:
+    def _configure(self, runtime: StatefulServices) -> None:
         """Read what the listener caches from the config (at start and after each reload)."""
         self.max_body = runtime.config.gateway.max_body_bytes
 
@@ -207,6 +209,8 @@ class RestApp:
             )
         principal = self._principal(headers)
         endpoint = self._endpoint(scope)
+        if path.startswith("/v1/responses/") and method in ("GET", "DELETE"):
+            return await self._stored_response(send, method, path, principal, endpoint)
         if method != "GET":
             raise client_error(405, f"Method {method} is not allowed on {path}.", "method_not_allowed")
         if path == "/v1/models":
@@ -292,6 +296,10 @@ class RestApp:
             budget = parse_budget_ms(raw_budget.decode("latin-1") if raw_budget is not None else None)
         except ValueError as e:
             raise client_error(400, str(e), "invalid_value", BUDGET_HEADER) from None
+        prepared = None
+        if subpath == "/responses":  # the stateful half is ours, whatever the backend (objects.responses)
+            prepared = await self.rt.responses.prepare(payload, endpoint, principal)
+            payload, body, endpoint = prepared.payload, prepared.body, prepared.endpoint
         inbound = Inbound(
             subpath,
             payload,
@@ -308,6 +316,12 @@ class RestApp:
             client_request_id=client_rid,
         )
         routed = await self.rt.gateway.dispatch(inbound)
+        if prepared is not None:
+            try:
+                routed = await self.rt.responses.finish(prepared, inbound, routed)
+            except BaseException:
+                await routed.aclose()
+                raise
         extra = [
             (b"x-regiongate-region", routed.region.encode()),
             (b"x-regiongate-route", routed.route.encode()),
@@ -319,6 +333,27 @@ class RestApp:
             return routed.status
         await stream_response(receive, send, SSE_HEADERS + extra, routed.chunks, routed.aclose)
         return 200
+
+    async def _stored_response(
+        self, send: Send, method: str, path: str, principal: Principal, endpoint: Endpoint
+    ) -> int:
+        """GET /v1/responses/{id}[/input_items], DELETE /v1/responses/{id}: read in the region the id names."""
+        rest = path[len("/v1/responses/") :]
+        oid, _, sub = rest.partition("/")
+        responses = self.rt.responses
+        if method == "DELETE" and not sub:
+            await responses.delete(oid, endpoint, principal)
+            await send_json(send, 200, {"id": oid, "object": "response.deleted", "deleted": True})
+            return 200
+        if method == "GET" and sub in ("", "input_items"):
+            doc, obj = await responses.retrieve(oid, endpoint, principal)
+            extra = [(b"x-regiongate-region", obj.processed_region.encode())]
+            if doc.get("receipt"):
+                extra.append((HEADER.encode(), str(doc["receipt"]).encode()))
+            body = doc["response"] if not sub else input_item_list(doc)
+            await send_bytes(send, 200, orjson.dumps(body), JSON, extra)
+            return 200
+        raise client_error(404, f"Unknown path {method} {path}.", "unknown_url")
 
 
 def _echoing(send: Send, client_rid: str) -> Send:

@@ -190,6 +190,84 @@ def _post(summary: str, required: list[str], extra: dict[str, Any]) -> dict[str,
     }
 
 
+RESPONSE_OBJECT = {
+    "type": "object",
+    "required": ["id", "object", "status", "output"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^resp_[a-z0-9-]+_[0-9a-f]{24}$"},  # names the region holding it
+        "object": {"const": "response"},
+        "status": {"type": "string"},
+        "output": {"type": "array"},
+        "store": {"type": "boolean"},
+        "previous_response_id": {"type": ["string", "null"]},
+    },
+}
+INPUT_ITEM = {
+    "type": "object",
+    "properties": {
+        "type": {"enum": ["message", "function_call", "function_call_output"]},
+        "role": {"enum": ["user", "assistant", "system", "developer"]},
+        "content": {"type": "string"},
+        "call_id": {"type": "string"},
+        "name": {"type": "string"},
+        "arguments": {"type": "string"},
+        "output": {"type": "string"},
+    },
+}
+_RESPONSE_ID = [
+    {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+]
+_NOT_FOUND = {
+    "401": COMMON_ERRORS["401"],
+    "404": _error("No such response in this endpoint's scope (or expired, or deleted)."),
+    "501": _error("This gateway keeps no state ([state] store = \"none\")."),
+    "503": COMMON_ERRORS["503"],
+}
+
+
+def _responses() -> dict[str, Any]:
+    """/v1/responses: created through the routing core; stored, read and deleted by regiongate itself."""
+    create = _post(
+        "Create a response (Responses API)",
+        ["model", "input"],
+        {
+            "input": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": 32, "items": INPUT_ITEM}]},
+            "instructions": {"type": "string"},
+            "store": {"type": "boolean"},
+            "previous_response_id": {"type": "string"},
+            "max_output_tokens": POSITIVE_INT,
+        },
+    )
+    create["post"]["responses"]["200"]["content"][JSON]["schema"] = RESPONSE_OBJECT
+    create["post"]["responses"]["200"]["description"] = "The response, or with stream=true its events."
+    read = {
+        "summary": "Retrieve a stored response",
+        "responses": {
+            "200": {"description": "OK", "content": {JSON: {"schema": RESPONSE_OBJECT}}},
+            **_NOT_FOUND,
+        },
+    }
+    delete = {
+        "summary": "Delete a stored response (the row is deleted, not marked)",
+        "responses": {
+            "200": {"description": "Deleted", "content": {JSON: {"schema": {"type": "object"}}}},
+            **_NOT_FOUND,
+        },
+    }
+    items = {
+        "summary": "The stored response's input items, newest first",
+        "responses": {
+            "200": {"description": "OK", "content": {JSON: {"schema": _list(INPUT_ITEM)}}},
+            **_NOT_FOUND,
+        },
+    }
+    return {
+        "/v1/responses": create,
+        "/v1/responses/{response_id}": {"parameters": _RESPONSE_ID, "get": read, "delete": delete},
+        "/v1/responses/{response_id}/input_items": {"parameters": _RESPONSE_ID, "get": items},
+    }
+
+
 def _get(summary: str, schema: dict[str, Any], ctype: str = JSON, auth: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -232,6 +310,7 @@ DOCUMENT: dict[str, Any] = {
                 "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
             },
         ),
+        **_responses(),
         "/v1/models": _get("Models this key can use through this endpoint", _list(MODEL)),
         "/v1/models/{model}": {
             "parameters": [

@@ -25,6 +25,7 @@ class Backend:
     rtt: Ewma | None = None  # filled by active probes
     probe_healthy: bool = True  # False after failed active probes (regiongate.health.probes)
     busy_until: float = 0.0  # it answered 429 with Retry-After: not sent anything before then
+    responses_via_chat: bool = False  # /v1/responses translated to chat completions (pipeline.responses_chat)
 
     def healthy(self, now: float) -> bool:
         return self.probe_healthy and not self.outlier.ejected(now) and now >= self.busy_until

@@ -17,6 +17,8 @@ from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResp
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9\-._~/?&=%]*$")
+# Routes that inference servers serve at their root rather than under /v1 (vLLM, llama.cpp, SGLang).
+ORIGIN_PATHS = frozenset({"/tokenize", "/detokenize"})
 # Statuses that mean "this backend cannot serve it now": try the next candidate. Other 4xx are the
 # request's own fault and are relayed as they are, never retried.
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -70,7 +72,8 @@ class HttpUpstream:
         # no future caller can put a space, CR/LF or a non-ASCII character on the request line.
         if not _SAFE_PATH.match(path):
             raise UpstreamFailure(self.id, "refused to send a path outside the safe character set")
-        return f"{method} {self._pool.path_prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
+        prefix = "" if path in ORIGIN_PATHS else self._pool.path_prefix
+        return f"{method} {prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
         headers = f"{self._post_headers}x-request-id: {_header_value(call.request_id)}\r\n"

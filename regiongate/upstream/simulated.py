@@ -28,6 +28,7 @@ from regiongate.upstream.sim_messages import Messages
 from regiongate.upstream.sim_openai import Chat, Legacy, openai_error
 from regiongate.upstream.sim_reply import Ask, BadRequest, Turn, reply, seed_of
 from regiongate.upstream.sim_responses import Responses
+from regiongate.upstream.simulated_media import MEDIA_PATHS, media
 
 EMBEDDING_DIMS = 16  # without ``dimensions``: small, the vectors carry no meaning anyway
 MAX_EMBEDDING_DIMS = 4096
@@ -48,7 +49,7 @@ class Dialect(Protocol):
 
 
 DIALECTS: dict[str, Dialect] = {d.path: d for d in (Chat(), Legacy(), Responses(), Messages())}
-SERVED = ", ".join(f"/v1{p}" for p in [*DIALECTS, "/embeddings"])
+SERVED = ", ".join(f"/v1{p}" for p in [*DIALECTS, "/embeddings", *MEDIA_PATHS])
 
 
 def count_prompt_tokens(payload: dict[str, Any]) -> int:
@@ -152,6 +153,9 @@ class SimulatedEngine:
                 return _json(200, self.embed(call.payload))
             except BadRequest as e:
                 return _json(400, openai_error(str(e), e.param))
+        if call.path in MEDIA_PATHS:  # tokenizer, images, video: simulated_media.py
+            await asyncio.sleep(self.rtt_s + (self.ttft_s if call.path != "/tokenize" else 0.0))
+            return _json(200, media(call.path, call.payload, self.region))
         dialect = DIALECTS.get(call.path)
         if dialect is None:
             message = f"The simulated engine does not serve {call.path}; it serves {SERVED}."

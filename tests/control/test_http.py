@@ -49,6 +49,9 @@ def test_teams_keys_grants_and_fences_through_real_http(start_gateway: Any) -> N
         "grok-4-fast",
         "grok-3-mini",
         "grok-code-fast-1",
+        "grok-embed",
+        "grok-imagine-image",
+        "grok-imagine-video",
     }
     done = client.chat.completions.create(model="grok-4", **CHAT)  # type: ignore[call-overload]
     assert done.choices[0].message.content

@@ -56,7 +56,15 @@ def test_missing_or_wrong_key_is_401(gw: Proc) -> None:
 
 def test_models_depend_on_the_endpoint(gw: Proc) -> None:
     everywhere = {m.id for m in client(gw).models.list()}
-    assert everywhere == {"grok-4", "grok-4-fast", "grok-3-mini", "grok-code-fast-1"}
+    assert everywhere == {
+        "grok-4",
+        "grok-4-fast",
+        "grok-3-mini",
+        "grok-code-fast-1",
+        "grok-embed",
+        "grok-imagine-image",
+        "grok-imagine-video",
+    }
     sydney = {m.id for m in client(gw, "ap-southeast-2.localhost").models.list()}
     assert sydney == {"grok-4-fast"}
     assert client(gw).models.retrieve("grok-code-fast-1").id == "grok-code-fast-1"

@@ -1,0 +1,18 @@
+"""What a listener that serves stored objects receives: the pipeline's ``Services`` plus the stores.
+
+``app.runtime.Runtime`` implements it; REST (the Responses API's stored half) and gRPC (deferred requests)
+are typed against it, so neither imports the app.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from regiongate.objects.deferred import Deferred
+from regiongate.objects.responses import StoredResponses
+from regiongate.pipeline.services import Services
+
+
+class StatefulServices(Services, Protocol):
+    responses: StoredResponses  # the Responses API's store / retrieve / delete
+    deferred: Deferred | None  # deferred chat completions and videos; None with [state] store = "none"
