@@ -125,7 +125,11 @@ class Gateway:
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
         for hook in self.hooks:
-            await hook.before(inbound)
+            try:
+                await hook.before(inbound)
+            except RouteError as e:
+                self.metrics.refused(e.code, e.type)
+                raise
         routed = await self._dispatch(inbound, started)
         if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
             routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
@@ -161,6 +165,7 @@ class Gateway:
                     except UpstreamFailure as e:
                         failures.append(f"{cand.region}/{e}")
                         moved = True
+                        self.metrics.upstream_failure(cand.region, backend.id)
                         if fleet.record_failure(backend):
                             log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
                         continue
