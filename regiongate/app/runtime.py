@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regiongate.app.scaleout import Replica, Shared, build_shared, fit_fleet
 from regiongate.config import Config, HttpBackend, SimulatedBackend
@@ -27,6 +27,9 @@ from regiongate.state.ttft import TtftEstimate
 from regiongate.upstream.base import Upstream
 from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
+
+if TYPE_CHECKING:
+    from regiongate.health.tracing import Tracing
 
 log = logging.getLogger("regiongate")
 DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
@@ -49,6 +52,7 @@ class Runtime:
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
+    tracing: Tracing | None = None  # OpenTelemetry, when [tracing] is set (regiongate.health.tracing)
     _started: bool = False
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ class Runtime:
         await self.fleet.capacity.aclose()  # releases every lease still held
         if self.shared is not None:
             await self.shared.close_link()
+        if self.tracing is not None:
+            await self.tracing.aclose()  # exports the spans still queued
 
 
 def _upstream(
@@ -206,6 +212,11 @@ def build_runtime(
     callers = Callers(cfg, lambda: rt.keys)
     rt = Runtime(cfg, keys, gateway, metrics, usage, callers, generated, shared, control=control)
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
+    if cfg.tracing is not None and cfg.tracing.enabled:
+        from regiongate.health.tracing import Tracing  # OpenTelemetry is imported only when it is used
+
+        rt.tracing = gateway.tracing = Tracing.build(cfg.tracing, dict(os.environ) if env is None else env)
+        gateway.hooks.insert(0, rt.tracing.hook)  # first, so a refused request's span is named too
     if control is not None:
         _mount_control(rt, control)
     shared.prober = Prober(lambda: rt.fleet, cfg.health)

@@ -94,7 +94,7 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
     if opts.region_ports is not None:
         socks, asgi = region_listeners(cfg, opts.host, opts.region_ports, opts.workers > 1, app)
     ucfg = uvicorn.Config(
-        asgi,
+        asgi if runtime.tracing is None else runtime.tracing.asgi(asgi),
         loop="uvloop",
         http="httptools",
         lifespan="on",

@@ -83,7 +83,10 @@ async def start_grpc(
 ) -> GrpcHandle:
     """Serve the xAI gRPC API on ``host:port`` (0 picks a free port; see ``GrpcHandle.port``)."""
     max_message = max(20 * MIB, runtime.config.gateway.max_body_bytes)
-    server = grpc.aio.server(options=server_options(max_message))
+    tracing = runtime.tracing
+    server = grpc.aio.server(
+        options=server_options(max_message), interceptors=tracing.grpc_interceptors() if tracing else None
+    )
     conns = Connections()
     services = XaiServices(runtime, conns)
     for name, methods in service_handlers(services).items():

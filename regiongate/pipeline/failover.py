@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -30,6 +30,9 @@ from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+
+if TYPE_CHECKING:
+    from regiongate.health.tracing import Tracing
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -110,6 +113,7 @@ class Gateway:
         self.metrics = metrics
         self.hooks: list[Hook] = list(hooks or [])
         self._rng = random.Random()
+        self.tracing: Tracing | None = None  # [tracing]: spans around leases and attempts (health/tracing.py)
 
     def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
         request = RouteRequest(
@@ -146,9 +150,13 @@ class Gateway:
         failures: list[str] = []
         moved = False
         capacity = fleet.capacity
+        tracing = self.tracing
         for cand in plan:  # later candidates are worked out only if the earlier ones fail
             dep = fleet.deployments[(inbound.model, cand.region)]
-            lease = await capacity.acquire(dep.key, dep.limit)
+            if tracing is None:
+                lease = await capacity.acquire(dep.key, dep.limit)
+            else:
+                lease = await tracing.acquire(capacity, dep)
             if lease is None:  # taken between snapshot and acquire (another replica or request)
                 failures.append(f"{cand.region}: full")
                 continue
@@ -161,7 +169,10 @@ class Gateway:
                     route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
                     attempt = _Attempt(inbound, dep, backend, lease, route, started, dep.queue_depth)
                     try:
-                        routed = await self._try(attempt)
+                        if tracing is None:
+                            routed = await self._try(attempt)
+                        else:
+                            routed = await tracing.attempt(self._try(attempt), dep, backend.id, route)
                     except UpstreamFailure as e:
                         failures.append(f"{cand.region}/{e}")
                         moved = True
@@ -232,6 +243,8 @@ class Gateway:
     async def _try(self, a: _Attempt) -> Routed:
         backend, inbound = a.backend, a.inbound
         call = self._call(inbound, backend)
+        if self.tracing is not None:
+            self.tracing.inject(call.headers)  # W3C traceparent: the backend joins the trace
         backend.in_flight += 1
         sent = time.monotonic()
         try:
@@ -261,6 +274,8 @@ class Gateway:
             backend.in_flight -= 1
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
+        if self.tracing is not None:
+            self.tracing.first_token(first, ttft_ms)
         self.fleet.record_success(backend)
         self.fleet.record_ttft(
             a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(inbound.body)), a.queued
