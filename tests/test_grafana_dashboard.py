@@ -1,4 +1,4 @@
-"""docs/grafana/regiongate.json cannot drift from what the gateway exports.
+"""docs/grafana/regiongate.json and deploy/prometheus/alerts.yaml cannot drift from what the gateway exports.
 
 A real gateway (REST + gRPC, Redis, rate limits, one failing backend, one healthy HTTP and one simulated
 backend) serves a few requests; its /metrics is scraped; every PromQL expression of every panel and
@@ -18,13 +18,17 @@ import httpx
 import openai
 import promql_parser as pq
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import scale_support as ss
 from tests.conftest import DEMO_KEY, free_port
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "regiongate.json"
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "docs" / "grafana" / "regiongate.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped series
+SYNTHETIC = {"up": set()}  # series Prometheus itself records per target
 Exported = dict[str, set[str]]
 
 
@@ -94,13 +98,24 @@ def labels_of(node: Any, exported: Exported, where: str) -> set[str]:
     raise AssertionError(f"{where}: unhandled PromQL node {type(node).__name__}")
 
 
-def check_dashboard(dash: dict[str, Any], exported: Exported) -> int:
+def alert_expressions() -> Iterator[tuple[str, str]]:
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            yield rule["alert"], rule["expr"]
+
+
+def check(exprs: Iterator[tuple[str, str]], exported: Exported) -> int:
     n = 0
-    for where, expr in expressions(dash):
+    known = {**exported, **SYNTHETIC}
+    for where, expr in exprs:
         tree = pq.parse(grafana_to_promql(expr))
-        labels_of(tree, exported, f"{where}: {expr}")
+        labels_of(tree, known, f"{where}: {expr}")
         n += 1
     return n
+
+
+def check_dashboard(dash: dict[str, Any], exported: Exported) -> int:
+    return check(expressions(dash), exported)
 
 
 def scrape(url: str) -> Exported:
@@ -211,6 +226,10 @@ def test_every_dashboard_query_uses_exported_metrics_and_labels(exported: Export
         assert name in text
 
 
+def test_every_alert_uses_exported_metrics_and_labels(exported: Exported) -> None:
+    assert check(alert_expressions(), exported) >= 10
+
+
 @pytest.mark.parametrize(
     ("old", "new", "why"),
     [
@@ -253,3 +272,10 @@ def test_dashboard_is_importable_as_is() -> None:
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
             assert p["targets"] and all(t["datasource"] == p["datasource"] for t in p["targets"])
     assert len(ids) == len(set(ids))
+
+
+def test_the_docs_show_the_alert_rules() -> None:
+    """docs/production.md's alert table is the rule file's, expression for expression."""
+    doc = (ROOT / "docs" / "production.md").read_text().replace("\\|", "|")
+    for name, expr in alert_expressions():
+        assert f"| {name} |" in doc and f"`{expr}`" in doc, name
