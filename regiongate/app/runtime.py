@@ -29,7 +29,7 @@ from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
 
 if TYPE_CHECKING:
-    from regiongate.health.tracing import Tracing
+    from regiongate.pipeline.tracing import Tracing
 
 log = logging.getLogger("regiongate")
 DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
@@ -51,8 +51,10 @@ class Runtime:
     load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
-    tracing: Tracing | None = None  # OpenTelemetry, when [tracing] is set (regiongate.health.tracing)
+    keys: KeyStore = field(
+        init=False
+    )  # what callers are looked up in: the control plane's, then the config's
+    tracing: Tracing | None = None  # OpenTelemetry, when [tracing] is set (regiongate.pipeline.tracing)
     _started: bool = False
 
     def __post_init__(self) -> None:
@@ -213,7 +215,7 @@ def build_runtime(
     rt = Runtime(cfg, keys, gateway, metrics, usage, callers, generated, shared, control=control)
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
     if cfg.tracing is not None and cfg.tracing.enabled:
-        from regiongate.health.tracing import Tracing  # OpenTelemetry is imported only when it is used
+        from regiongate.pipeline.tracing import Tracing  # OpenTelemetry is imported only when it is used
 
         rt.tracing = gateway.tracing = Tracing.build(cfg.tracing, dict(os.environ) if env is None else env)
         gateway.hooks.insert(0, rt.tracing.hook)  # first, so a refused request's span is named too

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,13 +26,10 @@ from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.sse import SseRelay, event
 from regiongate.pipeline.usage import UsageRecord, UsageSink
-from regiongate.state.capacity import Lease
+from regiongate.state.capacity import CapacityStore, Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
-
-if TYPE_CHECKING:
-    from regiongate.health.tracing import Tracing
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -104,6 +101,21 @@ class Hook(Protocol):
     def settled(self, inbound: Inbound, record: UsageRecord) -> None: ...
 
 
+class Tracer(Protocol):
+    """What the gateway asks of tracing (``[tracing]``, pipeline/tracing.py); the gateway holds None when it
+    is off, so an untraced request pays one ``is None`` check per step."""
+
+    async def acquire(self, capacity: CapacityStore, dep: Deployment) -> Lease | None: ...
+
+    async def attempt(
+        self, tried: Awaitable[Routed], dep: Deployment, backend: str, route: str
+    ) -> Routed: ...
+
+    def inject(self, headers: list[tuple[str, str]]) -> None: ...
+
+    def first_token(self, first: bytes, ttft_ms: float) -> None: ...
+
+
 class Gateway:
     def __init__(
         self, fleet: Fleet, usage: UsageSink, metrics: Metrics, hooks: list[Hook] | None = None
@@ -113,7 +125,7 @@ class Gateway:
         self.metrics = metrics
         self.hooks: list[Hook] = list(hooks or [])
         self._rng = random.Random()
-        self.tracing: Tracing | None = None  # [tracing]: spans around leases and attempts (health/tracing.py)
+        self.tracing: Tracer | None = None  # spans around leases and attempts
 
     def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
         request = RouteRequest(
