@@ -21,8 +21,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import scale_support as ss
-from tests.conftest import DEMO_KEY, free_port
+from tests.support import scale as ss
+from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http, wait_until
+from tests.support.worlds import http_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docs" / "grafana" / "regiongate.json"
@@ -129,8 +130,8 @@ def scrape(url: str) -> Exported:
 def _world(failing: str, healthy: str, redis: str) -> str:
     return ss.world(
         {
-            "us-east-1": [ss.http(failing)],
-            "us-west-2": [ss.http(healthy)],
+            "us-east-1": [http_backend(failing)],
+            "us-west-2": [http_backend(healthy)],
             "eu-west-1": [ss.FAST_SIM],
         },
         gateway='base_domains = ["api.regiongate.test"]',
@@ -153,9 +154,7 @@ def _world(failing: str, healthy: str, redis: str) -> str:
 def exported(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Exported]:
-    # Module scope: one gateway for both tests; built by hand since the shared fixtures are per test.
-    from tests.conftest import Proc, _spawn, wait_http
-
+    # Module scope: one gateway for all the tests here; built by hand since the shared fixtures are per test.
     tmp = tmp_path_factory.mktemp("dash")
     redis = ss.shared_redis()
     procs: list[Proc] = []
@@ -165,7 +164,7 @@ def exported(
             log = tmp / f"sim-{i}.log"
             region = ("us-east-1", "us-west-2")[i]
             args = ["sim-backend", "--region", region, "--port", str(port), "--mode", mode]
-            p = Proc(_spawn([*args, "--model", "grok-4", "--ttft-ms", "1"], log), port, log)
+            p = Proc(spawn([*args, "--model", "grok-4", "--ttft-ms", "1"], log), port, log)
             procs.append(p)
             wait_http(p.url + "/health", p.proc, log=log)
         cfg = tmp / "gateway.toml"
@@ -174,7 +173,7 @@ def exported(
         log = tmp / "gateway.log"
         cmd = ["serve", "--config", str(cfg), "--port", str(port), "--grpc-port", str(free_port())]
         env = {"REGIONGATE_DEMO_API_KEY": DEMO_KEY, "REGIONGATE_DATA_DIR": str(tmp / "data")}
-        gw = Proc(_spawn(cmd, log, env), port, log)
+        gw = Proc(spawn(cmd, log, env), port, log)
         procs.append(gw)
         wait_http(gw.url + "/readyz", gw.proc, log=log)
         msg: Any = [{"role": "user", "content": "hi"}]
@@ -202,7 +201,7 @@ def exported(
         def complete() -> bool:
             return "regiongate_backend_rtt_ms" in scrape(gw.url)
 
-        ss.wait_until(complete, timeout=60, what="probe round trips in /metrics")
+        wait_until(complete, timeout=60, what="probe round trips in /metrics")
         yield scrape(gw.url)
     finally:
         for p in procs:

@@ -26,8 +26,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from xai_sdk import Client
 from xai_sdk.chat import user
 
-from tests import worlds
-from tests.conftest import DEMO_KEY, Proc, free_port
+from tests.support import worlds
+from tests.support.procs import DEMO_KEY, Proc, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -62,6 +62,14 @@ class Receiver:
             return list(self.spans)
 
 
+def _reply(h: BaseHTTPRequestHandler, status: int, ctype: str, body: bytes) -> None:
+    h.send_response(status)
+    h.send_header("content-type", ctype)
+    h.send_header("content-length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
 def _server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -78,12 +86,7 @@ def receiver() -> Iterator[Receiver]:
             assert self.path == "/v1/traces"
             assert self.headers["content-type"] == "application/x-protobuf"
             rec.add(body)
-            out = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("content-type", "application/x-protobuf")
-            self.send_header("content-length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            _reply(self, 200, "application/x-protobuf", ExportTraceServiceResponse().SerializeToString())
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -104,11 +107,7 @@ def failing_backend() -> Iterator[tuple[str, list[dict[str, str]]]]:
             self.rfile.read(int(self.headers["content-length"]))
             seen.append({k.lower(): v for k, v in self.headers.items()})
             out = b'{"error": {"message": "overloaded", "type": "server_error", "param": null, "code": null}}'
-            self.send_response(500)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            _reply(self, 500, "application/json", out)
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -66,6 +66,12 @@ _PROPAGATED = (b"traceparent", b"tracestate")
 _SERVER_KEY = otel_context.create_key("regiongate.server_span")
 
 
+def _response_model(data: bytes) -> str | None:
+    """The ``model`` a backend answered with, from the head of its body or first stream event."""
+    m = _MODEL.search(data[:4096])
+    return m.group(1).decode("utf-8", "replace") if m is not None else None
+
+
 def _server() -> Span | None:
     span = otel_context.get_value(_SERVER_KEY)
     return span if isinstance(span, Span) and span.is_recording() else None
@@ -190,16 +196,16 @@ class Tracing:
         span = trace.get_current_span()  # the attempt's: its parent is the request's
         if not span.is_recording():
             return
-        model = _MODEL.search(first)
+        model = _response_model(first)
         attrs: dict[str, Any] = {"regiongate.ttft_ms": round(ttft_ms, 3)}
         if model is not None:
-            attrs["gen_ai.response.model"] = model.group(1).decode("utf-8", "replace")
+            attrs["gen_ai.response.model"] = model
         span.add_event("first_token", attrs)
         server = _server()
         if server is not None:
             server.add_event("first_token", attrs)
             if model is not None:
-                server.set_attribute("gen_ai.response.model", attrs["gen_ai.response.model"])
+                server.set_attribute("gen_ai.response.model", model)
 
 
 class _SpanAttributes:
@@ -242,10 +248,9 @@ class _SpanAttributes:
                 "regiongate.backend": routed.backend,
             }
         )
-        if routed.chunks is None and routed.body:
-            model = _MODEL.search(routed.body[:4096])
-            if model is not None:
-                span.set_attribute("gen_ai.response.model", model.group(1).decode("utf-8", "replace"))
+        model = _response_model(routed.body) if routed.chunks is None else None
+        if model is not None:
+            span.set_attribute("gen_ai.response.model", model)
 
     def settled(self, inbound: Inbound, record: UsageRecord) -> None:
         span = _server()
