@@ -215,7 +215,7 @@ def build_runtime(
     rt = Runtime(cfg, keys, gateway, metrics, usage, callers, generated, shared, control=control)
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
     if cfg.tracing is not None and cfg.tracing.enabled:
-        from regiongate.pipeline.tracing import Tracing  # OpenTelemetry is imported only when it is used
+        from regiongate.pipeline.tracing import Tracing  # the SDK and exporter are loaded only when used
 
         rt.tracing = gateway.tracing = Tracing.build(cfg.tracing, dict(os.environ) if env is None else env)
         gateway.hooks.insert(0, rt.tracing.hook)  # first, so a refused request's span is named too
