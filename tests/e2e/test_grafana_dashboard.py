@@ -25,7 +25,7 @@ from tests.support import scale as ss
 from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, wait_http, wait_until
 from tests.support.worlds import http_backend
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana" / "regiongate.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped series

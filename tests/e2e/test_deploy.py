@@ -20,7 +20,7 @@ import yaml
 from regiongate.app.cli import build_parser
 from regiongate.config import parse_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "regiongate.service"
 BIN = Path(sys.executable).parent
