@@ -29,7 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana" / "regiongate.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped series
-SYNTHETIC = {"up": set()}  # series Prometheus itself records per target
+SYNTHETIC = {"up": set()}
+LIMITED_ENV, LIMITED_KEY = (
+    "RG_TEST_LIMITED_KEY",
+    "rg-test-limited-key-0123456789",
+)  # series Prometheus itself records per target
 Exported = dict[str, set[str]]
 
 
@@ -138,8 +142,12 @@ def _world(failing: str, healthy: str, redis: str) -> str:
         extra="\n".join(
             [
                 ss.shared_section(redis, ss.unique_prefix()),
-                "[limits.team]",
-                "requests_per_minute = 8",
+                # A prompt larger than this team's tokens-per-minute limit is refused whatever the clock says.
+                "[[teams]]",
+                'name = "limited"',
+                f'keys = [{{ id = "limited", env = "{LIMITED_ENV}" }}]',
+                "[limits.teams.limited]",
+                "team = { tokens_per_minute = 10 }",
                 "[load]",
                 "scrape_interval_s = 0.2",
                 "[health]",
@@ -172,15 +180,19 @@ def exported(
         port = free_port()
         log = tmp / "gateway.log"
         cmd = ["serve", "--config", str(cfg), "--port", str(port), "--grpc-port", str(free_port())]
-        env = {"REGIONGATE_DEMO_API_KEY": DEMO_KEY, "REGIONGATE_DATA_DIR": str(tmp / "data")}
+        env = {
+            "REGIONGATE_DEMO_API_KEY": DEMO_KEY,
+            LIMITED_ENV: LIMITED_KEY,
+            "REGIONGATE_DATA_DIR": str(tmp / "data"),
+        }
         gw = Proc(spawn(cmd, log, env), port, log)
         procs.append(gw)
         wait_http(gw.url + "/readyz", gw.proc, log=log)
         msg: Any = [{"role": "user", "content": "hi"}]
 
-        def client(host: str) -> openai.OpenAI:
+        def client(host: str, key: str = DEMO_KEY) -> openai.OpenAI:
             return openai.OpenAI(
-                base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0, default_headers={"Host": host}
+                base_url=gw.url + "/v1", api_key=key, max_retries=0, default_headers={"Host": host}
             )
 
         for _ in range(3):
@@ -195,8 +207,9 @@ def exported(
             client("eu-west-1.api.regiongate.test").chat.completions.create(
                 model="grok-4", messages=msg, max_tokens=4
             )
-        with pytest.raises(openai.RateLimitError):  # the 9th request of the minute
-            client("api.regiongate.test").chat.completions.create(model="grok-4", messages=msg)
+        big: Any = [{"role": "user", "content": "tell me about load balancers " * 20}]
+        with pytest.raises(openai.RateLimitError):  # more prompt tokens than the team's whole minute
+            client("api.regiongate.test", LIMITED_KEY).chat.completions.create(model="grok-4", messages=big)
 
         def complete() -> bool:
             return "regiongate_backend_rtt_ms" in scrape(gw.url)
