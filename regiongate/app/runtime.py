@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regiongate.app.scaleout import Replica, Shared, build_shared, fit_fleet
 from regiongate.config import Config, HttpBackend, SimulatedBackend
@@ -33,6 +33,9 @@ from regiongate.upstream.base import Upstream
 from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
 
+if TYPE_CHECKING:
+    from regiongate.pipeline.tracing import Tracing
+
 log = logging.getLogger("regiongate")
 DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
 
@@ -56,7 +59,10 @@ class Runtime:
     responses: StoredResponses = field(default_factory=lambda: StoredResponses(None, lambda: None))
     # Other listeners' drains (gRPC), awaited before anything they use is closed.
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    keys: KeyStore = field(init=False)  # what callers are looked up in: the control plane's, then the config's
+    keys: KeyStore = field(
+        init=False
+    )  # what callers are looked up in: the control plane's, then the config's
+    tracing: Tracing | None = None  # OpenTelemetry, when [tracing] is set (regiongate.pipeline.tracing)
     _started: bool = False
 
     def __post_init__(self) -> None:
@@ -111,6 +117,8 @@ class Runtime:
         await self.fleet.capacity.aclose()  # releases every lease still held
         if self.shared is not None:
             await self.shared.close_link()
+        if self.tracing is not None:
+            await self.tracing.aclose()  # exports the spans still queued
 
 
 def _upstream(
@@ -229,6 +237,11 @@ def build_runtime(
     callers = Callers(cfg, lambda: rt.keys)
     rt = Runtime(cfg, keys, gateway, metrics, usage, callers, generated, shared, control=control)
     rt.on_reload.append(lambda r: r.callers.configure(r.config))
+    if cfg.tracing is not None and cfg.tracing.enabled:
+        from regiongate.pipeline.tracing import Tracing  # the SDK and exporter are loaded only when used
+
+        rt.tracing = gateway.tracing = Tracing.build(cfg.tracing, dict(os.environ) if env is None else env)
+        gateway.hooks.insert(0, rt.tracing.hook)  # first, so a refused request's span is named too
     if control is not None:
         _mount_control(rt, control)
     if cfg.state.store != "none":

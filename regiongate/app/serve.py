@@ -137,7 +137,11 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
     asgi: ASGIApp = app
     if opts.region_ports is not None:
         socks, asgi = region_listeners(cfg, opts.host, opts.region_ports, opts.workers > 1, app)
-    ucfg = _uvicorn_config(asgi, cfg, opts, lifespan="on", overrides=one_port)
+    ucfg = _uvicorn_config(
+        asgi if runtime.tracing is None else runtime.tracing.asgi(asgi),
+        cfg, opts, lifespan="on",
+        overrides=one_port,
+    )
     server = _Server(ucfg, app, cfg.gateway.drain_s)
     if opts.grpc_port and not opts.listen:
         from regiongate.grpc.server import start_grpc

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from regiongate.config.control import ControlConfig
 from regiongate.config.scale import HealthConfig, LimitsConfig, OutageMode, SharedConfig
+from regiongate.config.tracing import TracingConfig
 
 REGION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -252,6 +253,7 @@ class Config(_Model):
     load: LoadConfig = LoadConfig()
     edge: EdgeConfig = EdgeConfig()
     state: StateConfig = StateConfig()
+    tracing: TracingConfig | None = None  # OpenTelemetry traces: off unless the section is present
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:

@@ -87,7 +87,11 @@ async def start_inner(
     it terminates TLS itself (the separate-port front then only reads the ClientHello)."""
     cfg = runtime.config
     max_message = cfg.edge.grpc_max_message_bytes or max(20 * MIB, cfg.gateway.max_body_bytes)
-    server = grpc.aio.server(options=server_options(cfg.edge, max_message))
+    tracing = runtime.tracing
+    server = grpc.aio.server(
+        options=server_options(cfg.edge, max_message),
+        interceptors=tracing.grpc_interceptors() if tracing else None,
+    )
     conns = Connections()
     services = XaiServices(runtime, conns)
     for name, methods in service_handlers(services).items():

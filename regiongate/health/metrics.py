@@ -72,6 +72,19 @@ class Metrics:
             ["region"],
             registry=self.registry,
         )
+        # Counted only when something goes wrong, so the hot path of a served request pays nothing more.
+        self._failures = Counter(
+            "regiongate_upstream_failures",
+            "Attempts that failed before their first byte (the request moved on to the next candidate)",
+            ["region", "backend"],
+            registry=self.registry,
+        )
+        self._refusals = Counter(
+            "regiongate_refusals",
+            "Requests refused before routing (rate limits: code rate_limit_exceeded; shared state down)",
+            ["code", "type"],
+            registry=self.registry,
+        )
         self._fleet = _FleetCollector()
         self.registry.register(self._fleet)
         self._children: dict[tuple[str, str, str, int], Counter] = {}
@@ -87,6 +100,12 @@ class Metrics:
                 model, region or "none", route or "none", str(status)
             )
         child.inc()
+
+    def upstream_failure(self, region: str, backend: str) -> None:
+        self._failures.labels(region, backend).inc()
+
+    def refused(self, code: str, type: str) -> None:
+        self._refusals.labels(code, type).inc()
 
     def ttft(self, region: str, ms: float) -> None:
         self._ttft.labels(region).observe(ms / 1000.0)

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -28,7 +28,7 @@ from regiongate.pipeline.continuation import HOPS_HEADER, Hop, prefill_payload, 
 from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
 from regiongate.pipeline.usage import UsageRecord, UsageSink
-from regiongate.state.capacity import Lease
+from regiongate.state.capacity import CapacityStore, Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
@@ -106,6 +106,10 @@ class _Open:
     first: bytes | None
     ttft_ms: float
 
+    @property
+    def status(self) -> int:
+        return self.resp.status
+
 
 def _only_backend(plan: Plan) -> bool:
     cands = plan.candidates
@@ -159,6 +163,29 @@ class Hook(Protocol):
     def settled(self, inbound: Inbound, record: UsageRecord) -> None: ...
 
 
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> int: ...
+
+
+Answered = TypeVar("Answered", bound=_HasStatus)
+
+
+class Tracer(Protocol):
+    """What the gateway asks of tracing (``[tracing]``, pipeline/tracing.py); the gateway holds None when it
+    is off, so an untraced request pays one ``is None`` check per step."""
+
+    async def acquire(self, capacity: CapacityStore, dep: Deployment) -> Lease | None: ...
+
+    async def attempt(self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str) -> Answered:
+        """Run one attempt inside its span; the outcome is read from the answer's ``status``."""
+        ...
+
+    def inject(self, headers: list[tuple[str, str]]) -> None: ...
+
+    def first_token(self, first: bytes, ttft_ms: float) -> None: ...
+
+
 class Gateway:
     def __init__(
         self, fleet: Fleet, usage: UsageSink, metrics: Metrics, hooks: list[Hook] | None = None
@@ -168,6 +195,7 @@ class Gateway:
         self.metrics = metrics
         self.hooks: list[Hook] = list(hooks or [])
         self._rng = random.Random()
+        self.tracing: Tracer | None = None  # spans around leases and attempts
 
     def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
         request = RouteRequest(
@@ -183,7 +211,11 @@ class Gateway:
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
         for hook in self.hooks:
-            await hook.before(inbound)
+            try:
+                await hook.before(inbound)
+            except RouteError as e:
+                self.metrics.refused(e.code, e.type)
+                raise
         routed = await self._dispatch(inbound, started)
         if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
             routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
@@ -223,11 +255,15 @@ class Gateway:
         continuation; None: that backend cannot take it), ``skip`` names backends not to try."""
         moved = bool(failures)
         capacity = fleet.capacity
+        tracing = self.tracing
         for ci, cand in enumerate(plan):  # later candidates are worked out only if the earlier ones fail
             if all(bid in skip for bid in cand.backends):
                 continue
             dep = fleet.deployments[(inbound.model, cand.region)]
-            lease = await capacity.acquire(dep.key, dep.limit)
+            if tracing is None:
+                lease = await capacity.acquire(dep.key, dep.limit)
+            else:
+                lease = await tracing.acquire(capacity, dep)
             if lease is None:  # taken between snapshot and acquire (another replica or request)
                 failures.append(f"{cand.region}: full")
                 continue
@@ -252,7 +288,10 @@ class Gateway:
                         route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
                         try:
                             attempt = _Attempt(inbound, dep, backend, lease, route, started, dep.queue_depth)
-                            opened = await self._try(attempt, call)
+                            if tracing is None:
+                                opened = await self._try(attempt, call)
+                            else:
+                                opened = await tracing.attempt(self._try(attempt, call), dep, backend.id, route)
                             break
                         except UpstreamFailure as e:
                             failures.append(f"{cand.region}/{e}")
@@ -289,6 +328,7 @@ class Gateway:
 
     def _failed(self, fleet: Fleet, backend: Backend, e: UpstreamFailure) -> None:
         """What a failure before the first byte says about the backend."""
+        self.metrics.upstream_failure(backend.id.split("/", 1)[0], backend.id)
         if e.status == 429:  # busy, not unhealthy: a pause it asked for is honoured, else just move on
             backend.outlier.abandon()
             if e.busy_s is not None:
@@ -357,6 +397,8 @@ class Gateway:
 
     async def _try(self, a: _Attempt, call: UpstreamCall) -> _Open:
         backend = a.backend
+        if self.tracing is not None:
+            self.tracing.inject(call.headers)  # W3C traceparent: the backend joins the trace
         backend.in_flight += 1
         self.fleet.record_attempt(backend)  # after an ejection, this is its one trial
         sent = time.monotonic()
@@ -392,6 +434,8 @@ class Gateway:
             backend.outlier.abandon()
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
+        if self.tracing is not None:
+            self.tracing.first_token(first, ttft_ms)
         self.fleet.record_success(backend)
         self.fleet.record_ttft(
             a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(a.inbound.body)), a.queued

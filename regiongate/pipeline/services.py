@@ -9,13 +9,16 @@ them is seen at once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from regiongate.config import Config
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.caller import Callers
 from regiongate.pipeline.failover import Gateway
 from regiongate.state.fleet import Fleet
+
+if TYPE_CHECKING:
+    from regiongate.pipeline.tracing import Tracing  # not imported at run time: OpenTelemetry only if used
 
 
 class Services(Protocol):
@@ -25,6 +28,7 @@ class Services(Protocol):
     metrics: Metrics
     mounts: list[tuple[str, Any]]  # (path prefix, ASGI app): admin API, key set, console
     on_reload: list[Callable[[Any], None]]  # called with the services after each config reload
+    tracing: Tracing | None  # OpenTelemetry, when [tracing] is set
 
     @property
     def fleet(self) -> Fleet:
