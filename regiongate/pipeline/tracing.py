@@ -226,8 +226,10 @@ class _SpanAttributes:
             "regiongate.endpoint": str(inbound.endpoint),
             "regiongate.team": p.team,
             "regiongate.key_id": p.key_id,  # the key's id, never the key
-            "regiongate.request_id": inbound.request_id,
+            "regiongate.request_id": inbound.request_id,  # the gateway's own (x-request-id of the answer)
         }
+        if inbound.client_request_id is not None:  # the client's x-request-id, kept apart from ours
+            attrs["regiongate.client_request_id"] = inbound.client_request_id
         tier = payload.get("service_tier")
         if isinstance(tier, str):
             attrs["regiongate.tier"] = tier[:32]

@@ -241,7 +241,8 @@ def test_a_failed_over_stream_is_one_trace(
     assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.usage.output_tokens"] > 0
     assert a["regiongate.endpoint.kind"] == "global"
     assert a["regiongate.region"] == "us-west-2" and a["regiongate.route"] == "failover"
-    assert a["regiongate.team"] == "demo" and a["regiongate.request_id"] == REQUEST_ID
+    assert a["regiongate.team"] == "demo" and a["regiongate.client_request_id"] == REQUEST_ID
+    assert a["regiongate.request_id"].startswith("req_")  # the gateway's own id, never the client's
     # regiongate.status is the usage record's: 499 when the client hangs up right after [DONE], before the
     # backend's connection ends (the gateway's bookkeeping, not the trace's), so only its presence is checked.
     assert a["http.response.status_code"] == 200 and a["regiongate.status"] in (200, 499)
@@ -267,7 +268,7 @@ def test_a_failed_over_stream_is_one_trace(
     # The backend was handed the attempt's span as its parent, and the client's tracestate.
     assert seen[0]["traceparent"] == f"00-{TRACE_ID}-{failed.span_id.hex()}-01"
     assert seen[0]["tracestate"] == "client=1"
-    assert seen[0]["x-request-id"] == REQUEST_ID
+    assert seen[0].get("x-request-id") != REQUEST_ID  # the client's own id never reaches a backend
 
     assert {"service.name": "regiongate-test"}.items() <= receiver.resources[0].items()
     everything = b"".join(receiver.raw)
@@ -297,7 +298,7 @@ def test_grpc_call_is_a_server_span_with_its_attempt(
     assert server.name == "chat grok-4" and server.parent_span_id.hex() == CLIENT_SPAN
     assert a["rpc.system"] == "grpc" and a["rpc.method"] == "GetCompletionChunk"
     assert a["rpc.grpc.status_code"] == 0
-    assert a["regiongate.request_id"] == REQUEST_ID and a["regiongate.route"] == "failover"
+    assert a["regiongate.client_request_id"] == REQUEST_ID and a["regiongate.route"] == "failover"
     attempts = [s for s in spans if s.name == "upstream.attempt" and s.parent_span_id == server.span_id]
     assert [_attrs(s)["regiongate.outcome"] for s in attempts] == ["failed", "ok"]
     assert PROMPT.encode() not in b"".join(receiver.raw)
