@@ -9,6 +9,7 @@ import pytest
 
 from bench.capture import CaptureBackend
 from regiongate.config import demo_config_text
+from tests.support import llama
 from tests.support.procs import DEMO_KEY, Proc, free_port, spawn, spawn_gateway, wait_http
 
 
@@ -61,3 +62,20 @@ def capture_backend() -> Iterator[CaptureBackend]:
     backend = CaptureBackend().start()
     yield backend
     backend.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """llama.cpp's llama-server with the tiny random-weight model (tests/support/llama.py), once per test
+    process; skipped when it is not built, failed under CI."""
+    llama.binary()  # skip / fail first, before writing a model
+    tmp = tmp_path_factory.mktemp("llama")
+    model = llama.write_model(tmp / "tiny.gguf")
+    port = free_port()
+    log = tmp / "llama-server.log"
+    p = Proc(llama.start(model, port, log), port, log)
+    try:
+        wait_http(p.url + "/health", p.proc, timeout=60, log=log)  # 503 while the model loads
+        yield p
+    finally:
+        p.stop()
