@@ -143,22 +143,14 @@ class XaiServices:
             await abort(context, e, rid)
             raise
         try:
-            await context.send_initial_metadata(self._initial(routed, rid, client_request_id(md.get("x-request-id"))))
+            client_rid = client_request_id(md.get("x-request-id"))
+            await context.send_initial_metadata(self._initial(routed, rid, client_rid))
             missing = not_offered(path, routed.status, routed.backend, routed.region)
             if missing is not None:
                 await abort(context, missing, rid)
             if routed.status != 200:
                 await abort(context, upstream_error(routed.status, routed.body), rid)
-            try:
-                obj = orjson.loads(routed.body)
-            except orjson.JSONDecodeError:
-                obj = None
-            if not isinstance(obj, dict):
-                err = upstream_error(502, b"")
-                err.message = (
-                    f"The backend in {routed.region} answered with a body that is not a JSON object."
-                )
-                await abort(context, err, rid)
+            obj = await _json_object(context, routed, rid)
             return obj, routed, rid
         finally:
             await routed.aclose()
@@ -183,16 +175,7 @@ class XaiServices:
             await context.send_initial_metadata(self._initial(routed, rid, client_rid))
             if routed.status != 200 or routed.chunks is not None:
                 await abort(context, upstream_error(routed.status, routed.body), rid)
-            try:
-                obj = orjson.loads(routed.body)
-            except orjson.JSONDecodeError:
-                obj = None
-            if not isinstance(obj, dict):
-                err = upstream_error(502, b"")
-                err.message = (
-                    f"The backend in {routed.region} answered with a body that is not a JSON object."
-                )
-                await abort(context, err, rid)
+            obj = await _json_object(context, routed, rid)
             return translate.completion_response(obj, request.model)
         finally:
             await routed.aclose()
@@ -362,6 +345,20 @@ def service_handlers(services: XaiServices) -> dict[str, dict[str, Any]]:
                 )
             out[svc.full_name] = methods
     return out
+
+
+async def _json_object(context: Any, routed: Routed, rid: str) -> dict[str, Any]:
+    """The backend's answer as a JSON object; anything else ends the call with a 502's status."""
+    try:
+        obj = orjson.loads(routed.body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        err = upstream_error(502, b"")
+        err.message = f"The backend in {routed.region} answered with a body that is not a JSON object."
+        await abort(context, err, rid)
+        raise AssertionError("unreachable: abort raises")
+    return obj
 
 
 def _budget(md: dict[str, str]) -> float | None:

@@ -296,7 +296,7 @@ class Gateway:
                         except UpstreamFailure as e:
                             failures.append(f"{cand.region}/{e}")
                             moved = True
-                            self._failed(fleet, backend, e)
+                            self._failed(fleet, cand.region, backend, e)
                             # A transient failure is tried once more on the same backend when the request
                             # may use no other (a regional endpoint with one backend): never more.
                             if again or not e.transient or not _only_backend(plan):
@@ -326,9 +326,9 @@ class Gateway:
             budget = min(budget, inbound.ttft_budget_ms / 1000.0)
         return budget
 
-    def _failed(self, fleet: Fleet, backend: Backend, e: UpstreamFailure) -> None:
+    def _failed(self, fleet: Fleet, region: str, backend: Backend, e: UpstreamFailure) -> None:
         """What a failure before the first byte says about the backend."""
-        self.metrics.upstream_failure(backend.id.split("/", 1)[0], backend.id)
+        self.metrics.upstream_failure(region, backend.id)
         if e.status == 429:  # busy, not unhealthy: a pause it asked for is honoured, else just move on
             backend.outlier.abandon()
             if e.busy_s is not None:
