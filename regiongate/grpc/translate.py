@@ -396,8 +396,10 @@ def _gather_tool_calls(meta: Meta, output: int, raw: Any, finished: bool) -> lis
                 fn = {}
             if frag.get("id"):
                 slot["id"] = str(frag["id"])
-            if fn.get("name"):
-                slot["name"] += str(fn["name"])
+            # The name comes whole: once (OpenAI, vLLM, llama.cpp) or again in every delta (SGLang).
+            # Only the arguments are streamed in pieces, so the first name stands.
+            if fn.get("name") and not slot["name"]:
+                slot["name"] = str(fn["name"])
             if fn.get("arguments"):
                 slot["arguments"] += str(fn["arguments"])
     if not finished or output not in meta.tools:

@@ -229,3 +229,28 @@ def test_completion_response_outputs() -> None:
         (1, "t1", chat_pb2.ROLE_ASSISTANT),
     ]
     assert r.outputs[0].finish_reason == sample_pb2.REASON_MAX_LEN and r.usage.completion_tokens == 4
+
+
+def test_streamed_tool_call_names_repeated_in_every_chunk_are_taken_once() -> None:
+    """SGLang repeats ``function.name`` (and the call id) in every tool-call delta; OpenAI, vLLM and
+    llama.cpp send it once. Either way the xAI client gets one call named ``get_weather``."""
+    meta = translate.Meta("m")
+    pieces = ['{"city": ', '"Paris"', "}"]
+    chunks = [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": p}}
+        for p in pieces
+    ]
+    outs = [
+        translate.completion_chunk(
+            {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [c]}, "finish_reason": None}]}, meta
+        )
+        for c in chunks
+    ]
+    end = translate.completion_chunk(
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}, meta
+    )
+    assert not any(o.outputs[0].delta.tool_calls for o in outs)
+    calls = end.outputs[0].delta.tool_calls
+    assert [(t.id, t.function.name, t.function.arguments) for t in calls] == [
+        ("call_1", "get_weather", '{"city": "Paris"}')
+    ]
