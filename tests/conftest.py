@@ -53,7 +53,7 @@ def start_sim_backend(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         p.stop()
 
 
-pytest_plugins = ["tests.support.faults"]  # the fault-injection upstream's fixtures
+pytest_plugins = ["tests.support.faults", "tests.support.standin"]  # fault-injection upstream, stand-ins
 
 
 @pytest.fixture(scope="module")
