@@ -18,21 +18,28 @@ A request with somewhere else to go leaves each region's last tenth of its slots
 to requests that cannot move while another region has room to spare. The plan is that region first, then the others by prediction. The first
 candidate's route is ``nearest`` when it is the nearest region in scope, else ``spillover``; a regional
 endpoint is ``pinned`` and a zone endpoint ``zone``.
+
+Two request attributes adjust this, both only inside the scope: the service tier (``core.tiers``) makes a
+region look full to flex and default requests before it is full for priority ones, and prompt-cache
+affinity (``core.affinity``) takes the prefill a region's warm cache saves off that region's prediction
+and lets it win when it is within the margin of the best.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 
-from regiongate.core import scope
+from regiongate.core import scope, tiers
+from regiongate.core.affinity import Affinity
 from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.geo import Location, rtt_from_distance_ms
 from regiongate.core.labels import Drop, Route
 from regiongate.core.latency import Estimate, margin_ms, server_ms
 from regiongate.core.request import RouteRequest
+from regiongate.core.tiers import Tier
 from regiongate.core.world import DeploymentState, WorldSnapshot
 
 
@@ -143,7 +150,7 @@ def _network(snapshot: WorldSnapshot, dep: DeploymentState, loc: Location | None
 
 def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, request: RouteRequest) -> Estimate:
     network, source = _network(snapshot, dep, request.client_location)
-    prompt = request.prompt_tokens
+    prompt = request.prompt_tokens - _cached(dep, request)
     return Estimate(
         network,
         source,
@@ -152,6 +159,12 @@ def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, request: RouteReque
         prompt * dep.prefill_ms_per_token,
         dep.error_ms,
     )
+
+
+def _cached(dep: DeploymentState, request: RouteRequest) -> int:
+    """Prompt tokens ``dep`` holds in its prompt cache for this request (its affinity region only)."""
+    aff = request.affinity
+    return aff.cached(request.prompt_tokens) if aff is not None and aff.region == dep.region else 0
 
 
 def _where(request: RouteRequest) -> str:
@@ -217,9 +230,13 @@ Ranked = list[tuple[float, float, str, DeploymentState]]
 def _candidate(
     snapshot: WorldSnapshot, request: RouteRequest, dep: DeploymentState, nearest: str
 ) -> Candidate:
+    order = _backend_order(dep)
+    aff = request.affinity
+    if aff is not None and aff.region == dep.region and aff.backend in order[1:]:
+        order = (aff.backend, *(b for b in order if b != aff.backend))  # its cache is warm there
     return Candidate(
         dep.region,
-        _backend_order(dep),
+        order,
         _route(request, nearest=dep.region == nearest),
         _estimate(snapshot, dep, request),
         dep.free,
@@ -234,6 +251,12 @@ def _rank(
     ranked: Ranked = [
         ((net := _network(snapshot, d, loc)[0]) + server_ms(d, prompt), net, d.region, d) for d in in_scope
     ]
+    aff = request.affinity
+    if aff is not None:  # the affinity region prefills only the new suffix
+        for i, (pred, net, region, d) in enumerate(ranked):
+            if region == aff.region:
+                ranked[i] = (pred - aff.cached(prompt) * d.prefill_ms_per_token, net, region, d)
+                break
     near = min(ranked, key=_BY_NETWORK)
     ranked.sort()
     return ranked, ranked.index(near)
@@ -298,6 +321,32 @@ def _pick(ranked: Ranked, near_i: int, limit_ms: float | None, salt: int) -> tup
     return ties[salt % len(ties)], f"drawn among {len(ties)} regions within the margin of the best" + note
 
 
+def _affine(
+    ranked: Ranked, pick: int, why: str, limit_ms: float | None, aff: Affinity | None, prompt: int
+) -> tuple[int, str]:
+    """``_pick``'s choice, or the affinity region when it is open, roomy and, with its cached prefill
+    saved, within the margin of that choice: a warm cache breaks ties, it never outweighs a clear gain."""
+    if aff is None or pick < 0:
+        return pick, why
+    at = next((i for i, r in enumerate(ranked) if r[2] == aff.region), -1)
+    if at < 0:
+        return pick, why  # not in scope (or not offering the model): affinity never widens the scope
+    r, p = ranked[at], ranked[pick]
+    saved = aff.cached(prompt) * r[3].prefill_ms_per_token
+    if at == pick:
+        return pick, why + f"; prompt cache warm here (saves {saved:.1f} ms)"
+    if not (_open(r, limit_ms) and _roomy(r[3])):
+        return pick, why + f"; {aff.region} holds this prefix but has no room"
+    need = margin_ms(r[3].error_ms, p[3].error_ms)
+    gap = r[0] - p[0]
+    if gap <= need:
+        return at, (
+            f"prompt-cache affinity: served this prefix recently ({saved:.1f} ms of prefill saved), "
+            f"within {max(gap, 0.0):.1f} ms of {p[2]} (margin {need:.1f} ms)"
+        )
+    return pick, why + f"; {aff.region} holds this prefix but is {gap:.1f} ms slower (margin {need:.1f} ms)"
+
+
 def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False) -> Plan | RouteError:
     """The plan for ``request``. With ``explain``, the plan also lists every region of the snapshot and
     why it was kept or dropped (``route explain``, the explain header); routing itself never needs it."""
@@ -315,6 +364,9 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
     if not in_scope:
         hint = [d.region for d in visible if _in_fence(snapshot, request, d.region)]
         return RouteError.model_not_found(model, _where(request), hint)
+    tier = request.tier
+    if tier is not Tier.PRIORITY:  # slots held back from this tier are not free to it
+        in_scope = [tiers.view(d, tier) for d in in_scope]
 
     ranked, near_i = _rank(snapshot, request, in_scope)
     nearest = ranked[near_i][2]
@@ -322,7 +374,9 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
     limit_ms = ranked[0][0] + budget if budget is not None else None
     if explain:
         return _explained(snapshot, request, ranked, limit_ms, budget, in_scope, near_i)
-    pick = _pick(ranked, near_i, limit_ms, request.salt)[0]
+    pick, why = _pick(ranked, near_i, limit_ms, request.salt)
+    if request.affinity is not None:
+        pick = _affine(ranked, pick, why, limit_ms, request.affinity, request.prompt_tokens)[0]
     if pick < 0:
         over_budget = any(_drop(r[3], r[0], limit_ms) is OVER_BUDGET for r in ranked)
         return _refusal(snapshot, request, in_scope, over_budget)
@@ -347,6 +401,9 @@ def _explained(
     """``decide`` with every region's verdict written down (``route explain``, the explain header)."""
     nearest = ranked[near_i][2]
     pick, why_first = _pick(ranked, near_i, limit_ms, request.salt)
+    pick, why_first = _affine(ranked, pick, why_first, limit_ms, request.affinity, request.prompt_tokens)
+    if pick >= 0:
+        why_first += _counterfactual(snapshot, request, ranked[pick][2])
     order = [pick] if pick >= 0 else []
     order += [i for i, r in enumerate(ranked) if i != pick and _open(r, limit_ms)]
     candidates = [_candidate(snapshot, request, ranked[i][3], nearest) for i in order]
@@ -374,6 +431,21 @@ def _explained(
     return _refusal(snapshot, request, in_scope, over_budget)
 
 
+def _counterfactual(snapshot: WorldSnapshot, request: RouteRequest, picked: str) -> str:
+    """What the tier or affinity changed: where the request would go as a default-tier request without
+    affinity (explain only: one more decision, off the hot path)."""
+    if request.tier is Tier.DEFAULT and request.affinity is None:
+        return ""
+    plain = decide(snapshot, replace(request, tier=Tier.DEFAULT, affinity=None))
+    other = "refused" if isinstance(plain, RouteError) else plain.first.region
+    if other == picked:
+        return ""
+    what = [f"tier {request.tier}"] if request.tier is not Tier.DEFAULT else []
+    if request.affinity is not None:
+        what.append("prompt-cache affinity")
+    return f" [{' and '.join(what)} changed this: a default request without affinity would go to {other}]"
+
+
 def _out_of_scope(
     snapshot: WorldSnapshot, request: RouteRequest, in_scope: Sequence[DeploymentState]
 ) -> list[Considered]:
@@ -399,9 +471,10 @@ def _out_of_scope(
 
 
 def _full(dep: DeploymentState) -> str:
-    if dep.in_use < dep.limit:  # the backends' own report of their load is what binds
-        return f"its backends report no free capacity; {dep.in_use}/{dep.limit} in use here"
-    return f"{dep.in_use}/{dep.limit} in use"
+    held = f", {dep.held} held back from this tier" if dep.held else ""
+    if dep.in_use < dep.limit - dep.held:  # the backends' own report of their load is what binds
+        return f"its backends report no free capacity; {dep.in_use}/{dep.limit} in use here{held}"
+    return f"{dep.in_use}/{dep.limit} in use{held}"
 
 
 def _route(request: RouteRequest, *, nearest: bool) -> Route:

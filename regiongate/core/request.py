@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from regiongate.core.affinity import Affinity
 from regiongate.core.endpoint import GLOBAL, Endpoint
+from regiongate.core.tiers import Tier
 from regiongate.core.world import Location
 
 
@@ -54,3 +56,5 @@ class RouteRequest:
     access: Access = ALL_ACCESS
     prompt_tokens: int = 0  # this request's prompt length (estimated): its own prefill is predicted
     salt: int = 0  # a random number drawn by the caller: the policy's only source of chance
+    tier: Tier = Tier.DEFAULT  # its service tier, resolved (``core.tiers``)
+    affinity: Affinity | None = None  # where its prefix was served recently (``core.affinity``)

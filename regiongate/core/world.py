@@ -50,12 +50,18 @@ class DeploymentState:
     error_ms: float = 0.0
     queue_depth: int = 0  # requests waiting at the backend, when the backend reports it
     reported_free: int | None = None  # free slots the backend itself reports, when it does
+    # Service tiers (``core.tiers``): slots kept for priority requests, flex admitted only below
+    # ``flex_limit`` slots in use; ``held`` is what the request at hand may not take (set per request by
+    # ``tiers.view``, 0 in the fleet's snapshot).
+    priority_reserve: int = 0
+    flex_limit: int | None = None
+    held: int = 0
 
     @property
     def free(self) -> int:
-        free = self.limit - self.in_use
+        free = self.limit - self.held - self.in_use
         if self.reported_free is not None:
-            free = min(free, self.reported_free)
+            free = min(free, self.reported_free - self.held)
         return max(free, 0)
 
     @property
