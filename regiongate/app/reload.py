@@ -23,8 +23,7 @@ from regiongate.app.logs import register_secrets
 from regiongate.app.runtime import Runtime, build_fleet, build_keys
 from regiongate.app.scaleout import fit_fleet
 from regiongate.config import Config, ConfigError, HttpBackend, SimulatedBackend, load_config
-from regiongate.core import Access, Grant
-from regiongate.pipeline.auth import Principal, StaticKeys, hash_key
+from regiongate.pipeline.auth import StaticKeys, hash_key
 from regiongate.state.fleet import Backend, Fleet
 
 log = logging.getLogger("regiongate.reload")
@@ -77,8 +76,9 @@ def _keys(rt: Runtime, cfg: Config) -> StaticKeys:
     for t in cfg.teams:
         old = rt.generated_keys.get(t.name)
         if t.name in generated and old:
-            grants = None if t.grants is None else tuple(Grant(g.model, g.region) for g in t.grants)
-            keys.add(hash_key(old), Principal(t.name, f"{t.name}-generated", Access(t.name, grants)))
+            fresh = keys.by_hash(hash_key(generated[t.name]))  # the new one's principal: same team, grants
+            if fresh is not None:
+                keys.add(hash_key(old), fresh)
     return keys
 
 

@@ -14,7 +14,7 @@ from regiongate.config import Config, HttpBackend, SimulatedBackend
 from regiongate.config.control import resolve as resolve_control
 from regiongate.control.metering import TeeUsage
 from regiongate.control.plane import ControlPlane, build_control
-from regiongate.core import Access, Grant, Location, Region
+from regiongate.core import Access, Grant, Location, Region, Tier
 from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
@@ -170,7 +170,15 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
                     )
                 )
             deployments.append(
-                Deployment(model, d.region, d.limit, backends, TtftEstimate(cfg.gateway.ttft_halflife_s))
+                Deployment(
+                    model,
+                    d.region,
+                    d.limit,
+                    backends,
+                    TtftEstimate(cfg.gateway.ttft_halflife_s),
+                    priority_reserve=d.reserve_slots,
+                    flex_limit=d.flex_limit,
+                )
             )
     return Fleet(
         regions,
@@ -189,8 +197,9 @@ def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKe
     for team in cfg.teams:
         grants = None if team.grants is None else tuple(Grant(g.model, g.region) for g in team.grants)
         found = False
+        tiers = None if team.service_tiers is None else frozenset(Tier(t) for t in team.service_tiers)
         for i, k in enumerate(team.keys):
-            access = Access(team.name, grants, k.zone, k.spill_budget_ms)
+            access = Access(team.name, grants, k.zone, k.spill_budget_ms, Tier(k.service_tier), tiers)
             principal = Principal(team.name, k.id or f"{team.name}-{i}", access)
             if k.sha256:
                 keys.add(k.sha256, principal)
@@ -200,7 +209,8 @@ def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKe
                 found = True
         if not found and team.generate_demo_key:
             key = new_key()
-            keys.add(hash_key(key), Principal(team.name, f"{team.name}-generated", Access(team.name, grants)))
+            access = Access(team.name, grants, tiers=tiers)
+            keys.add(hash_key(key), Principal(team.name, f"{team.name}-generated", access))
             generated[team.name] = key
     return keys, generated
 

@@ -7,6 +7,7 @@ errors) so a typo in a field name never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from importlib import resources
@@ -20,6 +21,8 @@ from regiongate.config.scale import HealthConfig, LimitsConfig, OutageMode, Shar
 from regiongate.config.tracing import TracingConfig
 
 REGION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# The service tiers a key or team is configured with (``regiongate.core.tiers``; ``auto`` is a request's).
+ServiceTier = Literal["default", "flex", "priority"]
 
 
 def _check_geoip_database(path: str) -> None:
@@ -107,6 +110,18 @@ class DeploymentConfig(_Model):
     limit: int = Field(8, ge=1)  # concurrent requests per model in this region
     backends: list[Backend] = Field(min_length=1)
     on_redis_outage: OutageMode | None = None  # None: [shared].on_redis_outage
+    # Service tiers (regiongate.core.tiers): this share of the limit (rounded up) is kept for priority
+    # requests; flex requests are admitted only while less than flex_below of the limit is in use.
+    priority_reserve: float = Field(0.0, ge=0, lt=1)
+    flex_below: float = Field(1.0, gt=0, le=1)
+
+    @property
+    def reserve_slots(self) -> int:
+        return math.ceil(self.limit * self.priority_reserve - 1e-9)
+
+    @property
+    def flex_limit(self) -> int | None:
+        return None if self.flex_below >= 1.0 else math.floor(self.limit * self.flex_below + 1e-9)
 
 
 class GrantConfig(_Model):
@@ -122,6 +137,7 @@ class KeyConfig(_Model):
     env: str | None = None
     zone: str | None = None
     spill_budget_ms: float | None = Field(None, ge=0)
+    service_tier: ServiceTier = "default"  # the tier of its requests that ask for none (or "auto")
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:
@@ -136,6 +152,18 @@ class TeamConfig(_Model):
     keys: list[KeyConfig] = []
     generate_demo_key: bool = False  # print a fresh key at start-up when no env key is set
     retention_s: float | None = Field(None, ge=0)  # stored objects' lifetime; None: [state].retention_s
+    service_tiers: list[ServiceTier] | None = None  # the tiers its keys may ask for; None: all three
+
+    @model_validator(mode="after")
+    def _key_tiers(self) -> TeamConfig:
+        if self.service_tiers is not None:
+            for i, k in enumerate(self.keys):
+                if k.service_tier not in self.service_tiers:
+                    raise ValueError(
+                        f"keys[{i}].service_tier: '{k.service_tier}' is not in this team's service_tiers "
+                        f"({', '.join(self.service_tiers) or 'none'})"
+                    )
+        return self
 
 
 class GatewayConfig(_Model):

@@ -26,6 +26,8 @@ class Access:
     grants: tuple[Grant, ...] | None = None  # None: every model in every region
     zone: str | None = None  # key fenced to one data zone
     spill_budget_ms: float | None = None  # global spillover only within this much of the best estimate
+    tier: Tier = Tier.DEFAULT  # the key's service tier when a request asks for none (or ``auto``)
+    tiers: frozenset[Tier] | None = None  # the tiers the team may use; None: every tier
 
     def permits(self, model: str, region: str) -> bool:
         if self.grants is None:

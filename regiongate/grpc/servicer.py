@@ -29,6 +29,7 @@ from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render
 from regiongate.pipeline.failover import Inbound, Routed
 from regiongate.pipeline.routes import not_offered
 from regiongate.pipeline.sse import iter_json_events
+from regiongate.pipeline.tiering import TIER_HEADER
 from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 SERVED = (
@@ -97,6 +98,8 @@ class XaiServices:
     ) -> Inbound:
         """The internal request for one call of any service: who, through which endpoint, what."""
         caller = self._caller(context, md)
+        if TIER_HEADER in md:  # the proto's field has no flex: metadata names any tier (validated later)
+            payload["service_tier"] = md[TIER_HEADER]
         return Inbound(
             path,
             payload,
@@ -189,7 +192,7 @@ class XaiServices:
             if routed.chunks is None:  # the backend refused with a plain (error) answer
                 await abort(context, upstream_error(routed.status, routed.body), rid)
                 return
-            meta = translate.Meta(request.model)
+            meta = translate.Meta(request.model, dict(routed.headers).get(TIER_HEADER, ""))
             buf = b""
             async for raw in routed.chunks:
                 buf = buf + raw if buf else raw

@@ -61,6 +61,12 @@ _SERVER_TOOLS = (
 )
 
 
+_TIER = {
+    usage_pb2.ServiceTier.SERVICE_TIER_DEFAULT: "default",
+    usage_pb2.ServiceTier.SERVICE_TIER_PRIORITY: "priority",
+}
+
+
 def _invalid(message: str, param: str) -> RouteError:
     return ClientError(message, code="invalid_value", param=param)
 
@@ -184,6 +190,8 @@ def chat_payload(req: chat_pb2.GetCompletionsRequest, stream: bool) -> dict[str,
         p["user"] = req.user
     if req.HasField("safety_identifier"):
         p["safety_identifier"] = req.safety_identifier
+    if req.service_tier in _TIER:  # the proto knows default and priority; flex comes as metadata
+        p["service_tier"] = _TIER[req.service_tier]
     if req.tools:
         p["tools"] = _tools(req)
     if req.HasField("tool_choice"):
@@ -283,9 +291,10 @@ class Meta:
     """The fields every response / chunk repeats, taken from the OpenAI object. For streams it keeps a
     template chunk with them, rebuilt only when one changes: copying it is cheaper than building anew."""
 
-    __slots__ = ("_template", "created", "fingerprint", "id", "model", "tools", "usage")
+    __slots__ = ("_template", "created", "fingerprint", "id", "model", "tier", "tools", "usage")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, tier: str = "") -> None:
+        self.tier = tier_proto(tier)  # the tier the gateway ran it at, on every chunk as xAI sends it
         self.tools: dict[int, dict[int, dict[str, str]]] = {}  # streamed tool-call fragments per output
         self.id = ""
         self.model = model
@@ -320,6 +329,7 @@ class Meta:
                 model=self.model,
                 system_fingerprint=self.fingerprint,
                 usage=self.usage,
+                service_tier=self.tier,
             )
         msg = chat_pb2.GetChatCompletionChunk()
         msg.CopyFrom(self._template)
@@ -352,7 +362,16 @@ def completion_response(obj: dict[str, Any], model: str) -> chat_pb2.GetChatComp
         model=meta.model,
         system_fingerprint=meta.fingerprint,
         usage=meta.usage,
+        service_tier=tier_proto(obj.get("service_tier")),
     )
+
+
+def tier_proto(tier: object) -> usage_pb2.ServiceTier:
+    """The proto's tier for a tier name: it has no flex, which is reported as default (the
+    x-regiongate-service-tier metadata carries the exact one)."""
+    if tier == "priority":
+        return usage_pb2.ServiceTier.SERVICE_TIER_PRIORITY
+    return usage_pb2.ServiceTier.SERVICE_TIER_DEFAULT if tier else usage_pb2.ServiceTier.SERVICE_TIER_UNSPECIFIED
 
 
 def completion_chunk(obj: dict[str, Any], meta: Meta) -> chat_pb2.GetChatCompletionChunk:

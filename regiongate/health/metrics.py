@@ -85,21 +85,29 @@ class Metrics:
             ["code", "type"],
             registry=self.registry,
         )
+        self._tiers = Counter(
+            "regiongate_service_tier_requests",
+            "Requests by service tier, where they ran and how they ended (status 503: refused for room)",
+            ["tier", "region", "status"],
+            registry=self.registry,
+        )
         self._fleet = _FleetCollector()
         self.registry.register(self._fleet)
-        self._children: dict[tuple[str, str, str, int], Counter] = {}
+        self._children: dict[tuple[str, str, str, int, str], tuple[Counter, Counter]] = {}
 
     def watch(self, fleet: Callable[[], Fleet]) -> None:
         self._fleet.fleet = fleet
 
-    def request(self, model: str, region: str, route: str, status: int) -> None:
-        key = (model, region, route, status)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._requests.labels(
-                model, region or "none", route or "none", str(status)
+    def request(self, model: str, region: str, route: str, status: int, tier: str = "default") -> None:
+        key = (model, region, route, status, tier)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self._requests.labels(model, region or "none", route or "none", str(status)),
+                self._tiers.labels(tier, region or "none", str(status)),
             )
-        child.inc()
+        children[0].inc()
+        children[1].inc()
 
     def upstream_failure(self, region: str, backend: str) -> None:
         self._failures.labels(region, backend).inc()

@@ -18,15 +18,28 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from regiongate.core import Endpoint, EndpointKind, Location, Plan, RouteError, RouteRequest, decide, scope
+from regiongate.core import (
+    Affinity,
+    Endpoint,
+    EndpointKind,
+    Location,
+    Plan,
+    RouteError,
+    RouteRequest,
+    Tier,
+    decide,
+    scope,
+)
 from regiongate.core.errors import GatewayError, UpstreamError
 from regiongate.core.labels import Route
 from regiongate.core.latency import prompt_tokens_estimate
+from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.continuation import HOPS_HEADER, Hop, prefill_payload, refusal, render_hops
 from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
+from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, tier_of
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.capacity import CapacityStore, Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
@@ -53,6 +66,8 @@ class Inbound:
     continuation: bool = True  # a stream broken mid-answer may be continued elsewhere in scope
     ttft_budget_ms: float | None = None  # the caller's own first-byte budget (x-regiongate-ttft-budget-ms)
     client_request_id: str | None = None  # the client's x-request-id, echoed; never used as ours
+    tier: Tier = Tier.DEFAULT  # its service tier, resolved by ``Gateway.dispatch`` (pipeline.tiering)
+    affinity: Affinity | None = None  # where its prompt prefix was served recently (pipeline.affinity)
 
     @property
     def include_usage(self) -> bool:
@@ -175,7 +190,7 @@ class Tracer(Protocol):
     """What the gateway asks of tracing (``[tracing]``, pipeline/tracing.py); the gateway holds None when it
     is off, so an untraced request pays one ``is None`` check per step."""
 
-    async def acquire(self, capacity: CapacityStore, dep: Deployment) -> Lease | None: ...
+    async def acquire(self, capacity: CapacityStore, dep: Deployment, limit: int) -> Lease | None: ...
 
     async def attempt(self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str) -> Answered:
         """Run one attempt inside its span; the outcome is read from the answer's ``status``."""
@@ -205,11 +220,14 @@ class Gateway:
             inbound.principal.access,
             prompt_tokens_estimate(len(inbound.body)),
             self._rng.getrandbits(32),  # the policy's tie-breaks: its own generator, never a global one
+            inbound.tier,
+            inbound.affinity,
         )
         return decide((fleet or self.fleet).snapshot_for(inbound.model), request, explain=inbound.explain)
 
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
+        inbound.tier = tier_of(inbound.payload, inbound.principal.access)  # 400 / 403 before any work
         for hook in self.hooks:
             try:
                 await hook.before(inbound)
@@ -219,6 +237,9 @@ class Gateway:
         routed = await self._dispatch(inbound, started)
         if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
             routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
+        routed.headers.append((TIER_HEADER, inbound.tier))
+        if routed.chunks is None and routed.status == 200 and inbound.path in STAMPED_PATHS:
+            routed.body = stamp(routed.body, inbound.tier)
         for hook in self.hooks:
             hook.after(inbound, routed)
         return routed
@@ -260,10 +281,12 @@ class Gateway:
             if all(bid in skip for bid in cand.backends):
                 continue
             dep = fleet.deployments[(inbound.model, cand.region)]
+            # The tier's share of the limit: the policy saw the same (core.tiers), the lease enforces it.
+            limit = dep.limit - held_back(dep.limit, inbound.tier, dep.priority_reserve, dep.flex_limit)
             if tracing is None:
-                lease = await capacity.acquire(dep.key, dep.limit)
+                lease = await capacity.acquire(dep.key, limit)
             else:
-                lease = await tracing.acquire(capacity, dep)
+                lease = await tracing.acquire(capacity, dep, limit)
             if lease is None:  # taken between snapshot and acquire (another replica or request)
                 failures.append(f"{cand.region}: full")
                 continue
@@ -606,7 +629,7 @@ class Gateway:
             prompt = p if isinstance(p, int) else 0
             completion = c if isinstance(c, int) else 0
         now = time.monotonic()
-        self.metrics.request(inbound.model, region, route, status)
+        self.metrics.request(inbound.model, region, route, status, inbound.tier)
         record = UsageRecord(
             request_id=inbound.request_id,
             team=inbound.principal.team,
@@ -622,6 +645,7 @@ class Gateway:
             total_ms=(now - started) * 1000.0,
             at=time.time(),
             hops=tuple(h.render() for h in hops) if hops else (),
+            tier=inbound.tier,
         )
         self.usage.record(record)
         for hook in self.hooks:

@@ -4,7 +4,7 @@ form (RFC 7515) signed with Ed25519 (``alg: EdDSA``, RFC 8037), stating which re
     {"iss": "regiongate", "rid": the gateway's request id, "client_rid": the client's x-request-id (only
      when it sent one; never used as "rid"), "team": ..., "key": key id, "model": ...,
      "endpoint": "global" | "zone:eu" | "region:eu-west-1", "region": served region, "zone": its data zone,
-     "route": nearest | spillover | pinned | zone | failover, "iat": unix seconds, "time": ISO-8601 UTC}
+     "route": nearest | spillover | pinned | zone | failover, "tier": default | flex | priority, "iat": unix seconds, "time": ISO-8601 UTC}
 
 A stored object's receipt (``object_receipt``) adds ``"object"`` (its id), ``"stored"`` (the region whose
 store holds it) and ``"stored_zone"``.
@@ -264,6 +264,7 @@ class ReceiptHook:
             "region": region,
             "zone": self.zones.get(region),
             "route": route,
+            "tier": inbound.tier.value,
             "iat": int(now),
             "time": iso_time(now),
         }

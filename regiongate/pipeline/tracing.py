@@ -141,16 +141,16 @@ class Tracing:
         return [_TracedGrpc(self)]
 
     # --- hooks the gateway calls (pipeline/failover.py) -----------------------------------------------
-    async def acquire(self, capacity: CapacityStore, dep: Deployment) -> Lease | None:
+    async def acquire(self, capacity: CapacityStore, dep: Deployment, limit: int) -> Lease | None:
         if not trace.get_current_span().is_recording():
-            return await capacity.acquire(dep.key, dep.limit)
+            return await capacity.acquire(dep.key, limit)
         with self.tracer.start_as_current_span(
             "capacity.acquire",
             attributes={"regiongate.region": dep.region, "gen_ai.request.model": dep.model},
         ) as span:
-            lease = await capacity.acquire(dep.key, dep.limit)
+            lease = await capacity.acquire(dep.key, limit)
             span.set_attribute("regiongate.capacity.granted", lease is not None)
-            span.set_attribute("regiongate.capacity.limit", dep.limit)
+            span.set_attribute("regiongate.capacity.limit", limit)  # the request's tier's share
             return lease
 
     async def attempt(self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str) -> Answered:

@@ -34,6 +34,7 @@ class UsageRecord:
     total_ms: float
     at: float  # unix seconds
     hops: tuple[str, ...] = ()  # a stream's hops in order ("region backend (reason)"), when it has them
+    tier: str = "default"  # the service tier it ran at (regiongate.core.tiers)
 
 
 @dataclass(slots=True)

@@ -46,6 +46,8 @@ class Deployment:
     queue_depth: int = 0
     reported_free: int | None = None
     first_byte: FirstByteBudget = field(default_factory=FirstByteBudget)  # observed TTFTs -> the budget
+    priority_reserve: int = 0  # slots kept for priority requests (regiongate.core.tiers)
+    flex_limit: int | None = None  # flex admitted only while fewer slots are in use
 
     def __post_init__(self) -> None:
         self.key = deployment_key(self.model, self.region)
@@ -87,6 +89,8 @@ class Fleet:
             error_ms=error,
             queue_depth=d.queue_depth,
             reported_free=d.reported_free,
+            priority_reserve=d.priority_reserve,
+            flex_limit=d.flex_limit,
         )
 
     def _snapshot(self, deps: Iterable[Deployment]) -> WorldSnapshot:
