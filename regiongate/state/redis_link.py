@@ -20,13 +20,11 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from regiongate.config.scale import SharedConfig
 from regiongate.core.errors import GatewayError
+from regiongate.state.resp import RespClient
 
 log = logging.getLogger("regiongate.shared")
 
@@ -67,19 +65,12 @@ def shared_unavailable(what: str, retry_after: float) -> GatewayError:
 
 
 class RedisLink:
-    def __init__(self, cfg: SharedConfig, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, cfg: SharedConfig, client: RespClient | None = None) -> None:
         if cfg.redis is None and client is None:
             raise ValueError("RedisLink needs [shared].redis")
         self.cfg = cfg
         self.prefix = cfg.key_prefix
-        timeout = cfg.timeout_ms / 1000.0
-        self.client: aioredis.Redis = client or aioredis.Redis.from_url(
-            str(cfg.redis),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self.client = client or RespClient(str(cfg.redis), cfg.timeout_ms / 1000.0)
         self.up = True  # optimistic until a command fails
         self.outages = 0
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -156,5 +147,5 @@ class RedisLink:
             self._task = None
         if self.up:
             with contextlib.suppress(*ERRORS):
-                await self.client.zrem(self.key("replicas"), self.replica_id)
+                await self.client.execute("ZREM", self.key("replicas"), self.replica_id)
         await self.client.aclose()
