@@ -29,7 +29,9 @@ from regiongate.pipeline.usage import MemoryUsage
 from regiongate.state.capacity import CapacityStore, LocalCapacity
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import TtftEstimate
+from regiongate.upstream import dialect
 from regiongate.upstream.base import Upstream
+from regiongate.upstream.dialect import Dialect
 from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
 
@@ -146,6 +148,7 @@ def _upstream(
         first_byte_factor=t.first_byte_factor,
         idle_timeout_s=t.idle_s,
         total_timeout_s=t.total_s,
+        dialect=dialect.of(spec),
     )
 
 
@@ -159,6 +162,7 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
             for i, spec in enumerate(d.backends):
                 bid = f"{d.region}/{model}/{spec.id or i}"
                 upstream_model = spec.model if isinstance(spec, HttpBackend) else None
+                responses = spec.responses_mode if isinstance(spec, HttpBackend) else spec.responses
                 upstream = _upstream(cfg, spec, bid, by_id[d.region], d.limit)
                 backends.append(
                     Backend(
@@ -166,7 +170,8 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
                         upstream,
                         upstream_model,
                         prefill=spec.prefill,
-                        responses_via_chat=spec.responses == "chat",
+                        responses_via_chat=responses == "chat",
+                        dialect=dialect.of(spec) if isinstance(spec, HttpBackend) else Dialect(),
                     )
                 )
             deployments.append(

@@ -56,6 +56,11 @@ class Timeouts(_Model):
     total_s: float = Field(600.0, gt=0)
 
 
+# What varies between servers (regiongate.upstream.dialect gives each kind's defaults; docs/backends.md).
+ServerKind = Literal["generic", "openai", "vllm", "sglang", "llama.cpp", "llama-cpp-python"]
+RequestIdMode = Literal["off", "uuid", "as-is"]
+MaxTokensMode = Literal["as-is", "max_tokens"]
+
 # How a backend continues an assistant message it is given (regiongate.pipeline.continuation).
 Prefill = Literal["vllm", "llama.cpp", "prefix", "none"]
 
@@ -83,7 +88,21 @@ class HttpBackend(_Model):
     prefill: Prefill = "vllm"  # how it continues a broken stream's text; "none" if it cannot
     # How /v1/responses reaches this backend: "native" forwards it (llama.cpp, vLLM, providers implement
     # it); "chat" translates it to /v1/chat/completions and the answer back (regiongate.upstream.responses).
-    responses: Literal["native", "chat"] = "native"
+    # None: "chat" for a server that has no /v1/responses (llama-cpp-python), else "native".
+    responses: Literal["native", "chat"] | None = None
+    # The server's dialect (regiongate.upstream.dialect, docs/backends.md): its kind gives the defaults of
+    # the fields after it; each one given here overrides its default.
+    server: ServerKind = "generic"
+    request_id: RequestIdMode | None = None  # x-request-id upstream: "as-is", "uuid" (uuid5 of ours), "off"
+    max_completion_tokens: MaxTokensMode | None = None  # "max_tokens": sent under the older name
+    probe_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9\-._~/]*$")  # None: [health].probe_path
+    busy_probe_grace: bool | None = None  # a probe timeout while its requests succeed is not counted
+
+    @property
+    def responses_mode(self) -> Literal["native", "chat"]:
+        if self.responses is not None:
+            return self.responses
+        return "chat" if self.server == "llama-cpp-python" else "native"
 
     @field_validator("url")
     @classmethod

@@ -7,6 +7,15 @@ OpenAI ``/models`` list that every compatible server has). A probe does two thin
   good ones bring it back. This is apart from passive outlier ejection (``health.Outlier``), which
   counts failed requests; a backend is used only when both say it is healthy.
 
+The path is the backend's own (``probe_path`` of its dialect: ``/health`` at the root for llama.cpp, vLLM and
+SGLang, see ``regiongate.upstream.dialect``), else ``[health].probe_path``.
+
+A probe that gets no answer in time while the backend is visibly serving (a request to it in flight or one
+answered since the previous probe, and no failure since its last success) is not counted, neither way:
+a single-slot server (llama-server with one HTTP thread) answers nothing else while it generates, and
+its requests succeeding say more about its health than a probe that waited behind them. A refused
+connection or a 5xx always counts, and so does a timeout once its requests fail too.
+
 In-process simulated backends are not probed (there is no network to measure).
 
 ``HealthCollector`` adds both kinds of health, the RTT and the shared-state link to ``/metrics``.
@@ -39,16 +48,24 @@ class Prober:
         self.cfg = cfg
         self._ok: dict[str, int] = {}  # backend id -> good probes in a row
         self._bad: dict[str, int] = {}  # backend id -> failed probes in a row
+        self._last: dict[str, float] = {}  # backend id -> when its previous probe started
+        self.excused = 0  # probe timeouts not counted because the backend was serving (for tests, logs)
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self, b: Backend) -> bool:
-        """Probe one backend now; True when it answered."""
+        """Probe one backend now; True when it answered (or, busy serving, was excused)."""
         up = b.upstream
         if up.base_url is None:
             return True  # an engine in this process: no network between us to measure
         started = time.monotonic()
-        ok = await up.probe(self.cfg.probe_path, self.cfg.probe_timeout_s)
+        since = self._last.get(b.id, float("-inf"))
+        self._last[b.id] = self.fleet().clock()  # the clock Backend.served_at is read with
+        ok = await up.probe(b.dialect.probe_path or self.cfg.probe_path, self.cfg.probe_timeout_s)
         now = time.monotonic()
+        if ok is None and b.dialect.busy_probe_grace and self._serving(b, since):
+            self.excused += 1
+            log.info("probe timed out while the backend serves requests: not counted", extra={"backend": b.id})
+            return True
         if ok:
             if b.rtt is None:
                 # The first answer opened the connection: its time includes the TCP (and TLS) handshakes,
@@ -67,7 +84,13 @@ class Prober:
             if b.probe_healthy and self._bad[b.id] >= self.cfg.unhealthy_after:
                 b.probe_healthy = False
                 log.warning("backend unhealthy (probe)", extra={"backend": b.id})
-        return ok
+        return bool(ok)
+
+    def _serving(self, b: Backend, since: float) -> bool:
+        """Requests to ``b`` are succeeding: one in flight or answered since ``since``, none failed since."""
+        if b.outlier.streak or b.outlier.ejected(self.fleet().clock()):
+            return False
+        return b.in_flight > 0 or b.served_at >= since
 
     async def round(self) -> None:
         backends = list(self.fleet().backends.values())

@@ -36,6 +36,7 @@ from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.blame import Blame, exhausted
 from regiongate.pipeline.continuation import HOPS_HEADER, Hop, prefill_payload, refusal, render_hops
 from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
@@ -251,9 +252,11 @@ class Gateway:
             self._record(inbound, "", Route.NONE, plan.status, None, None, started)
             raise plan
         failures: list[str] = []
-        opened = await self._walk(fleet, inbound, plan, failures, started)
+        blame = Blame()
+        opened = await self._walk(fleet, inbound, plan, failures, started, blame=blame)
+        blame.settle(fleet, opened is not None and opened.status < 400, inbound.request_id)
         if opened is None:
-            raise self._exhausted(inbound, plan, failures, started)
+            raise self._exhausted(inbound, plan, failures, started, blame.last)
         if opened.first is None:  # a whole answer (or a final refusal): relayed as it is
             routed = self._complete(opened.attempt, opened.resp)
         else:  # the stream now owns the lease
@@ -270,10 +273,12 @@ class Gateway:
         started: float,
         payload_for: Callable[[Backend], dict[str, Any] | None] | None = None,
         skip: frozenset[str] = frozenset(),
+        blame: Blame | None = None,
     ) -> _Open | None:
         """Walk the plan until a backend answers: the first byte of a stream, or a whole answer. What
         failed is appended to ``failures``. ``payload_for`` replaces the request's body per backend (a
-        continuation; None: that backend cannot take it), ``skip`` names backends not to try."""
+        continuation; None: that backend cannot take it), ``skip`` names backends not to try; ``blame``
+        holds the 5xx answers to judge by the outcome (``pipeline.blame``; None: they count at once)."""
         moved = bool(failures)
         capacity = fleet.capacity
         tracing = self.tracing
@@ -319,7 +324,7 @@ class Gateway:
                         except UpstreamFailure as e:
                             failures.append(f"{cand.region}/{e}")
                             moved = True
-                            self._failed(fleet, cand.region, backend, e)
+                            self._failed(fleet, cand.region, backend, e, blame)
                             # A transient failure is tried once more on the same backend when the request
                             # may use no other (a regional endpoint with one backend): never more.
                             if again or not e.transient or not _only_backend(plan):
@@ -349,17 +354,32 @@ class Gateway:
             budget = min(budget, inbound.ttft_budget_ms / 1000.0)
         return budget
 
-    def _failed(self, fleet: Fleet, region: str, backend: Backend, e: UpstreamFailure) -> None:
+    def _failed(
+        self, fleet: Fleet, region: str, backend: Backend, e: UpstreamFailure, blame: Blame | None = None
+    ) -> None:
         """What a failure before the first byte says about the backend."""
         self.metrics.upstream_failure(region, backend.id)
         if e.status == 429:  # busy, not unhealthy: a pause it asked for is honoured, else just move on
             backend.outlier.abandon()
             if e.busy_s is not None:
                 fleet.record_busy(backend, e.busy_s)
+        elif blame is not None and blame.defer(backend, e):
+            pass  # judged when the request's outcome is known
         elif fleet.record_failure(backend):
             log.warning("backend ejected", extra={"backend": backend.id, "reason": e.reason})
 
-    def _exhausted(self, inbound: Inbound, plan: Plan, failures: list[str], started: float) -> RouteError:
+    def _exhausted(
+        self,
+        inbound: Inbound,
+        plan: Plan,
+        failures: list[str],
+        started: float,
+        last: UpstreamFailure | None = None,
+    ) -> RouteError:
+        if last is not None:  # a backend answered 5xx: its status and words, with where it was tried
+            err = exhausted(last, failures, self.fleet.retry_after_s)
+            self._record(inbound, "", Route.NONE, err.status, None, None, started)
+            return err
         regions = [c.region for c in plan.candidates]
         tried = [self.fleet.backends[b] for c in plan.candidates for b in c.backends if b in self.fleet.backends]
         busy = self.fleet.busy_for(tried)  # the backends said when to come back: say it to the client

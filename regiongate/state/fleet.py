@@ -12,6 +12,7 @@ from regiongate.state.first_byte import FirstByteBudget
 from regiongate.state.outlier import Ewma, Outlier
 from regiongate.state.ttft import TtftEstimate, Typical, typical
 from regiongate.upstream.base import Upstream
+from regiongate.upstream.dialect import Dialect
 
 
 @dataclass(slots=True)
@@ -26,6 +27,8 @@ class Backend:
     probe_healthy: bool = True  # False after failed active probes (regiongate.health.probes)
     busy_until: float = 0.0  # it answered 429 with Retry-After: not sent anything before then
     responses_via_chat: bool = False  # /v1/responses translated to chat completions (pipeline.responses_chat)
+    dialect: Dialect = field(default_factory=Dialect)  # what its server accepts (regiongate.upstream.dialect)
+    served_at: float = float("-inf")  # when a request to it last succeeded (fleet clock)
 
     def healthy(self, now: float) -> bool:
         return self.probe_healthy and not self.outlier.ejected(now) and now >= self.busy_until
@@ -143,6 +146,7 @@ class Fleet:
 
     def record_success(self, b: Backend) -> None:
         b.outlier.success()
+        b.served_at = self.clock()
 
     def record_failure(self, b: Backend) -> bool:
         return b.outlier.failure(self.clock())

@@ -11,13 +11,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 
 class UpstreamFailure(Exception):
     """The backend did not answer usefully before its first byte; another candidate may be tried.
 
     ``transient``: a 5xx or a connection reset, worth one more try on the same backend when it is the only
     one the request may use; ``busy_s``: it answered 429 asking not to be sent anything for that long
-    (``Retry-After`` / ``retry-after-ms``), which is not a health failure."""
+    (``Retry-After`` / ``retry-after-ms``), which is not a health failure; ``message``: the error message of
+    a 5xx answer's body, shown to the client when no backend answers, never logged (it may quote the
+    prompt)."""
 
     def __init__(
         self,
@@ -27,10 +31,12 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         transient: bool = False,
         busy_s: float | None = None,
+        message: str | None = None,
     ) -> None:
         super().__init__(f"{backend}: {reason}")
         self.backend = backend
         self.reason = reason
+        self.message = message  # what the backend said (its error body's message), for the client only
         self.status = status
         self.transient = transient
         self.busy_s = busy_s
@@ -66,6 +72,31 @@ class UpstreamResponse:
             await closer()
 
 
+MESSAGE_MAX = 500  # characters of a backend's error message passed on
+
+
+def error_message(body: bytes) -> str | None:
+    """The message of an error body as OpenAI (``{"error": {"message"}}``), vLLM and SGLang (``{"object":
+    "error", "message"}``) or FastAPI (``{"detail"}``) write it, else its text; one line, bounded."""
+    text: object = None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace")
+    else:
+        if isinstance(obj, dict):
+            err = obj.get("error")
+            text = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+            if text is None:
+                text = obj.get("message", obj.get("detail"))
+        if text is not None and not isinstance(text, str):
+            text = orjson.dumps(text).decode()
+    if not isinstance(text, str):
+        return None
+    line = " ".join(text.split())  # no CR/LF or control runs reach a header or a log line
+    return (line[:MESSAGE_MAX] + "…" if len(line) > MESSAGE_MAX else line) or None
+
+
 class Upstream(Protocol):
     id: str
     first_byte_timeout_s: float  # the ceiling of a stream's first-byte budget
@@ -80,8 +111,9 @@ class Upstream(Protocol):
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse: ...
 
-    async def probe(self, path: str, timeout_s: float) -> bool:
-        """True when the backend answered ``GET <path>`` in time (an in-process engine always does)."""
+    async def probe(self, path: str, timeout_s: float) -> bool | None:
+        """True when the backend answered ``GET <path>`` in time (an in-process engine always does), None
+        when it did not answer in time, False when it failed."""
         ...
 
     def metrics_text(self, model: str) -> str | None:

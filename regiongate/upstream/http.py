@@ -13,12 +13,14 @@ from typing import Any
 
 import orjson
 
-from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse, error_message
+from regiongate.upstream.dialect import Dialect
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9\-._~/?&=%]*$")
 # Routes that inference servers serve at their root rather than under /v1 (vLLM, llama.cpp, SGLang).
-ORIGIN_PATHS = frozenset({"/tokenize", "/detokenize"})
+ORIGIN_PATHS = frozenset({"/tokenize", "/detokenize", "/health"})
+ERROR_BODY_MAX = 64 * 1024  # an error body longer than this is not read for its message
 # Statuses that mean "this backend cannot serve it now": try the next candidate. Other 4xx are the
 # request's own fault and are relayed as they are, never retried.
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -51,8 +53,10 @@ class HttpUpstream:
         first_byte_factor: float = 4.0,
         idle_timeout_s: float = 60.0,
         total_timeout_s: float = 600.0,
+        dialect: Dialect | None = None,
     ) -> None:
         self.id = id
+        self.dialect = dialect or Dialect()
         self.base_url = base_url.rstrip("/")
         self.first_byte_timeout_s = first_byte_timeout_s
         self.first_byte_floor_s = first_byte_floor_s
@@ -76,10 +80,14 @@ class HttpUpstream:
         return f"{method} {prefix}{path} HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
-        headers = f"{self._post_headers}x-request-id: {_header_value(call.request_id)}\r\n"
+        headers = self._post_headers
+        rid = self.dialect.request_id_value(call.request_id)
+        if rid is not None:
+            headers += f"x-request-id: {_header_value(rid)}\r\n"
+        body = self.dialect.body(call.payload, call.body)
         for k, v in call.headers:
             headers += f"{_header_value(k)}: {_header_value(v)}\r\n"
-        headers += f"content-length: {len(call.body)}\r\n"
+        headers += f"content-length: {len(body)}\r\n"
         started = asyncio.get_running_loop().time()
         limit = call.first_byte_s or self.first_byte_timeout_s
         resp: H1Response | None = None
@@ -87,17 +95,20 @@ class HttpUpstream:
         # whole answer there; a stream's chunks are then bounded by idle_s (the gateway) and total_s.
         try:
             async with asyncio.timeout(limit):
-                resp = await self._pool.request(self._head("POST", call.path, headers), call.body)
+                resp = await self._pool.request(self._head("POST", call.path, headers), body)
                 ctype = resp.content_type or "application/json"
                 if resp.status in RETRYABLE:
-                    resp.release()  # pooled again only if the error body was already read to its end
                     busy = resp.retry_after_s if resp.status == 429 else None
+                    # The backend's own words, for the client when no other backend answers.
+                    said = await resp.read() if resp.status >= 500 else b""
+                    resp.release()  # pooled again only if the error body was already read to its end
                     raise UpstreamFailure(
                         self.id,
                         f"answered HTTP {resp.status}" + (f" (retry after {busy:g}s)" if busy else ""),
                         status=resp.status,
                         transient=resp.status >= 500,
                         busy_s=busy,
+                        message=error_message(said[:ERROR_BODY_MAX]),
                     )
                 if call.stream and resp.status == 200:
                     if ctype.startswith("text/event-stream"):
@@ -123,14 +134,17 @@ class HttpUpstream:
     def metrics_text(self, model: str) -> None:
         return None  # read from the backend's own /metrics by the load scraper
 
-    async def probe(self, path: str, timeout_s: float) -> bool:
-        """GET ``<base_url><path>`` on a pooled connection; True for any answer below 500."""
+    async def probe(self, path: str, timeout_s: float) -> bool | None:
+        """GET ``<base_url><path>`` on a pooled connection; True for any answer below 500, None when no
+        answer came in time, False when it failed (refused, reset, 5xx)."""
         try:
             async with asyncio.timeout(timeout_s):
                 resp = await self._pool.request(self._head("GET", path, self._auth_headers))
                 await resp.read()
                 return resp.status < 500
-        except (TimeoutError, UpstreamHttpError, UpstreamFailure, OSError):
+        except TimeoutError:
+            return None
+        except (UpstreamHttpError, UpstreamFailure, OSError):
             return False
 
     async def aclose(self) -> None:

@@ -11,6 +11,7 @@ OpenAI; what they answer is deterministic text, not a model. API (all a test nee
     s.posts(path)   # the POSTs to one path ("/v1/chat/completions" by default)
     s.fail(status, message, n=1)   # the next n generation requests answer status, in the server's shape
     s.hold()        # generation requests wait (after their head) until s.release(); s.busy: how many wait
+    s.wait_busy()   # block until one waits (from a thread: ``await asyncio.to_thread(s.wait_busy)``)
     s.stop()
     POISON          # a user message containing it gets a request-caused 500 from any server, every time
 
@@ -87,6 +88,7 @@ class Standin:
     _fails: list[tuple[int, str]] = field(default_factory=list)
     _held: asyncio.Event | None = None
     _waiting: int = 0
+    _busy: threading.Event = field(default_factory=threading.Event)
     _idle: asyncio.Event | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -118,12 +120,17 @@ class Standin:
     def busy(self) -> int:
         return self._waiting
 
+    def wait_busy(self, timeout: float = 10.0) -> None:
+        if not self._busy.wait(timeout):
+            raise TimeoutError("no generation request is waiting in the stand-in")
+
     def _set_held(self, on: bool) -> None:
         if on and self._held is None:
             self._held = asyncio.Event()
         elif not on and self._held is not None:
             self._held.set()
             self._held = None
+            self._busy.clear()
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> Standin:
@@ -221,6 +228,7 @@ class Standin:
         try:
             if self._held is not None:
                 self._waiting += 1
+                self._busy.set()
                 try:
                     await self._held.wait()
                 finally:

@@ -143,8 +143,7 @@ def test_single_slot_answers_no_get_while_a_generation_runs(standin: Callable[..
     with httpx.Client() as client:
         t = threading.Thread(target=client.post, args=(s.url + "/chat/completions",), kwargs={"json": body})
         t.start()
-        while s.busy == 0:  # the generation has started and waits
-            threading.Event().wait(0.01)
+        s.wait_busy()  # the generation has started and waits
         with pytest.raises(httpx.ReadTimeout):
             httpx.get(s.url.removesuffix("/v1") + "/health", timeout=0.2)
         s.release()
