@@ -26,19 +26,28 @@ PROMPT = [
 
 @dataclass(frozen=True)
 class Workload:
-    kind: str  # "chat" | "stream"
+    kind: str  # "chat" | "stream" | "grpc" (unary GetCompletion) | "grpc-stream" (GetCompletionChunk)
     chunks: int  # content chunks (stream) or completion tokens (chat)
     latency_ms: int  # the upstream's own latency before its first byte
     conc: int
 
     @property
+    def what(self) -> str:
+        return {"chat": "chat", "grpc": "grpc-unary", "grpc-stream": f"grpc-stream{self.chunks}"}.get(
+            self.kind, f"stream{self.chunks}"
+        )
+
+    @property
     def name(self) -> str:
-        what = "chat" if self.kind == "chat" else f"stream{self.chunks}"
-        return f"{what} lat{self.latency_ms} c{self.conc}"
+        return f"{self.what} lat{self.latency_ms} c{self.conc}"
 
     @property
     def group(self) -> str:
-        return f"{'chat' if self.kind == 'chat' else f'stream{self.chunks}'} lat{self.latency_ms}"
+        return f"{self.what} lat{self.latency_ms}"
+
+    @property
+    def grpc(self) -> bool:
+        return self.kind.startswith("grpc")
 
     def body(self) -> str:
         obj: dict[str, object] = {
@@ -54,6 +63,25 @@ class Workload:
     def events(self) -> int:
         """SSE events a client must see: the content chunks, the finish chunk and [DONE]."""
         return self.chunks + 2 if self.kind == "stream" else 0
+
+    def grpc_body(self) -> bytes:
+        """The request as the xAI SDK frames it: one length-prefixed protobuf message."""
+        from xai_sdk.proto import chat_pb2
+
+        msgs = [
+            chat_pb2.Message(role=chat_pb2.ROLE_SYSTEM, content=[chat_pb2.Content(text=PROMPT[0]["content"])]),
+            chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[chat_pb2.Content(text=PROMPT[1]["content"])]),
+        ]
+        raw = bytes(
+            chat_pb2.GetCompletionsRequest(
+                model=f"bench-{self.latency_ms}ms", messages=msgs, max_tokens=self.chunks
+            ).SerializeToString()
+        )
+        return b"\x00" + len(raw).to_bytes(4, "big") + raw
+
+    @property
+    def grpc_path(self) -> str:
+        return "/xai_api.Chat/GetCompletionChunk" if self.kind == "grpc-stream" else "/xai_api.Chat/GetCompletion"
 
 
 def matrix(full: bool) -> list[Workload]:
@@ -72,6 +100,12 @@ def matrix(full: bool) -> list[Workload]:
     out += [Workload("stream", 200, 0, c) for c in (1, 32)]
     out += [Workload("stream", 200, 50, 128)]
     return out
+
+
+def grpc_matrix(quick: bool) -> list[Workload]:
+    """gRPC as the xAI SDK calls it, beside the REST rows of the same concurrency."""
+    conc = 8 if quick else 32
+    return [Workload("grpc", 16, 0, conc), Workload("grpc-stream", 20, 0, 4 if quick else 32)]
 
 
 def quick_matrix() -> list[Workload]:
@@ -161,6 +195,64 @@ def run_probe(
         ),
         r,
     )
+
+
+def run_h2load(
+    url: str, body: Path, headers: list[str], conns: int, streams: int, secs: float, work: Path
+) -> Sample:
+    """h2load (Debian's nghttp2-client, C): ``conns`` connections carrying ``streams`` concurrent streams
+    each, as gRPC channels do. Latency is per whole response (a stream's last byte)."""
+    logf = work / "h2load.log"
+    logf.unlink(missing_ok=True)
+    cmd = ["h2load", "-c", str(conns), "-m", str(streams), "-D", f"{max(int(secs * 1000), 100)}ms", "-d", str(body)]
+    cmd += ["--log-file", str(logf)]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=secs + 60, check=False)
+    times, bad = [], 0
+    for line in logf.read_text().splitlines() if logf.exists() else []:
+        _start_us, status, elapsed_us = line.split("\t")[:3]
+        if status != "200":
+            bad += 1
+        times.append(float(elapsed_us))
+    if not times:
+        raise RuntimeError(f"h2load measured nothing:\n{out.stdout}\n{out.stderr}")
+    times.sort()
+    return Sample(
+        requests=len(times),
+        errors=bad,
+        rps=(len(times) - bad) / secs,
+        p50_us=times[len(times) // 2],
+        p99_us=times[min(len(times) - 1, int(len(times) * 0.99))],
+    )
+
+
+def check_grpc(port: int) -> None:
+    """One real call with grpcio first: h2load counts HTTP 200s, and a gRPC error is an HTTP 200 too."""
+    import grpc
+    from xai_sdk.proto import chat_pb2, chat_pb2_grpc
+
+    w = Workload("grpc", 16, 0, 1)
+    req = chat_pb2.GetCompletionsRequest.FromString(w.grpc_body()[5:])
+    meta = [("authorization", f"Bearer {BENCH_KEY}")]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = chat_pb2_grpc.ChatStub(ch)
+        out = stub.GetCompletion(req, metadata=meta, timeout=10)
+        if not out.outputs or not out.outputs[0].message.content:
+            raise RuntimeError(f"empty gRPC answer: {out}")
+        chunks = list(stub.GetCompletionChunk(req, metadata=meta, timeout=10))
+        if len(chunks) < 2:
+            raise RuntimeError(f"a gRPC stream of {len(chunks)} chunks")
+
+
+def run_grpc(port: int, w: Workload, duration: float, work: Path) -> Sample:
+    body = work / f"grpc-{w.kind}{w.chunks}-{w.latency_ms}.bin"
+    if not body.exists():
+        body.write_bytes(w.grpc_body())
+    headers = [f"authorization: Bearer {BENCH_KEY}", "content-type: application/grpc", "te: trailers"]
+    conns = max(1, w.conc // 8)  # a few channels, 8 streams each
+    url = f"http://127.0.0.1:{port}{w.grpc_path}"
+    return run_h2load(url, body, headers, conns, max(1, w.conc // conns), duration, work)
 
 
 def drive(url: str, w: Workload, duration: float, work: Path) -> Sample:

@@ -58,7 +58,7 @@ def _start(work: Path, up: int, one_port: bool, tls: tuple[Path, Path] | None) -
         cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     env = {"REGIONGATE_BENCH_KEY": targets.BENCH_KEY, "REGIONGATE_DATA_DIR": str(data)}
     log = work / f"rg-{tag}.log"
-    t = targets.Target(f"regiongate {tag}", rest, targets._spawn(cmd, log, env), log)
+    t = targets.Target(f"regiongate {tag}", rest, targets.spawn(cmd, log, env), log)
     if tls:
         ready = ["curl", "-skf", "-o", "/dev/null", f"https://127.0.0.1:{rest}/healthz"]
         for _ in range(600):
@@ -80,31 +80,6 @@ def _grpc_body(work: Path) -> Path:
     path = work / "grpc.bin"
     path.write_bytes(b"\x00" + len(raw).to_bytes(4, "big") + raw)
     return path
-
-
-def run_h2load(url: str, body: Path, headers: list[str], conns: int, streams: int, secs: int, work: Path) -> load.Sample:
-    logf = work / "h2load.log"
-    logf.unlink(missing_ok=True)
-    cmd = ["h2load", "-c", str(conns), "-m", str(streams), "-D", str(secs), "-d", str(body), "--log-file", str(logf)]
-    for h in headers:
-        cmd += ["-H", h]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=secs + 60, check=False)
-    times, bad = [], 0
-    for line in logf.read_text().splitlines() if logf.exists() else []:
-        _start_us, status, elapsed_us = line.split("\t")[:3]
-        if status != "200":
-            bad += 1
-        times.append(float(elapsed_us))
-    if not times:
-        raise RuntimeError(f"h2load measured nothing:\n{out.stdout}\n{out.stderr}")
-    times.sort()
-    return load.Sample(
-        requests=len(times),
-        errors=bad,
-        rps=(len(times) - bad) / secs,
-        p50_us=times[len(times) // 2],
-        p99_us=times[min(len(times) - 1, int(len(times) * 0.99))],
-    )
 
 
 def _check_grpc(gw: Gw, ca: Path | None) -> None:
@@ -136,10 +111,10 @@ def measure(gw: Gw, what: str, conc: int, secs: int, work: Path) -> load.Sample:
     body = work / "chat.json"
     body.write_text(w.body())
     if what == "rest-h2":
-        return run_h2load(gw.url(gw.rest), body, [auth, "content-type: application/json"], 1, conc, secs, work)
+        return load.run_h2load(gw.url(gw.rest), body, [auth, "content-type: application/json"], 1, conc, secs, work)
     grpc_headers = [auth, "content-type: application/grpc", "te: trailers"]
     url = gw.url(gw.grpc, "/xai_api.Chat/GetCompletion")
-    return run_h2load(url, _grpc_body(work), grpc_headers, 1, conc, secs, work)
+    return load.run_h2load(url, _grpc_body(work), grpc_headers, 1, conc, secs, work)
 
 
 def main() -> int:

@@ -17,10 +17,17 @@ class Cell:
     cpu_s: float  # proxy process tree CPU during the measurement
     rss_worker_mb: float  # largest VmHWM of one process of the tree, after the measurement
     rss_total_mb: float
+    redis: tuple[int, int] | None = None  # (commands, script calls) the target's Redis executed meanwhile
 
     @property
     def cpu_us_per_req(self) -> float | None:
         return self.cpu_s * 1e6 / self.sample.requests if self.sample.requests else None
+
+    @property
+    def redis_per_req(self) -> tuple[float, float] | None:
+        if self.redis is None or not self.sample.requests:
+            return None
+        return self.redis[0] / self.sample.requests, self.redis[1] / self.sample.requests
 
 
 @dataclass
@@ -40,6 +47,8 @@ class Row:
     errors: int
     unfinished: int
     ratios: dict[str, float] = field(default_factory=dict)  # target -> this rps / that rps
+    redis_cmds: float | None = None  # Redis commands per request (those inside Lua scripts included)
+    redis_calls: float | None = None  # Redis calls per request (each a round trip the request waited on)
 
 
 def _med(xs: list[float]) -> float:
@@ -80,6 +89,10 @@ def summarise(results: dict[Workload, dict[str, list[Cell]]], proxy: set[str]) -
                 errors=sum(c.sample.errors for c in cells),
                 unfinished=sum(c.sample.unfinished for c in cells),
             )
+            per = [c.redis_per_req for c in cells if c.redis_per_req is not None]
+            if per:
+                row.redis_cmds = _med([p[0] for p in per])
+                row.redis_calls = _med([p[1] for p in per])
             for other in ("direct", "nginx", "litellm-w1"):
                 if other in rps and other != t and rps[other] > 0:
                     row.ratios[other] = rps[t] / rps[other]
@@ -94,8 +107,8 @@ def _f(v: float | None, fmt: str = "{:.2f}") -> str:
 def markdown(rows: list[Row]) -> str:
     head = (
         "| workload | target | req/s | chunks/s | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFB p50 ms | +TTFB ms "
-        "| CPU µs/req | RSS MB | % of direct | x nginx | x LiteLLM | errors |\n"
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| CPU µs/req | RSS MB | Redis cmds (calls) /req | % of direct | x nginx | x LiteLLM | errors |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
     )
     lines = []
     for r in rows:
@@ -104,6 +117,7 @@ def markdown(rows: list[Row]) -> str:
             f"| {_f(r.rps * r.workload.events if r.workload.events else None, '{:,.0f}')} | {_f(r.p50_ms)} | {_f(r.p99_ms)} "
             f"| {_f(r.add_p50_ms)} | {_f(r.add_p99_ms)} | {_f(r.ttfb_p50_ms)} | {_f(r.add_ttfb_p50_ms)} "
             f"| {_f(r.cpu_us, '{:.0f}')} | {_f(r.rss_mb if r.target != 'direct' else None, '{:.0f}')} "
+            f"| {_f(r.redis_cmds, '{:.1f}')}{f' ({r.redis_calls:.2f})' if r.redis_calls is not None else ''} "
             f"| {_f(r.ratios['direct'] * 100 if 'direct' in r.ratios else None, '{:.0f}%')} "
             f"| {_f(r.ratios.get('nginx'), '{:.2f}')} | {_f(r.ratios.get('litellm-w1'), '{:.1f}')} "
             f"| {r.errors}{f' ({r.unfinished} cut)' if r.unfinished else ''} |"
@@ -165,12 +179,57 @@ def targets(rows: list[Row], rg: str = "regiongate-w1") -> str:
     return "\n".join(out) + "\n"
 
 
+def targets20(rows: list[Row]) -> str:
+    """Issue 20's targets against this run: ratios within the run, '-' when a row was not measured."""
+    out = ["| target (issue 20) | goal | measured | met |", "|---|---|--:|:-:|"]
+
+    def add(what: str, goal: str, value: float | None, ok: bool | None, fmt: str = "{:.2f}") -> None:
+        met = "-" if ok is None else ("yes" if ok else "no")
+        out.append(f"| {what} | {goal} | {_f(value, fmt)} | {met} |")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rg, ng = _find(rows, "regiongate-w1", "chat lat0 c32"), _find(rows, "nginx", "chat lat0 c32")
+    x = ratio(rg.cpu_us if rg else None, ng.cpu_us if ng else None)
+    add("CPU/request vs nginx, 1 worker (chat lat0 c32)", "<= 4x", x, None if x is None else x <= 4, "{:.1f}x")
+    per_core = 1e6 / rg.cpu_us if rg and rg.cpu_us else None
+    add("req/s per worker core (chat lat0 c32)", ">= 15,000", per_core, None if per_core is None else per_core >= 15000, "{:,.0f}")
+    busy, nb = _find(rows, "regiongate-w1", "chat lat50 c128"), _find(rows, "nginx", "chat lat50 c128")
+    v = busy.add_p99_ms - nb.add_p99_ms if busy and nb and busy.add_p99_ms is not None and nb.add_p99_ms is not None else None
+    add("+p99 over nginx's +p99, 128 clients x 50 ms (ms)", "<= 1", v, None if v is None else v <= 1)
+    s32, n32 = _find(rows, "regiongate-w1", "stream20 lat0 c32"), _find(rows, "nginx", "stream20 lat0 c32")
+    x = ratio(s32.rps if s32 else None, n32.rps if n32 else None)
+    add("stream chunks/s vs nginx (stream20 lat0 c32)", ">= 0.8x", x, None if x is None else x >= 0.8, "{:.2f}x")
+    v = s32.add_ttfb_p50_ms if s32 else None
+    add("+TTFB p50, streams at 32 clients (ms)", "<= 1", v, None if v is None else v <= 1)
+    g = _find(rows, "regiongate-w1", "grpc-unary lat0 c32")
+    x = ratio(g.cpu_us if g else None, rg.cpu_us if rg else None)
+    add("gRPC unary CPU/call vs REST's (c32)", "<= 1.5x", x, None if x is None else x <= 1.5, "{:.2f}x")
+    gs = _find(rows, "regiongate-w1", "grpc-stream20 lat0 c32")
+    x = ratio(gs.cpu_us if gs else None, s32.cpu_us if s32 else None)
+    add("gRPC stream CPU/stream vs REST's (20 chunks, c32)", "(info)", x, None, "{:.2f}x")
+    rr = _find(rows, "regiongate-w1-redis", "chat lat0 c32")
+    x = ratio(rr.cpu_us if rr else None, rg.cpu_us if rg else None)
+    add("CPU/request with [shared] redis vs in process (c32)", "<= 1.3x", x, None if x is None else x <= 1.3, "{:.2f}x")
+    v = rr.redis_calls if rr else None
+    add("Redis round trips per request (chat lat0 c32)", "<= 2", v, None if v is None else v <= 2.05)
+    v = rr.redis_cmds if rr else None
+    add("Redis commands per request, scripts' included (info)", "(info)", v, None, "{:.1f}")
+    w1, w2 = _find(rows, "regiongate-w1-redis", "chat lat0 c128"), _find(rows, "regiongate-w2-redis", "chat lat0 c128")
+    x = ratio(w2.rps if w2 else None, w1.rps if w1 else None)
+    add("scaling 1 -> 2 workers with [shared] redis (chat lat0 c128)", ">= 1.8x", x, None if x is None else x >= 1.8, "{:.2f}x")
+    return "\n".join(out) + "\n"
+
+
 COLORS = {
     "direct": "#9e9e9e",
     "nginx": "#2e7d32",
     "regiongate-w1": "#1565c0",
     "regiongate-w2": "#64b5f6",
     "litellm-w1": "#c62828",
+    "regiongate-w1-redis": "#6a1b9a",
+    "regiongate-w2-redis": "#ba68c8",
 }
 
 

@@ -73,7 +73,9 @@ def calibrate() -> float:
     return best / 200_000 * 1e9
 
 
-def start_targets(args: argparse.Namespace, work: Path) -> tuple[Target, list[Target], list[str]]:
+def start_targets(
+    args: argparse.Namespace, work: Path, redises: list[targets.Redis]
+) -> tuple[Target, list[Target], list[str]]:
     notes: list[str] = []
     up = targets.start_upstream(work, args.gap, args.pin_upstream)
     started: list[Target] = [up]
@@ -85,6 +87,15 @@ def start_targets(args: argparse.Namespace, work: Path) -> tuple[Target, list[Ta
     for n in args.workers:
         if wanted(f"regiongate-w{n}"):
             started.append(targets.start_regiongate(work, up.port, n, args.pin_proxy, args.serve_arg))
+    for n in args.workers:  # the production configuration: leases and a team rate limit in Redis
+        if not wanted(f"regiongate-w{n}-redis"):
+            continue
+        if targets.redis_path() is None:
+            notes.append("redis-server: not installed (apt-get install redis-server) - [shared] rows skipped")
+            break
+        redis = targets.start_redis(work, args.pin_upstream)
+        redises.append(redis)
+        started.append(targets.start_regiongate(work, up.port, n, args.pin_proxy, args.serve_arg, redis))
     if wanted("nginx") and not args.quick:
         if targets.nginx_path():
             started.append(targets.start_nginx(work, up.port, args.pin_proxy))
@@ -103,10 +114,16 @@ def start_targets(args: argparse.Namespace, work: Path) -> tuple[Target, list[Ta
 
 def check(ts: list[Target], workloads: list[Workload], notes: list[str]) -> list[Target]:
     """One request of each kind through each target: it must answer 200 and a whole stream."""
-    kinds = {(w.kind, w.chunks): w for w in workloads}
+    kinds = {(w.kind, w.chunks): w for w in workloads if not w.grpc}
     ok = []
     for t in ts:
         good = True
+        if t.grpc_port and any(w.grpc for w in workloads):
+            try:
+                load.check_grpc(t.grpc_port)
+            except Exception as e:  # whatever broke: the target is left out and the run says why
+                notes.append(f"{t.name}: a gRPC call failed: {e!s:.300}")
+                good = False
         for w in kinds.values():
             one = Workload(w.kind, w.chunks, 0, 1)
             sample, raw = load.run_probe(t.url, one, 0, requests=1, show=True)
@@ -129,16 +146,23 @@ def check(ts: list[Target], workloads: list[Workload], notes: list[str]) -> list
 
 def measure(t: Target, w: Workload, duration: float, work: Path, chat_client: str) -> Cell:
     t.refresh()
+    redis_before = t.redis.counts() if t.redis else None
     before = targets.cpu_seconds(t.pids)
-    if w.kind == "chat" and chat_client == "wrk":
+    if w.grpc:
+        sample = load.run_grpc(t.grpc_port, w, duration, work)
+    elif w.kind == "chat" and chat_client == "wrk":
         sample = load.run_wrk(t.url, w, duration, work)
     else:
         sample = load.run_probe(t.url, w, duration)[0]
     t.refresh()
     cpu = targets.cpu_seconds(t.pids) - before
+    redis = None
+    if t.redis and redis_before:
+        after = t.redis.counts()
+        redis = (after[0] - redis_before[0], after[1] - redis_before[1])
     worker, total = targets.peak_rss_mb(t.pids)
     settle(t)
-    return Cell(sample, cpu, worker, total)
+    return Cell(sample, cpu, worker, total, redis)
 
 
 def settle(t: Target, idle: float = 0.1, window: float = 0.25, limit: float = 20.0) -> None:
@@ -158,15 +182,20 @@ def run(args: argparse.Namespace) -> int:
     load_before = _load()
     speed = calibrate()
     workloads = load.quick_matrix() if args.quick else load.matrix(args.full)
+    if shutil.which("h2load"):
+        workloads += load.grpc_matrix(args.quick)
     # --quick drives everything with the probe: sub-second cells (wrk counts whole seconds), no apt package.
     chat_client = "wrk" if shutil.which("wrk") and not (args.probe_only or args.quick) else "probe"
     work = Path(tempfile.mkdtemp(prefix="rg-bench-"))
     running: list[Target] = []
+    redises: list[targets.Redis] = []
     results: dict[Workload, dict[str, list[Cell]]] = {}
     try:
-        _up, running, notes = start_targets(args, work)
+        _up, running, notes = start_targets(args, work, redises)
         if chat_client != "wrk" and not args.quick:
             notes.append("wrk not found: plain requests driven by bench.probe (apt-get install wrk)")
+        if not shutil.which("h2load"):
+            notes.append("h2load not found: no gRPC rows (apt-get install nghttp2-client)")
         ts = check(running, workloads, notes)
         print(
             f"targets: {', '.join(t.name for t in ts)}; {len(workloads)} workloads x {args.rounds} rounds",
@@ -176,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
             here = [
                 t
                 for t in ts
-                if not (w.conc == 1 and t.name.startswith("regiongate-w") and t.name != "regiongate-w1")
+                if not (w.conc == 1 and t.name.startswith("regiongate-w") and not t.name.startswith("regiongate-w1"))
+                and (t.grpc_port or not w.grpc)  # gRPC: regiongate only (the upstream and peers speak HTTP/1.1 JSON)
             ]
             results[w] = {t.name: [] for t in here}
             if args.warmup > 0:
@@ -192,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for t in reversed(running):
             t.stop()
+        for r in redises:
+            r.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     rows = report.summarise(results, {t for cells in results.values() for t in cells})
@@ -205,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         f"medians over rounds; +latency is paired per round against direct. Plain requests: {chat_client}; "
         f"streams: bench.probe. {_versions()}.\n"
     )
-    text = header + "\n" + report.markdown(rows) + "\n" + report.targets(rows)
+    text = header + "\n" + report.markdown(rows) + "\n" + report.targets20(rows) + "\n" + report.targets(rows)
     if notes:
         text += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes)
     print()
@@ -238,7 +270,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="seconds per cell (default 2; quick 0.3)")
     p.add_argument("--warmup", type=float, default=None, help="seconds per target per workload, not counted")
     p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=None, help="e.g. 1,2")
-    p.add_argument("--targets", help="comma list: direct,regiongate-w1,regiongate-w2,nginx,litellm-w1")
+    p.add_argument(
+        "--targets",
+        help="comma list: direct,regiongate-w1,regiongate-w2,regiongate-w1-redis,regiongate-w2-redis,nginx,litellm-w1",
+    )
     p.add_argument("--gap", default="soon", help="upstream stream pacing: soon | burst | <ms>")
     p.add_argument("--pin-upstream", help="taskset CPU list for the upstream, e.g. 1")
     p.add_argument("--pin-proxy", help="taskset CPU list for the proxies, e.g. 0")

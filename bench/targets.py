@@ -106,6 +106,8 @@ class Target:
     proxy: bool = True  # False for the upstream itself (the limit)
     note: str = ""
     pids: list[int] = field(default_factory=list)
+    redis: Redis | None = None  # the Redis this target keeps its shared state in
+    grpc_port: int = 0  # its gRPC listener (regiongate only)
 
     @property
     def url(self) -> str:
@@ -149,6 +151,69 @@ def start_upstream(work: Path, gap: str, cpus: str | None) -> Target:
     return t
 
 
+@dataclass
+class Redis:
+    """A private redis-server for the production-configuration rows: its command counters
+    (``INFO commandstats``) then count only what the gateway under test sent."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def counts(self) -> tuple[int, int]:
+        """(commands executed, counting those run inside Lua scripts; scripts called)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"INFO commandstats\r\n")
+            data = b""
+            while not data.endswith(b"\r\n\r\n") and len(data) < 1 << 20:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        total = scripts = 0
+        for line in data.decode().splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                calls = int(rest.split(",")[0].split("=")[1])
+                if name in ("cmdstat_info",):
+                    continue
+                total += calls
+                if name in ("cmdstat_evalsha", "cmdstat_eval"):
+                    scripts += calls
+        return total, scripts
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def redis_path() -> str | None:
+    return shutil.which("redis-server")
+
+
+def start_redis(work: Path, cpus: str | None) -> Redis:
+    exe = redis_path()
+    assert exe is not None
+    port = free_port()
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = spawn(cmd, work / "redis.log", cpus=cpus)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return Redis(port, proc)
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError(f"redis-server did not come up on port {port}")
+
+
 # The demo world's geography (6 regions, 3 zones), every deployment an http backend on the fake upstream:
 # each request takes the whole routing path (key lookup, Host -> endpoint, policy ranking 6 regions,
 # capacity lease, upstream call, usage record, receipt) with the defaults of a plain config.
@@ -162,8 +227,11 @@ REGIONS = {
 }
 
 
-def regiongate_toml(upstream: int, models: tuple[str, ...] = MODELS) -> str:
+def regiongate_toml(upstream: int, models: tuple[str, ...] = MODELS, redis: str | None = None) -> str:
     out = ["[gateway]", "lat = 39.04", "lon = -77.49", "", "[control]", "console = false", ""]
+    if redis is not None:  # the production configuration: leases and a team rate limit in Redis
+        out += ["[shared]", f'redis = "{redis}"', 'key_prefix = "bench:"', ""]
+        out += ["[limits.team]", "requests_per_minute = 1000000000", ""]  # taken on every request, never binds
     for rid, (lat, lon, zone) in REGIONS.items():
         out += ["[[regions]]", f'id = "{rid}"', f"lat = {lat}", f"lon = {lon}", f'zone = "{zone}"', ""]
     names = ", ".join(f'"{m}"' for m in models)
@@ -180,18 +248,25 @@ def regiongate_toml(upstream: int, models: tuple[str, ...] = MODELS) -> str:
     return "\n".join(out)
 
 
-def start_regiongate(work: Path, upstream: int, workers: int, cpus: str | None, extra: list[str]) -> Target:
+def start_regiongate(
+    work: Path, upstream: int, workers: int, cpus: str | None, extra: list[str], redis: Redis | None = None
+) -> Target:
     port = free_port()
-    cfg = work / "regiongate.toml"
-    cfg.write_text(regiongate_toml(upstream))
-    log = work / f"regiongate-w{workers}.log"
-    data = work / f"rg-data-w{workers}"
+    name = f"regiongate-w{workers}" + ("-redis" if redis else "")
+    cfg = work / f"{name}.toml"
+    cfg.write_text(regiongate_toml(upstream, redis=redis.url if redis else None))
+    log = work / f"{name}.log"
+    data = work / f"rg-data-{name}"
     data.mkdir(exist_ok=True)
     exe = shutil.which("regiongate", path=str(Path(sys.executable).parent)) or "regiongate"
-    cmd = [exe, "serve", "--config", str(cfg), "--port", str(port), "--grpc-port", "0"]
+    grpc = free_port()
+    cmd = [exe, "serve", "--config", str(cfg), "--port", str(port), "--grpc-port", str(grpc)]
     cmd += ["--workers", str(workers), "--log-level", "warning", *extra]
     env = {"REGIONGATE_BENCH_KEY": BENCH_KEY, "REGIONGATE_DATA_DIR": str(data)}
-    t = Target(f"regiongate-w{workers}", port, spawn(cmd, log, env, cpus), log, note=f"--workers {workers}")
+    note = f"--workers {workers}" + (", [shared] redis + team rate limit" if redis else "")
+    t = Target(name, port, spawn(cmd, log, env, cpus), log, note=note)
+    t.redis = redis
+    t.grpc_port = grpc
     wait_ready(f"http://127.0.0.1:{port}/healthz", t.proc, log, 60)  # type: ignore[arg-type]
     if workers > 1:  # every worker must be listening before load starts, or one takes it all
         deadline = time.monotonic() + 60

@@ -26,10 +26,10 @@ from bench.load import Workload, run_probe
 from bench.targets import (
     BENCH_KEY,
     Target,
-    _spawn,
     cpu_seconds,
     free_port,
     regiongate_toml,
+    spawn,
     start_upstream,
     wait_ready,
 )
@@ -72,7 +72,7 @@ def start_gateway(work: Path, name: str, upstream: int, ratio: float | None, sin
     cmd += ["--log-level", "warning"]
     env = {"REGIONGATE_BENCH_KEY": BENCH_KEY, "REGIONGATE_DATA_DIR": str(work / slug)}
     log = work / f"{slug}.log"
-    t = Target(name, port, _spawn(cmd, log, env), log)
+    t = Target(name, port, spawn(cmd, log, env), log)
     wait_ready(f"http://127.0.0.1:{port}/healthz", t.proc, log, 60)  # type: ignore[arg-type]
     return t
 
