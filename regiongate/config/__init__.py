@@ -52,7 +52,9 @@ class Timeouts(_Model):
     # first_byte_floor_s; used only when another candidate is left to try.
     first_byte_floor_s: float = Field(5.0, gt=0)
     first_byte_factor: float = Field(4.0, gt=0)
-    idle_s: float = Field(60.0, gt=0)  # longest silence between two stream chunks
+    # The longest silence between two stream chunks; while the stream could be continued elsewhere, the
+    # first-byte rule applied to the hop's own TTFT: clamp(factor x TTFT, floor, idle_s) (Gateway._idle_s).
+    idle_s: float = Field(30.0, gt=0)
     total_s: float = Field(600.0, gt=0)
 
 

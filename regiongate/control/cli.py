@@ -280,6 +280,10 @@ def cmd_receipt(args: argparse.Namespace) -> int:
             ("time", claims.get("time")),
         ):
             print(f"  {label:<10}{value}")
+        for i, hop in enumerate(claims.get("hops") or ()):  # a continued stream: each part, in order
+            if isinstance(hop, dict):
+                where = f"{hop.get('region')} (data zone {hop.get('zone')})"
+                print(f"  {'hop ' + str(i + 1):<10}{where} {hop.get('backend')}: {hop.get('reason')}")
         return 0
     ring = _ring(args)
     if action == "rotate":

@@ -202,18 +202,22 @@ class XaiServices:
                 events, buf = buf[: cut + 2], buf[cut + 2 :]
                 for obj in self._events(events, routed.region):
                     if "error" in obj:
-                        hops = ((HOPS_HEADER, render_hops(routed.hops)),)
-                        await abort(context, upstream_error(502, orjson.dumps(obj)), rid, hops)
+                        await abort(context, upstream_error(502, orjson.dumps(obj)), rid, self._trailers(routed))
                     yield translate.completion_chunk(obj, meta)
             if buf.strip():  # a last event without its blank line
                 for obj in self._events(buf + b"\n\n", routed.region):
                     yield translate.completion_chunk(obj, meta)
-            # Every backend that produced part of the answer, in order, with why it moved.
-            context.set_trailing_metadata(((HOPS_HEADER, render_hops(routed.hops)),))
+            context.set_trailing_metadata(self._trailers(routed))
         except _BadEvent as e:
             await abort(context, upstream_error(502, orjson.dumps({"error": str(e)})), rid)
         finally:
             await routed.aclose()
+
+    @staticmethod
+    def _trailers(routed: Routed) -> tuple[tuple[str, str], ...]:
+        """Every backend that produced part of the answer, in order, with why it moved; for a stream that
+        moved, also its receipt naming them (``routed.trailers``, filled as the stream ended)."""
+        return tuple(routed.trailers) or ((HOPS_HEADER, render_hops(routed.hops)),)
 
     @staticmethod
     def _events(raw: bytes, region: str) -> list[dict[str, Any]]:

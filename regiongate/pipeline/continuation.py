@@ -49,15 +49,27 @@ def render_hops(hops: list[Hop]) -> str:
     return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
 
 
-def refusal(payload: dict[str, Any], kind: StreamKind, relay: SseRelay, opted_out: bool) -> str | None:
-    """Why this broken stream cannot be continued anywhere, or None when it may be."""
+def _request_refusal(payload: dict[str, Any], kind: StreamKind, opted_out: bool) -> str | None:
     if opted_out:
-        return f"continuation is off ({OPT_OUT_HEADER})"
+        return f"continuation is off ({OPT_OUT_HEADER} or the key's setting)"
     if kind is not StreamKind.CHAT or not isinstance(payload.get("messages"), list):
         return "only chat completion streams are continued"
     n = payload.get("n")
     if isinstance(n, int) and n > 1:
         return "streams of several choices are not continued"
+    return None
+
+
+def may_continue(payload: dict[str, Any], kind: StreamKind, opted_out: bool) -> bool:
+    """Whether a stream of this request could be continued at all (before anything was delivered)."""
+    return _request_refusal(payload, kind, opted_out) is None
+
+
+def refusal(payload: dict[str, Any], kind: StreamKind, relay: SseRelay, opted_out: bool) -> str | None:
+    """Why this broken stream cannot be continued anywhere, or None when it may be."""
+    why = _request_refusal(payload, kind, opted_out)
+    if why is not None:
+        return why
     if relay.tool_calls:
         return "a tool call was being streamed"  # its argument deltas could not be joined soundly
     if relay.first is None:

@@ -37,7 +37,14 @@ from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.blame import Blame, exhausted
-from regiongate.pipeline.continuation import HOPS_HEADER, Hop, prefill_payload, refusal, render_hops
+from regiongate.pipeline.continuation import (
+    HOPS_HEADER,
+    Hop,
+    may_continue,
+    prefill_payload,
+    refusal,
+    render_hops,
+)
 from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
 from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, tier_of
@@ -91,6 +98,10 @@ class Routed:
     finish: Callable[[], Awaitable[None]] | None = None
     plan: Plan | None = None  # the policy's plan this request followed (for the explain header)
     hops: list[Hop] = field(default_factory=list)  # a stream's hops so far, in order (filled as it goes)
+    # A stream that moved ends with what the gateway states about the whole answer (its hops, a receipt
+    # naming them): trailing SSE comments, gRPC trailing metadata. ``closing`` holds the hooks' parts.
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    closing: list[Callable[[Inbound, Routed], tuple[str, str]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
         """Free the stream's lease and upstream connection, whether or not it was ever iterated."""
@@ -111,6 +122,8 @@ class _Attempt:
     route: Route
     started: float
     queued: int = 0  # the deployment's queue depth when the request was sent
+    more: bool = False  # another candidate was left when this one was tried (somewhere to move on to)
+    continues: str | None = None  # a continuation: what broke the hop before
 
 
 @dataclass(slots=True)
@@ -140,10 +153,12 @@ class _Stream:
         self.attempt = opened.attempt
         self.resp = opened.resp
         self.first = opened.first or b""
-        self.ttft_ms = opened.ttft_ms
+        self.ttft_ms = opened.ttft_ms  # the client's
+        self.hop_ttft_ms = opened.ttft_ms  # the current hop's
         self.relay = relay
         self.hops: list[Hop] = []
         self.failure: str | None = None  # what broke the current hop
+        self.failed: set[str] = set()  # backends that failed this request before their first byte
         self.fail_status = 502
         self.done = False
         self._open = True
@@ -165,6 +180,7 @@ class _Stream:
         relay.continue_from(self.relay)
         self.hops.append(Hop(nxt.attempt.deployment.region, nxt.attempt.backend.id, self.failure or ""))
         self.attempt, self.resp, self.relay, self._open = nxt.attempt, nxt.resp, relay, True
+        self.hop_ttft_ms = nxt.ttft_ms
 
 
 class Hook(Protocol):
@@ -193,13 +209,22 @@ class Tracer(Protocol):
 
     async def acquire(self, capacity: CapacityStore, dep: Deployment, limit: int) -> Lease | None: ...
 
-    async def attempt(self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str) -> Answered:
-        """Run one attempt inside its span; the outcome is read from the answer's ``status``."""
+    async def attempt(
+        self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str, continues: str | None
+    ) -> Answered:
+        """Run one attempt inside its span; the outcome is read from the answer's ``status``;
+        ``continues``: this attempt would continue a stream that broke for that reason."""
         ...
 
     def inject(self, headers: list[tuple[str, str]]) -> None: ...
 
-    def first_token(self, first: bytes, ttft_ms: float) -> None: ...
+    def first_token(self, first: bytes, ttft_ms: float, client_sees: bool) -> None:
+        """``client_sees``: this first byte is the client's first token (not a continuation's)."""
+        ...
+
+    def continued(self, hop: Hop, tokens: int) -> None:
+        """The stream moved on to ``hop`` after ``tokens`` tokens had been delivered."""
+        ...
 
 
 class Gateway:
@@ -253,14 +278,15 @@ class Gateway:
             raise plan
         failures: list[str] = []
         blame = Blame()
-        opened = await self._walk(fleet, inbound, plan, failures, started, blame=blame)
+        failed: set[str] = set()
+        opened = await self._walk(fleet, inbound, plan, failures, started, blame=blame, failed=failed)
         blame.settle(fleet, opened is not None and opened.status < 400, inbound.request_id)
         if opened is None:
             raise self._exhausted(inbound, plan, failures, started, blame.last)
         if opened.first is None:  # a whole answer (or a final refusal): relayed as it is
             routed = self._complete(opened.attempt, opened.resp)
         else:  # the stream now owns the lease
-            routed = self._stream(fleet, opened)
+            routed = self._stream(fleet, opened, failed)
         routed.plan = plan
         return routed
 
@@ -274,11 +300,14 @@ class Gateway:
         payload_for: Callable[[Backend], dict[str, Any] | None] | None = None,
         skip: frozenset[str] = frozenset(),
         blame: Blame | None = None,
+        continues: str | None = None,
+        failed: set[str] | None = None,
     ) -> _Open | None:
         """Walk the plan until a backend answers: the first byte of a stream, or a whole answer. What
         failed is appended to ``failures``. ``payload_for`` replaces the request's body per backend (a
-        continuation; None: that backend cannot take it), ``skip`` names backends not to try; ``blame``
-        holds the 5xx answers to judge by the outcome (``pipeline.blame``; None: they count at once)."""
+        continuation of a hop broken by ``continues``; None: that backend cannot take it), ``skip`` names
+        backends not to try, the ids of those that failed are added to ``failed``; ``blame`` holds the 5xx
+        answers to judge by the outcome (``pipeline.blame``; None: they count at once)."""
         moved = bool(failures)
         capacity = fleet.capacity
         tracing = self.tracing
@@ -306,6 +335,7 @@ class Gateway:
                         failures.append(f"{cand.region}/{bid}: cannot continue a stream")
                         continue
                     call = self._call(inbound, backend, payload)
+                    more = False
                     if inbound.stream:
                         more = bi < len(cand.backends) - 1 or plan.has_after(ci)
                         call.first_byte_s = self._first_byte_s(inbound, dep, backend, more)
@@ -315,16 +345,21 @@ class Gateway:
                         # keep their label, which states where the data may be processed.
                         route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
                         try:
-                            attempt = _Attempt(inbound, dep, backend, lease, route, started, dep.queue_depth)
+                            attempt = _Attempt(
+                                inbound, dep, backend, lease, route, started, dep.queue_depth, more, continues
+                            )
                             if tracing is None:
                                 opened = await self._try(attempt, call)
                             else:
-                                opened = await tracing.attempt(self._try(attempt, call), dep, backend.id, route)
+                                tried = self._try(attempt, call)
+                                opened = await tracing.attempt(tried, dep, backend.id, route, continues)
                             break
                         except UpstreamFailure as e:
                             failures.append(f"{cand.region}/{e}")
                             moved = True
                             self._failed(fleet, cand.region, backend, e, blame)
+                            if failed is not None:
+                                failed.add(bid)
                             # A transient failure is tried once more on the same backend when the request
                             # may use no other (a regional endpoint with one backend): never more.
                             if again or not e.transient or not _only_backend(plan):
@@ -478,7 +513,7 @@ class Gateway:
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
         if self.tracing is not None:
-            self.tracing.first_token(first, ttft_ms)
+            self.tracing.first_token(first, ttft_ms, a.continues is None)
         self.fleet.record_success(backend)
         self.fleet.record_ttft(
             a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(a.inbound.body)), a.queued
@@ -486,9 +521,10 @@ class Gateway:
         self.metrics.ttft(a.deployment.region, ttft_ms)
         return _Open(a, resp, first, ttft_ms)
 
-    def _stream(self, fleet: Fleet, opened: _Open) -> Routed:
+    def _stream(self, fleet: Fleet, opened: _Open, failed: set[str]) -> Routed:
         a = opened.attempt
         st = _Stream(fleet, opened, SseRelay(not a.inbound.include_usage, stream_kind(a.inbound.path)))
+        st.failed = failed
         st.hops.append(Hop(a.deployment.region, a.backend.id, "first"))
 
         async def finish(status: int = 499) -> None:  # 499 unless the stream ran to its end
@@ -499,17 +535,9 @@ class Gateway:
             usage, ttft = st.relay.usage, st.ttft_ms
             self._record(a.inbound, a.deployment.region, a.route, status, usage, ttft, a.started, st.hops)
 
-        chunks = self._relay(st, finish)
-        return Routed(
-            200,
-            "text/event-stream",
-            a.deployment.region,
-            a.route,
-            a.backend.id,
-            chunks=chunks,
-            finish=finish,
-            hops=st.hops,
-        )
+        routed = Routed(200, "text/event-stream", a.deployment.region, a.route, a.backend.id, hops=st.hops)
+        routed.chunks, routed.finish = self._relay(st, finish, routed), finish
+        return routed
 
     def _complete(self, a: _Attempt, resp: UpstreamResponse) -> Routed:
         a.backend.in_flight -= 1
@@ -529,10 +557,12 @@ class Gateway:
             resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=resp.body
         )
 
-    async def _relay(self, st: _Stream, finish: Callable[[int], Awaitable[None]]) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, st: _Stream, finish: Callable[[int], Awaitable[None]], routed: Routed
+    ) -> AsyncIterator[bytes]:
         """Relay hop after hop: a hop that breaks before the answer is complete is continued on the next
         backend the scope allows (``pipeline.continuation``), else the stream ends with the protocol's
-        in-band error naming what broke."""
+        in-band error naming what broke. A stream that moved ends with its trailers (hops, receipt)."""
         status = 499
         first = st.first
         try:
@@ -542,7 +572,7 @@ class Gateway:
                 relay = st.relay
                 if st.failure is None:
                     if len(st.hops) > 1:
-                        yield b": " + HOPS_HEADER.encode() + b" " + render_hops(st.hops).encode() + b"\n\n"
+                        yield self._trailers(st, routed)
                     if relay.kind is StreamKind.CHAT:
                         yield DONE  # held back by the relay: also ends a stream that had no [DONE]
                     status = 502 if relay.errored else 200
@@ -550,22 +580,36 @@ class Gateway:
                 status = st.fail_status
                 nxt = await self._continue(st)
                 if nxt is None:
+                    if len(st.hops) > 1:
+                        yield self._trailers(st, routed)
                     yield self._stream_error(st.attempt, relay, st.failure)
                     break
                 await st.close_hop()
                 if relay.malformed:
                     self._malformed(st.attempt, relay.malformed)
                 st.move(nxt)
+                if self.tracing is not None:
+                    self.tracing.continued(st.hops[-1], relay.tokens)
                 first = nxt.first or b""
         finally:
             if st.relay.malformed:
                 self._malformed(st.attempt, st.relay.malformed)
             await finish(status)
 
+    @staticmethod
+    def _trailers(st: _Stream, routed: Routed) -> bytes:
+        """The hops in order with why each one moved, then what the hooks sign about them, as SSE comments
+        (clients skip comments; the gRPC listener sends ``routed.trailers`` as trailing metadata)."""
+        inbound = st.attempt.inbound
+        routed.trailers = [(HOPS_HEADER, render_hops(st.hops)), *(part(inbound, routed) for part in routed.closing)]
+        return b"".join(b": " + k.encode() + b" " + v.encode() + b"\n\n" for k, v in routed.trailers)
+
     async def _segment(self, st: _Stream, first: bytes) -> AsyncIterator[bytes]:
         """One hop's events; afterwards ``st.failure`` says what broke it (None: the answer is whole)."""
         a, resp, relay = st.attempt, st.resp, st.relay
-        region, idle = a.deployment.region, a.backend.upstream.idle_timeout_s
+        region = a.deployment.region
+        short, ceiling = self._idle_s(st)
+        idle = short
         assert resp.chunks is not None
         st.failure = None
         try:
@@ -573,6 +617,7 @@ class Gateway:
             if out:
                 yield out
             while True:
+                idle = ceiling if relay.tool_calls else short  # a tool call cannot move: wait it out
                 try:
                     async with asyncio.timeout(idle):
                         chunk = await anext(resp.chunks)
@@ -594,6 +639,23 @@ class Gateway:
             log.warning("stream broke", extra={"backend": a.backend.id, "error": type(e).__name__})
             st.fail(502, f"the backend in {region} failed mid-stream ({type(e).__name__})")
 
+    @staticmethod
+    def _idle_s(st: _Stream) -> tuple[float, float]:
+        """How long this hop may be silent between two chunks: (while the answer could move on, ceiling).
+
+        A backend has no reason to be silent mid-answer for longer than its prefill took, so while the
+        stream may be continued elsewhere (another candidate was left, continuation allowed) the wait is
+        the first-byte budget's rule applied to the TTFT this hop showed (or the deployment's p95, if
+        longer): ``clamp(first_byte_factor x TTFT, first_byte_floor_s, idle_s)``. With nowhere to go
+        it is the whole ``idle_s``: giving up early would only turn a slow answer into an error."""
+        a = st.attempt
+        up = a.backend.upstream
+        ceiling = up.idle_timeout_s
+        if not a.more or not may_continue(a.inbound.payload, st.relay.kind, not a.inbound.continuation):
+            return ceiling, ceiling
+        ref_ms = max(st.hop_ttft_ms, a.deployment.first_byte.quantile_ms() or 0.0)
+        return min(max(up.first_byte_factor * ref_ms / 1000.0, up.first_byte_floor_s), ceiling), ceiling
+
     async def _continue(self, st: _Stream) -> _Open | None:
         """The next backend in scope that continues the answer from what was delivered, or None."""
         inbound, relay = st.attempt.inbound, st.relay
@@ -611,8 +673,11 @@ class Gateway:
             return prefill_payload(inbound.payload, delivered, backend.prefill, tokens)
 
         failures: list[str] = []
-        skip = frozenset(h.backend for h in st.hops)
-        opened = await self._walk(st.fleet, inbound, plan, failures, st.attempt.started, payload_for, skip)
+        skip = frozenset(h.backend for h in st.hops) | st.failed  # neither a broken hop nor a refusal again
+        started = st.attempt.started
+        opened = await self._walk(
+            st.fleet, inbound, plan, failures, started, payload_for, skip, continues=st.failure, failed=st.failed
+        )
         if opened is None and failures:
             log.info("stream not continued", extra={"request_id": inbound.request_id, "tried": failures})
         return opened

@@ -6,6 +6,11 @@ form (RFC 7515) signed with Ed25519 (``alg: EdDSA``, RFC 8037), stating which re
      "endpoint": "global" | "zone:eu" | "region:eu-west-1", "region": served region, "zone": its data zone,
      "route": nearest | spillover | pinned | zone | failover, "tier": default | flex | priority, "iat": unix seconds, "time": ISO-8601 UTC}
 
+A stream that was continued mid-answer on another backend ends with a second receipt (a trailing SSE
+comment ``: x-regiongate-receipt <jws>``, gRPC trailing metadata of the same name) that adds ``"hops"``:
+every backend that produced part of the answer, in order, ``{"region", "zone", "backend", "reason"}``
+(``reason``: "first", or what broke the hop before), so an auditor sees the whole answer stayed in scope.
+
 A stored object's receipt (``object_receipt``) adds ``"object"`` (its id), ``"stored"`` (the region whose
 store holds it) and ``"stored_zone"``.
 
@@ -274,6 +279,17 @@ class ReceiptHook:
 
     def after(self, inbound: Inbound, routed: Routed) -> None:
         routed.headers.append((HEADER, sign(self.key, self._claims(inbound, routed.region, routed.route))))
+        if routed.chunks is not None:
+            routed.closing.append(self.continued)
+
+    def continued(self, inbound: Inbound, routed: Routed) -> tuple[str, str]:
+        """The receipt of a stream that moved, naming its hops (sent as it ends)."""
+        claims = self._claims(inbound, routed.region, routed.route)
+        claims["hops"] = [
+            {"region": h.region, "zone": self.zones.get(h.region), "backend": h.backend, "reason": h.reason}
+            for h in routed.hops
+        ]
+        return HEADER, sign(self.key, claims)
 
     def object_receipt(self, inbound: Inbound, region: str, route: str, object_id: str, stored: str) -> str:
         """The receipt of a stored object (deferred completion, stored response): where the request was

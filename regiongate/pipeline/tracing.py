@@ -10,6 +10,8 @@ One trace per request, continuing the client's W3C ``traceparent`` / ``tracestat
                                           backend, region, route, outcome, the reason it moved on; the
                                           backend receives this span as its traceparent
     event "first_token" on the server span: the time to first token the client sees
+    event "continuation" on the server span at each mid-stream continuation (region, backend, why it
+    moved, tokens delivered before); the continuing attempt's span starts with one too
 
 What never goes on a span: the API key (only its id), prompts, completions, backend credentials.
 
@@ -41,6 +43,7 @@ from regiongate.config.tracing import TracingConfig
 from regiongate.upstream.base import UpstreamFailure
 
 if TYPE_CHECKING:
+    from regiongate.pipeline.continuation import Hop
     from regiongate.pipeline.failover import Answered, Inbound, Routed
     from regiongate.pipeline.usage import UsageRecord
     from regiongate.state.capacity import CapacityStore, Lease
@@ -153,18 +156,25 @@ class Tracing:
             span.set_attribute("regiongate.capacity.limit", limit)  # the request's tier's share
             return lease
 
-    async def attempt(self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str) -> Answered:
-        """Run one upstream attempt (``Gateway._try``) inside its span, until its first byte."""
+    async def attempt(
+        self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str, continues: str | None
+    ) -> Answered:
+        """Run one upstream attempt (``Gateway._try``) inside its span, until its first byte; an attempt
+        to continue a broken stream (``continues``: what broke it) starts with a ``continuation`` event."""
         server = trace.get_current_span()
         if not server.is_recording():
             return await tried
-        attrs = {
+        attrs: dict[str, Any] = {
             "regiongate.backend": backend,
             "regiongate.region": dep.region,
             "regiongate.route": route,
             "gen_ai.request.model": dep.model,
         }
+        if continues is not None:
+            attrs["regiongate.continuation"] = True
         span = self.tracer.start_span("upstream.attempt", kind=SpanKind.CLIENT, attributes=attrs)
+        if continues is not None:
+            span.add_event("continuation", {"regiongate.continuation.reason": continues})
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             routed = await tried
@@ -192,7 +202,7 @@ class Tracing:
         headers.extend(carrier.items())
 
     @staticmethod
-    def first_token(first: bytes, ttft_ms: float) -> None:
+    def first_token(first: bytes, ttft_ms: float, client_sees: bool) -> None:
         span = trace.get_current_span()  # the attempt's: its parent is the request's
         if not span.is_recording():
             return
@@ -202,10 +212,26 @@ class Tracing:
             attrs["gen_ai.response.model"] = model
         span.add_event("first_token", attrs)
         server = _server()
-        if server is not None:
+        if server is not None and client_sees:  # a continuation's first byte is not the client's TTFT
             server.add_event("first_token", attrs)
             if model is not None:
                 server.set_attribute("gen_ai.response.model", model)
+
+    @staticmethod
+    def continued(hop: Hop, tokens: int) -> None:
+        """A ``continuation`` event on the request's span: where the answer went on, after how much, why."""
+        server = _server()
+        if server is None:
+            return
+        server.add_event(
+            "continuation",
+            {
+                "regiongate.region": hop.region,
+                "regiongate.backend": hop.backend,
+                "regiongate.continuation.reason": hop.reason,
+                "regiongate.continuation.delivered_tokens": tokens,
+            },
+        )
 
 
 class _SpanAttributes:

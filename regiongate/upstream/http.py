@@ -51,7 +51,7 @@ class HttpUpstream:
         first_byte_timeout_s: float = 30.0,
         first_byte_floor_s: float = 5.0,
         first_byte_factor: float = 4.0,
-        idle_timeout_s: float = 60.0,
+        idle_timeout_s: float = 30.0,
         total_timeout_s: float = 600.0,
         dialect: Dialect | None = None,
     ) -> None:

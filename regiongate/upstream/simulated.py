@@ -82,7 +82,7 @@ class SimulatedEngine:
     base_url = None  # in this process: nothing to probe, load read directly
     first_byte_floor_s = 5.0
     first_byte_factor = 4.0
-    idle_timeout_s = 60.0
+    idle_timeout_s = 30.0
 
     def __init__(
         self,

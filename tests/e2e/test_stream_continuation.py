@@ -14,9 +14,11 @@ from typing import Any
 import grpc
 import httpx
 import openai
+import orjson
 import pytest
 from xai_sdk.proto import chat_pb2, chat_pb2_grpc
 
+from regiongate.pipeline import receipts
 from tests.support.clients import MSG, client, in_use
 from tests.support.faults import TOKENS, WHOLE, Fault, FaultServer, grpc_gateway, grpc_text
 from tests.support.procs import DEMO_KEY, Proc, free_port, wait_until
@@ -89,6 +91,36 @@ def test_global_stream_broken_mid_answer_is_continued_in_the_next_region(
     wait_until(lambda: sum(in_use(gw).values()) == 0)
 
 
+def test_a_stall_is_left_after_the_learned_idle_budget_not_idle_s(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    # Default idle_s (30 s); a 1 s floor: with the next region able to continue, a backend that answered its
+    # first token in milliseconds and then went silent is left after the floor, not after idle_s.
+    east, west, _ = fault_servers
+    east.default = Fault("stall", at=20)
+    east_spec = f'{{ kind = "http", url = "{east.url}", timeouts = {{ first_byte_floor_s = 1.0 }} }}'
+    gw = start_gateway(world({"us-east-1": [east_spec], "us-west-2": [backend(west)]}))
+    started = time.monotonic()
+    text, _ = stream(gw)
+    took = time.monotonic() - started
+    assert text == WHOLE
+    assert 1.0 <= took < 10.0, took
+    print(f"\nMEASURED stall at 20 with the default idle_s and a 1 s floor -> continued in {took:.2f}s")
+
+
+def test_with_nowhere_to_go_a_stall_is_waited_for_up_to_idle_s(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    # A regional endpoint with one backend: no early give-up (the answer could not move), so a 1.5 s
+    # silence under a 0.3 s floor is waited out and the answer arrives whole.
+    east, west, _ = fault_servers
+    east.default = Fault("stall", at=20, seconds=1.5)
+    spec = f'{{ kind = "http", url = "{east.url}", timeouts = {{ first_byte_floor_s = 0.3, idle_s = 5.0 }} }}'
+    gw = start_gateway(world({"us-east-1": [spec], "us-west-2": [backend(west)]}))
+    text, _ = stream(gw, "us-east-1.localhost")
+    assert text == WHOLE and west.posts() == []
+
+
 def test_hops_are_on_the_record(start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]) -> None:
     east, west, _ = fault_servers
     east.default = Fault("cut", at=10)
@@ -99,6 +131,26 @@ def test_hops_are_on_the_record(start_gateway: Callable[..., Proc], fault_server
     assert hops.index("us-east-1") < hops.index("us-west-2") and "dropped the connection" in hops
     r = httpx.get(gw.url + "/v1/usage", headers={"authorization": f"Bearer {DEMO_KEY}"})
     assert r.status_code == 200
+    # The stream's closing receipt names the same hops, signed: each region, its zone, the backend, why.
+    token = next(ln for ln in text.splitlines() if ln.startswith(": x-regiongate-receipt "))
+    claims = _verified(gw, token.split(" ", 2)[2])
+    assert [(h["region"], h["zone"], h["backend"]) for h in claims["hops"]] == [
+        ("us-east-1", "us", "us-east-1/grok-4/0"),
+        ("us-west-2", "us", "us-west-2/grok-4/0"),
+    ]
+    assert claims["hops"][0]["reason"] == "first" and "dropped the connection" in claims["hops"][1]["reason"]
+    assert claims["region"] == "us-east-1" and claims["endpoint"] == "global"
+
+
+def _verified(gw: Proc, token: str) -> dict[str, Any]:
+    """The receipt's claims, checked against the gateway's published keys (fails on any alteration)."""
+    jwks = httpx.get(gw.url + receipts.JWKS_PATH).json()
+    claims = receipts.verify(token, jwks)
+    h, _, sig = token.split(".")
+    forged = receipts.b64url(orjson.dumps({**claims, "hops": claims["hops"][:1]}))
+    with pytest.raises(receipts.ReceiptError, match="altered or forged"):
+        receipts.verify(f"{h}.{forged}.{sig}", jwks)
+    return claims
 
 
 def test_regional_endpoint_continues_only_inside_its_region(
@@ -193,7 +245,7 @@ def test_grpc_trailing_metadata_names_every_hop(
     east, west, _ = fault_servers
     east.default = Fault("cut", at=20)
     port = free_port()
-    start_gateway(
+    gw = start_gateway(
         world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}), args=["--grpc-port", str(port)]
     )
     with grpc.insecure_channel(f"localhost:{port}") as channel:
@@ -204,6 +256,11 @@ def test_grpc_trailing_metadata_names_every_hop(
             req, metadata=(("authorization", f"Bearer {DEMO_KEY}"),)
         )
         text = "".join(c.outputs[0].delta.content for c in call if c.outputs)
-        hops = dict(call.trailing_metadata())["x-regiongate-hops"]
+        trailing = dict(call.trailing_metadata())
+        hops = trailing["x-regiongate-hops"]
+        first_receipt = dict(call.initial_metadata())["x-regiongate-receipt"]
     assert text == WHOLE
     assert hops.startswith("us-east-1 us-east-1/grok-4/0 (first); us-west-2 us-west-2/grok-4/0 (")
+    claims = _verified(gw, trailing["x-regiongate-receipt"])
+    assert [h["region"] for h in claims["hops"]] == ["us-east-1", "us-west-2"]
+    assert "hops" not in receipts.unverified_claims(first_receipt)  # sent before the stream moved

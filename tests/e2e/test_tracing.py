@@ -27,6 +27,7 @@ from xai_sdk import Client
 from xai_sdk.chat import user
 
 from tests.support import worlds
+from tests.support.faults import WHOLE, Fault, FaultServer
 from tests.support.procs import DEMO_KEY, Proc, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -329,3 +330,121 @@ def test_sampled_out_requests_export_nothing_but_pass_the_context_on(
     assert json.dumps(sorted({s.name for s in receiver.spans})) == json.dumps(
         sorted({"chat grok-4", "capacity.acquire", "upstream.attempt"})
     )
+
+
+def compact_tree(spans: list[Span]) -> str:
+    """The trace as the README shows it: one line per span (name, kind, what it says), events inline."""
+    ids = {s.span_id for s in spans}
+    by_parent: dict[bytes, list[Span]] = {}
+    for s in sorted(spans, key=lambda s: s.start_time_unix_nano):
+        by_parent.setdefault(s.parent_span_id if s.parent_span_id in ids else b"", []).append(s)
+
+    def says(s: Span) -> str:
+        a = _attrs(s)
+        if s.name == "capacity.acquire":
+            return f"{a['regiongate.region']} {'granted' if a['regiongate.capacity.granted'] else 'full'}"
+        if s.name == "upstream.attempt":
+            out = f"{a['regiongate.backend']} outcome={a['regiongate.outcome']}"
+            return out + (f' reason="{a["regiongate.failure_reason"]}"' if "regiongate.failure_reason" in a else "")
+        return (
+            f"route={a['regiongate.route']} region={a['regiongate.region']} "
+            f"output_tokens={a['gen_ai.usage.output_tokens']}"
+        )
+
+    def events(s: Span) -> str:
+        out = []
+        for e in s.events:
+            ea = {x.key: getattr(x.value, x.value.WhichOneof("value")) for x in e.attributes}
+            if e.name == "continuation" and "regiongate.region" in ea:
+                out.append(
+                    f'event continuation -> {ea["regiongate.region"]} after '
+                    f'{ea["regiongate.continuation.delivered_tokens"]} tokens ("{ea["regiongate.continuation.reason"]}")'
+                )
+            else:
+                out.append(f"event {e.name}")
+        return (", " + ", ".join(out)) if out else ""
+
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(s: Span, prefix: str, last: bool, depth: int) -> None:
+        branch = "" if depth == 0 else ("└── " if last else "├── ")
+        kind = Span.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_")
+        rows.append((prefix + branch + s.name, kind, says(s) + events(s)))
+        kids = by_parent.get(s.span_id, [])
+        for i, k in enumerate(kids):
+            walk(k, prefix + ("" if depth == 0 else ("    " if last else "│   ")), i == len(kids) - 1, depth + 1)
+
+    for root in by_parent.get(b"", []):
+        walk(root, "", True, 0)
+    width = max(len(r[0]) for r in rows) + 2
+    return "\n".join(f"{n:<{width}}{k:<10}{w}" for n, k, w in rows)
+
+
+def test_a_failed_over_continued_stream_is_one_trace(
+    start_gateway: Any,
+    receiver: Receiver,
+    failing_backend: tuple[str, list[dict[str, str]]],
+    fault_servers: list[FaultServer],
+    tmp_path: Path,
+) -> None:
+    # us-east-1 answers 500 (failover before the first byte); us-west-2 cuts the stream after 10 tokens
+    # (continued mid-answer); eu-west-1 finishes it.
+    failing, _seen = failing_backend
+    west, dublin, _ = fault_servers
+    west.default = Fault("cut", at=10)
+    cfg = worlds.world(
+        {
+            "us-east-1": [worlds.http_backend(failing)],
+            "us-west-2": [f'{{ kind = "http", url = "{west.url}", metrics_url = "" }}'],
+            "eu-west-1": [f'{{ kind = "http", url = "{dublin.url}", metrics_url = "" }}'],
+        },
+        extra="\n".join(
+            [
+                "[load]",
+                "scrape_interval_s = 0",
+                "[tracing]",
+                f'otlp_endpoint = "http://127.0.0.1:{receiver.port}"',
+                'service_name = "regiongate-test"',
+            ]
+        ),
+    )
+    gw = _start(start_gateway, cfg)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model="grok-4",
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        extra_headers={"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"},
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == WHOLE
+
+    def complete(spans: list[Span]) -> bool:
+        return any(s.kind == Span.SPAN_KIND_SERVER and s.trace_id.hex() == TRACE_ID for s in spans)
+
+    spans = [s for s in receiver.wait_for(complete) if s.trace_id.hex() == TRACE_ID]
+    tree = compact_tree(spans)
+    (tmp_path / "trace.txt").write_text(tree)
+    print(f"\n{tree}")  # the span tree shown in the README
+    (server,) = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    assert [e.name for e in server.events] == ["first_token", "continuation"]  # one TTFT: the client's
+    cont = {x.key: getattr(x.value, x.value.WhichOneof("value")) for x in server.events[1].attributes}
+    assert cont["regiongate.region"] == "eu-west-1" and cont["regiongate.continuation.delivered_tokens"] == 10
+    assert "us-west-2" in cont["regiongate.continuation.reason"]
+    attempts = sorted(
+        (s for s in spans if s.name == "upstream.attempt" and s.parent_span_id == server.span_id),
+        key=lambda s: s.start_time_unix_nano,
+    )
+    assert [(_attrs(s)["regiongate.region"], _attrs(s)["regiongate.outcome"]) for s in attempts] == [
+        ("us-east-1", "failed"),
+        ("us-west-2", "ok"),
+        ("eu-west-1", "ok"),
+    ]
+    last = attempts[-1]
+    assert _attrs(last)["regiongate.continuation"] is True
+    assert [e.name for e in last.events] == ["continuation", "first_token"]
+    assert "continuation" not in [e.name for s in attempts[:2] for e in s.events]
+    assert _attrs(server)["regiongate.route"] == "failover"
+    everything = b"".join(receiver.raw)
+    for secret in (DEMO_KEY, PROMPT, WHOLE[:20]):
+        assert secret.encode() not in everything, secret

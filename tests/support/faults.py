@@ -9,7 +9,7 @@ is a prefill: the server continues the same answer after the words already there
 unless told to refuse it.
 
 Faults (``Fault.kind``): ``ok``, ``cut`` (connection closed after ``at`` tokens), ``stall`` (silent after
-``at`` tokens, connection open), ``malformed`` (an event that is not JSON before token ``at``), ``no_done``
+``at`` tokens, connection open; for ``seconds`` when given, then it goes on), ``malformed`` (an event that is not JSON before token ``at``), ``no_done``
 (finish_reason sent, then the chunked body ends without ``[DONE]``), ``slow_first`` (``seconds`` before the
 head), ``status`` (``status`` with an OpenAI error body, optional ``retry_after`` / ``retry_after_ms``
 headers), ``reset`` (TCP reset before any response byte), ``never`` (reads the request, never answers),
@@ -249,8 +249,8 @@ class FaultServer:
                 if fault.kind == "cut":
                     await _chunk(w, b'data: {"id": "' + cid.encode())  # cut mid-event, no end of body
                     return False
-                if fault.kind == "stall":
-                    await asyncio.Event().wait()
+                if fault.kind == "stall":  # for ``seconds`` (then the answer goes on), else for good
+                    await (asyncio.sleep(fault.seconds) if fault.seconds else asyncio.Event().wait())
                 if fault.kind == "malformed":
                     await _chunk(w, b"data: {this is not json\n\n")
                 if fault.kind == "error_event":
