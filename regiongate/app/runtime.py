@@ -205,7 +205,7 @@ def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKe
         tiers = None if team.service_tiers is None else frozenset(Tier(t) for t in team.service_tiers)
         for i, k in enumerate(team.keys):
             access = Access(team.name, grants, k.zone, k.spill_budget_ms, Tier(k.service_tier), tiers)
-            principal = Principal(team.name, k.id or f"{team.name}-{i}", access)
+            principal = Principal(team.name, k.id or f"{team.name}-{i}", access, k.continuation, k.ttft_budget_ms)
             if k.sha256:
                 keys.add(k.sha256, principal)
                 found = True

@@ -159,6 +159,8 @@ class KeyConfig(_Model):
     zone: str | None = None
     spill_budget_ms: float | None = Field(None, ge=0)
     service_tier: ServiceTier = "default"  # the tier of its requests that ask for none (or "auto")
+    continuation: bool = True  # false: its streams broken mid-answer end with the error, never continued
+    ttft_budget_ms: float | None = Field(None, gt=0, le=600_000)  # caps every first-byte wait of its streams
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:

@@ -21,6 +21,10 @@ class Principal:
     team: str
     key_id: str
     access: Access
+    # The key's stream settings (config ``keys``): whether a stream broken mid-answer may be continued
+    # elsewhere in scope, and a first-byte budget that tightens the learned one (as a request's can).
+    continuation: bool = True
+    ttft_budget_ms: float | None = None
 
 
 def hash_key(key: str) -> str:

@@ -254,6 +254,12 @@ class Gateway:
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
         inbound.tier = tier_of(inbound.payload, inbound.principal.access)  # 400 / 403 before any work
+        key = inbound.principal
+        if not key.continuation:  # the key's stream settings: either side may only tighten
+            inbound.continuation = False
+        if key.ttft_budget_ms is not None:
+            asked = inbound.ttft_budget_ms
+            inbound.ttft_budget_ms = key.ttft_budget_ms if asked is None else min(asked, key.ttft_budget_ms)
         for hook in self.hooks:
             try:
                 await hook.before(inbound)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import openai
 
 from regiongate.state.first_byte import MIN_SAMPLES
 from tests.support.clients import MSG, client
@@ -74,3 +75,32 @@ def test_the_callers_budget_tightens_it(
             headers={"authorization": f"Bearer {DEMO_KEY}", "x-regiongate-ttft-budget-ms": bad},
         )
         assert r.status_code == 400 and r.json()["error"]["param"] == "x-regiongate-ttft-budget-ms"
+
+
+def test_a_keys_budget_tightens_it(start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]) -> None:
+    east, west, _ = fault_servers
+    team = '[[teams]]\nname = "quick"\nkeys = [{ id = "quick", env = "QUICK_KEY", ttft_budget_ms = 300 }]'
+    cfg = world({"us-east-1": [http_backend(east.url)], "us-west-2": [http_backend(west.url)]}, extra=team)
+    gw = start_gateway(cfg, env={"QUICK_KEY": "rg-test-quick-key"})
+    east.script(Fault("slow_first", seconds=5))
+    quick = openai.OpenAI(base_url=gw.url + "/v1", api_key="rg-test-quick-key", max_retries=0)
+    started = time.monotonic()
+    with quick.chat.completions.with_streaming_response.create(
+        model="grok-4", messages=MSG, stream=True
+    ) as resp:
+        region = resp.headers["x-regiongate-region"]
+        for _ in resp.parse():
+            pass
+    took = time.monotonic() - started
+    assert region == "us-west-2" and took < 4.5
+    print(f"\nMEASURED a key's ttft_budget_ms = 300 with a 5 s first token -> next region after {took:.2f}s")
+    # A request's own budget may tighten the key's further, never loosen it: 10 s asked, 300 ms kept.
+    east.script(Fault("slow_first", seconds=5))
+    started = time.monotonic()
+    with quick.chat.completions.with_streaming_response.create(
+        model="grok-4", messages=MSG, stream=True, extra_headers={"x-regiongate-ttft-budget-ms": "10000"}
+    ) as resp:
+        assert resp.headers["x-regiongate-region"] == "us-west-2"
+        for _ in resp.parse():
+            pass
+    assert time.monotonic() - started < 4.5

@@ -224,6 +224,25 @@ def test_continuation_can_be_turned_off_per_request(
     assert "stream_interrupted" in text and west.posts() == []
 
 
+STRICT_KEY = "rg-test-key-that-never-continues"
+STRICT_TEAM = '[[teams]]\nname = "strict"\nkeys = [{ id = "strict", env = "STRICT_KEY", continuation = false }]'
+
+
+def test_continuation_can_be_turned_off_per_key(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=20)
+    cfg = world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}, extra=STRICT_TEAM)
+    gw = start_gateway(cfg, env={"STRICT_KEY": STRICT_KEY})
+    strict = openai.OpenAI(base_url=gw.url + "/v1", api_key=STRICT_KEY, max_retries=0)
+    with pytest.raises(openai.APIError, match="us-east-1 dropped the connection mid-answer"):
+        list(strict.chat.completions.create(model="grok-4", messages=MSG, stream=True))
+    assert west.posts() == []
+    text, _ = stream(gw)  # another key of the same gateway: continued
+    assert text == WHOLE and len(west.posts()) == 1
+
+
 def test_grpc_stream_is_continued_with_hops_in_trailing_metadata(
     start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
 ) -> None:
