@@ -87,6 +87,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "usage records say whether their tokens were estimated (the backend reported none)",
+        ("ALTER TABLE usage_records ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT FALSE",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

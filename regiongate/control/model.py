@@ -106,6 +106,7 @@ class UsageRow:
     completion_tokens: int
     avg_ttft_ms: float | None
     avg_total_ms: float | None
+    estimated_requests: int = 0  # requests whose backend reported no usage (tokens estimated)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -118,6 +119,7 @@ class UsageRow:
             "completion_tokens": self.completion_tokens,
             "avg_ttft_ms": None if self.avg_ttft_ms is None else round(self.avg_ttft_ms, 1),
             "avg_total_ms": None if self.avg_total_ms is None else round(self.avg_total_ms, 1),
+            "estimated_requests": self.estimated_requests,
         }
 
 

@@ -349,6 +349,7 @@ class SqlStore(SqlWorker):
                 r.completion_tokens,
                 r.ttft_ms,
                 r.total_ms,
+                r.estimated,
             )
             for r in records
         ]
@@ -358,8 +359,8 @@ class SqlStore(SqlWorker):
                 self.dialect.executemany(
                     self._c(),
                     "INSERT INTO usage_records (at, day, request_id, team, key_id, model, endpoint, region, "
-                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
@@ -371,7 +372,8 @@ class SqlStore(SqlWorker):
             rows = self._q(
                 "SELECT day, model, region, COUNT(*), "
                 "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), SUM(prompt_tokens), "
-                "SUM(completion_tokens), AVG(ttft_ms), AVG(total_ms) FROM usage_records "
+                "SUM(completion_tokens), AVG(ttft_ms), AVG(total_ms), "
+                "SUM(CASE WHEN estimated THEN 1 ELSE 0 END) FROM usage_records "
                 "WHERE team = ? AND day >= ? GROUP BY day, model, region ORDER BY day, model, region",
                 (team, since_day or ""),
             ).fetchall()
@@ -386,8 +388,9 @@ class SqlStore(SqlWorker):
                     int(c or 0),
                     None if t is None else float(t),
                     None if tot is None else float(tot),
+                    int(est or 0),
                 )
-                for d, m, r, n, e, p, c, t, tot in rows
+                for d, m, r, n, e, p, c, t, tot, est in rows
             ]
 
         return await self._run(run)

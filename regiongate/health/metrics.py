@@ -91,6 +91,12 @@ class Metrics:
             ["tier", "region", "status"],
             registry=self.registry,
         )
+        self._estimated = Counter(
+            "regiongate_usage_estimated",
+            "Requests whose backend reported no usage: their tokens are the gateway's estimate",
+            ["region"],
+            registry=self.registry,
+        )
         self._fleet = _FleetCollector()
         self.registry.register(self._fleet)
         self._children: dict[tuple[str, str, str, int, str], tuple[Counter, Counter]] = {}
@@ -111,6 +117,9 @@ class Metrics:
 
     def upstream_failure(self, region: str, backend: str) -> None:
         self._failures.labels(region, backend).inc()
+
+    def usage_estimated(self, region: str) -> None:
+        self._estimated.labels(region or "none").inc()
 
     def refused(self, code: str, type: str) -> None:
         self._refusals.labels(code, type).inc()

@@ -35,6 +35,7 @@ from regiongate.core.labels import Route
 from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
+from regiongate.pipeline import tokens
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.blame import Blame, exhausted
 from regiongate.pipeline.continuation import (
@@ -138,6 +139,16 @@ class _Open:
     @property
     def status(self) -> int:
         return self.resp.status
+
+
+def _json_object(resp: UpstreamResponse) -> dict[str, Any] | None:
+    if resp.parsed is not None:
+        return resp.parsed
+    try:
+        loaded = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _only_backend(plan: Plan) -> bool:
@@ -538,7 +549,9 @@ class Gateway:
                 return
             st.done = True
             await st.close_hop()
-            usage, ttft = st.relay.usage, st.ttft_ms
+            usage, ttft, relay = st.relay.usage, st.ttft_ms, st.relay
+            if relay.deltas and not tokens.reported(usage) and a.inbound.path in tokens.COUNTED:
+                usage = tokens.for_stream(a.inbound.payload, relay.deltas, relay.chars, usage)
             self._record(a.inbound, a.deployment.region, a.route, status, usage, ttft, a.started, st.hops)
 
         routed = Routed(200, "text/event-stream", a.deployment.region, a.route, a.backend.id, hops=st.hops)
@@ -550,14 +563,10 @@ class Gateway:
         self.fleet.record_success(a.backend)
         usage = None
         if resp.status == 200 and b'"usage"' in resp.body:
-            parsed = resp.parsed
-            if parsed is None:
-                try:
-                    loaded = orjson.loads(resp.body)
-                except orjson.JSONDecodeError:
-                    loaded = None
-                parsed = loaded if isinstance(loaded, dict) else None
+            parsed = _json_object(resp)
             usage = parsed.get("usage") if parsed is not None else None
+        if resp.status == 200 and not tokens.reported(usage) and a.inbound.path in tokens.COUNTED:
+            usage = tokens.for_answer(a.inbound.payload, _json_object(resp), usage)
         self._record(a.inbound, a.deployment.region, a.route, resp.status, usage, None, a.started)
         return Routed(
             resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=resp.body
@@ -737,7 +746,10 @@ class Gateway:
             at=time.time(),
             hops=tuple(h.render() for h in hops) if hops else (),
             tier=inbound.tier,
+            estimated=bool(usage and usage.get("estimated")),
         )
+        if record.estimated:
+            self.metrics.usage_estimated(region)
         self.usage.record(record)
         for hook in self.hooks:
             hook.settled(inbound, record)

@@ -113,6 +113,10 @@ class SseRelay:
         self.tool_calls = False  # chat: a tool-call delta was delivered
         self.first: dict[str, Any] | None = None  # chat: the first chunk (its id, created, model)
         self.content_events = 0  # chat: events that delivered content of choice 0 (about one token each)
+        # Every choice's (and protocol's) text deltas and their characters, over every hop: the token
+        # estimate when the backend reports no usage (regiongate.pipeline.tokens).
+        self.deltas = 0
+        self.chars = 0
         # A continuation (``continue_from``): what earlier hops delivered, and the stream it extends.
         self.prior = ""
         self.carried = 0
@@ -130,6 +134,7 @@ class SseRelay:
         (id, created, model, fingerprint; no second role delta) and its usage covers the whole answer."""
         self.prior = before.delivered
         self.carried = before.tokens
+        self.deltas, self.chars = before.deltas, before.chars
         self._base = before._base or before.first
         self.first = self._base
         self._echo = self.prior
@@ -191,6 +196,12 @@ class SseRelay:
             self.errored = True
         elif kind in _TERMINAL[self.kind]:
             self.done = True
+        elif isinstance(kind, str) and kind.endswith("delta"):  # output_text.delta, content_block_delta
+            d = obj.get("delta")
+            piece = d if isinstance(d, str) else d.get("text", d.get("partial_json")) if isinstance(d, dict) else None
+            if isinstance(piece, str):
+                self.deltas += 1
+                self.chars += len(piece)
         seq = obj.get("sequence_number")
         if isinstance(seq, int):
             self.sequence = seq + 1
@@ -277,6 +288,7 @@ class SseRelay:
             self._finished.add(i)
         elif i not in self._finished:
             self._open.add(i)
+        self._count(c)
         if i != 0:
             return
         delta = c.get("delta")
@@ -289,6 +301,23 @@ class SseRelay:
                 self.tool_calls = True
         elif isinstance(c.get("text"), str):  # legacy completions
             self.text.append(c["text"])
+
+    def _count(self, c: dict[str, Any]) -> None:
+        """One choice's delta in the token estimate: its content, reasoning and tool-call text."""
+        delta = c.get("delta")
+        d = delta if isinstance(delta, dict) else c  # legacy completions carry ``text`` on the choice
+        n = 0
+        for k in ("content", "reasoning_content", "text"):
+            v = d.get(k)
+            if isinstance(v, str):
+                n += len(v)
+        for call in d.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                n += len(fn["arguments"])
+        if n:
+            self.deltas += 1
+            self.chars += n
 
     def _usage_of(self, obj: dict[str, Any]) -> None:
         """Responses and Anthropic usage, in the chat protocol's names the usage records keep."""

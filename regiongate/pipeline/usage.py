@@ -35,6 +35,7 @@ class UsageRecord:
     at: float  # unix seconds
     hops: tuple[str, ...] = ()  # a stream's hops in order ("region backend (reason)"), when it has them
     tier: str = "default"  # the service tier it ran at (regiongate.core.tiers)
+    estimated: bool = False  # the backend reported no usage: the tokens are the gateway's estimate
 
 
 @dataclass(slots=True)
@@ -43,6 +44,7 @@ class UsageTotals:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated: int = 0  # requests whose tokens are the gateway's estimate
 
 
 class UsageSink(Protocol):
@@ -65,6 +67,7 @@ class MemoryUsage:
         t.errors += rec.status >= 400
         t.prompt_tokens += rec.prompt_tokens
         t.completion_tokens += rec.completion_tokens
+        t.estimated += rec.estimated
         self.count += 1
 
     def for_team(self, team: str) -> list[dict[str, object]]:
@@ -80,6 +83,7 @@ class MemoryUsage:
                         "errors": v.errors,
                         "prompt_tokens": v.prompt_tokens,
                         "completion_tokens": v.completion_tokens,
+                        "estimated_requests": v.estimated,
                     }
                 )
         return rows

@@ -15,11 +15,13 @@ import pytest
 
 from regiongate.app.runtime import build_fleet
 from regiongate.config import HealthConfig, parse_config
+from regiongate.config.scale import LimitsConfig, RateLimit
 from regiongate.core import ALL_ACCESS, GLOBAL, Endpoint, EndpointKind, RouteError
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import Prober
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.failover import Gateway, Inbound
+from regiongate.pipeline.failover import Gateway, Inbound, Routed
+from regiongate.pipeline.ratelimit import LocalRates, RateLimits
 from regiongate.pipeline.usage import UsageRecord
 from regiongate.state.fleet import Backend, Fleet
 from regiongate.upstream.dialect import REQUEST_ID_NAMESPACE
@@ -219,3 +221,57 @@ async def test_a_busy_single_slot_backend_is_not_marked_unhealthy(
 def _raw_post(url: str) -> int:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     return httpx.post(url + "/chat/completions", json=body).status_code
+
+
+async def _drain(routed: Routed) -> bytes:
+    assert routed.chunks is not None
+    out = b"".join([c async for c in routed.chunks])
+    await routed.aclose()
+    return out
+
+
+async def test_a_stream_without_usage_is_counted_and_flagged(
+    make: Callable[..., World], standin: Callable[..., Standin]
+) -> None:
+    s = standin("llama-cpp-python", model="m")  # ignores stream_options: never a usage chunk
+    w = make({"us-east-1": [spec(s, ', server = "llama-cpp-python"')]})
+    opts = {"include_usage": True}
+    body = await _drain(await w.gateway.dispatch(w.inbound(stream=True, max_tokens=3, stream_options=opts)))
+    assert b'"usage"' not in body, "reproduced: the backend sent none"
+    (rec,) = w.usage.records
+    assert rec.estimated and rec.completion_tokens == 3, "one token per content delta (w0, w1, w2)"
+    assert rec.prompt_tokens > 0
+    assert 'regiongate_usage_estimated_total{region="us-east-1"} 1.0' in w.gateway.metrics.render().decode()
+    vllm = standin("vllm", model="m")  # reports usage when asked: nothing is estimated
+    w2 = make({"us-east-1": [spec(vllm, ', server = "vllm"')]})
+    await _drain(await w2.gateway.dispatch(w2.inbound(stream=True, max_tokens=3)))
+    (rec,) = w2.usage.records
+    assert not rec.estimated and rec.completion_tokens == 3
+
+
+async def test_an_answer_without_usage_is_counted_and_flagged(
+    make: Callable[..., World], standin: Callable[..., Standin]
+) -> None:
+    s = standin("vllm", model="m", no_usage=True)
+    w = make({"us-east-1": [spec(s)]})
+    status, body = await _text(w, w.inbound(max_tokens=8))
+    assert status == 200 and "usage" not in body
+    (rec,) = w.usage.records
+    text = "w0 w1 w2 w3 w4 w5 w6 w7"
+    assert rec.estimated and rec.completion_tokens == -(-len(text) // 4), "its text's characters / 4"
+
+
+async def test_token_rate_limits_hold_on_estimated_usage(
+    make: Callable[..., World], standin: Callable[..., Standin]
+) -> None:
+    s = standin("llama-cpp-python", model="m", tokens=16)
+    w = make({"us-east-1": [spec(s, ', server = "llama-cpp-python"')]})
+    limits = RateLimits(LimitsConfig(team=RateLimit(tokens_per_minute=30)), LocalRates())
+    w.gateway.hooks.append(limits)
+    for _ in range(2):  # each: a few prompt tokens up front, then 16 estimated completion tokens settled
+        await _drain(await w.gateway.dispatch(w.inbound(stream=True)))
+        await asyncio.gather(*limits._tasks)
+    assert all(r.estimated and r.completion_tokens == 16 for r in w.usage.records)
+    with pytest.raises(RouteError) as e:
+        await w.gateway.dispatch(w.inbound(stream=True))
+    assert e.value.code == "rate_limit_exceeded", "the estimate was charged: without it the third would pass"

@@ -13,6 +13,7 @@ OpenAI; what they answer is deterministic text, not a model. API (all a test nee
     s.hold()        # generation requests wait (after their head) until s.release(); s.busy: how many wait
     s.wait_busy()   # block until one waits (from a thread: ``await asyncio.to_thread(s.wait_busy)``)
     s.stop()
+    Standin(..., no_usage=True)    # no usage in any answer, streamed or whole
     POISON          # a user message containing it gets a request-caused 500 from any server, every time
 
 What differs by ``kind`` (the point of having three):
@@ -82,6 +83,7 @@ class Standin:
     model: str = "m"
     tokens: int = 16  # the longest answer (llama-cpp-python without max_tokens: until this)
     single_slot: bool = False
+    no_usage: bool = False  # never any usage, streamed or whole (a server or proxy that drops it)
     received: list[Seen] = field(default_factory=list)
     port: int = 0
     running: int = 0  # generations in progress (its /metrics reports them)
@@ -331,7 +333,7 @@ class Standin:
         await out.stream_head()
         for event in a.events():
             await out.chunk(b"data: " + orjson.dumps(event) + b"\n\n")
-        if usage:
+        if usage and not self.no_usage:
             await out.chunk(b"data: " + orjson.dumps(a.frame([], a.usage())) + b"\n\n")
         await out.chunk(b"data: [DONE]\n\n")
         await out.chunk(b"")
@@ -423,7 +425,7 @@ class _Answer:
             choices.append(
                 {"index": i, "message": msg, "logprobs": self._logprobs(text), "finish_reason": fin}
             )
-        obj = self.frame(choices, self.usage())
+        obj = self.frame(choices, None if self.server.no_usage else self.usage())
         obj["object"] = "chat.completion" if self.chat else "text_completion"
         return obj
 
