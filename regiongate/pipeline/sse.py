@@ -126,6 +126,7 @@ class SseRelay:
         self._echo = ""
         self._open: set[int] = set()  # chat: choices seen without their finish_reason yet
         self._finished: set[int] = set()
+        self._named: set[tuple[Any, Any]] = set()  # chat: (choice, tool call) whose name was relayed
         self._buf = b""
         self._crlf = False
 
@@ -224,6 +225,9 @@ class SseRelay:
             for c in choices:
                 if isinstance(c, dict):
                     self._choice(c)
+                    delta = c.get("delta")
+                    if isinstance(delta, dict) and delta.get("tool_calls"):
+                        changed = self._named_once(c.get("index", 0), delta["tool_calls"]) or changed
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if self.carried:
@@ -236,6 +240,26 @@ class SseRelay:
                 obj.pop("usage")
                 return event(obj)
         return event(obj) if changed else ev
+
+    def _named_once(self, choice: Any, fragments: Any) -> bool:
+        """OpenAI streams a tool call's ``id``, ``type`` and ``function.name`` in its first fragment only, and
+        clients join every later string onto them (the openai SDK's stream helper, the gRPC translation).
+        SGLang repeats them in every fragment, which reads as ``get_weatherget_weather``: the repeats are
+        taken off. True when a fragment changed."""
+        changed = False
+        for frag in fragments if isinstance(fragments, list) else ():
+            if not isinstance(frag, dict):
+                continue
+            slot = (choice, frag.get("index", 0))
+            if slot not in self._named:
+                self._named.add(slot)
+                continue
+            fn = frag.get("function")
+            for holder, key in ((frag, "id"), (frag, "type"), (fn, "name")):
+                if isinstance(holder, dict) and holder.get(key):
+                    del holder[key]
+                    changed = True
+        return changed
 
     def _rebase(self, obj: dict[str, Any]) -> bool:
         """Make a continuation's chunk look like the next chunk of the first stream; False to drop it

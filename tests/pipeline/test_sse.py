@@ -69,3 +69,25 @@ def test_a_continuation_is_rebased_unechoed_and_its_usage_restated() -> None:
     usage = {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}
     (u,) = events(cont.feed(b"data: " + orjson.dumps({"id": "b", "choices": [], "usage": usage}) + b"\n\n"))
     assert u["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+
+
+def test_a_tool_call_name_repeated_in_every_fragment_is_relayed_once() -> None:
+    """SGLang repeats id, type and function.name in every tool-call delta; clients append strings, so the
+    relay leaves them on the first fragment of each call only (OpenAI's shape). Arguments pass as sent."""
+    r = SseRelay(strip_usage=False)
+
+    def frag(i: int, args: str) -> dict[str, object]:
+        return {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": f"f{i}", "arguments": args}}
+
+    def tc(*frags: dict[str, object]) -> bytes:
+        return chunk("a", choices=[{"index": 0, "delta": {"tool_calls": list(frags)}}])
+
+    out = events(r.feed(tc(frag(0, '{"a"')) + tc(frag(0, ": 1}"), frag(1, "{")) + tc(frag(1, "}"))))
+    got = [e["choices"][0]["delta"]["tool_calls"] for e in out]  # type: ignore[index]
+    assert got == [
+        [frag(0, '{"a"')],
+        [{"index": 0, "function": {"arguments": ": 1}"}}, frag(1, "{")],
+        [{"index": 1, "function": {"arguments": "}"}}],
+    ]
+    once = tc(frag(0, "{}"))  # the OpenAI shape itself passes as the same bytes
+    assert SseRelay(strip_usage=False).feed(once) == once
