@@ -28,42 +28,36 @@ from regiongate.state.redis_link import ERRORS, RedisLink, shared_unavailable
 
 log = logging.getLogger("regiongate.capacity")
 
-# Every script also bumps a version counter beside the set (KEYS[2]) and returns it: answers arrive over
-# several connections in any order, and the local view keeps the count with the highest version.
+# Every reply comes back on the one pipelined connection of ``RespClient`` in the order Redis ran the
+# scripts, so the last reply read carries the newest count: no version counter is needed beside the set.
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function version(vkey)
-  local v = redis.call('INCR', vkey)
-  redis.call('PEXPIRE', vkey, 86400000)
-  return v
-end
 """
 
-# KEYS set, version; ARGV limit, ttl_ms, token -> {1 if taken, live count, version}
+# KEYS set; ARGV limit, ttl_ms, token -> {1 if taken, live count}
 ACQUIRE = (
     _NOW
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[1]) then return {0, n, version(KEYS[2])} end
+if n >= tonumber(ARGV[1]) then return {0, n} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return {1, n + 1, version(KEYS[2])}
+return {1, n + 1}
 """
 )
 
-# KEYS set, version; ARGV tokens... -> {live count, version}
+# KEYS set; ARGV tokens... -> live count (expired leases are not counted; the next acquire drops them)
 RELEASE = (
     _NOW
     + """
 redis.call('ZREM', KEYS[1], unpack(ARGV))
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return {redis.call('ZCARD', KEYS[1]), version(KEYS[2])}
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 )
 
-# KEYS set, version; ARGV ttl_ms, mode ('XX' renews only live leases, 'NX' also re-adds lost ones), tokens...
+# KEYS set; ARGV ttl_ms, mode ('XX' renews only live leases, 'NX' also re-adds lost ones), tokens... -> count
 RENEW = (
     _NOW
     + """
@@ -82,19 +76,18 @@ if #args > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl * 2)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return {redis.call('ZCARD', KEYS[1]), version(KEYS[2])}
+return redis.call('ZCARD', KEYS[1])
 """
 )
 
-# KEYS set1, version1, set2, version2, ... -> {count1, version1, count2, version2, ...}
+# KEYS set1, set2, ... -> {count1, count2, ...}
 COUNT = (
     _NOW
     + """
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   out[i] = redis.call('ZCARD', KEYS[i])
-  out[i + 1] = version(KEYS[i + 1])
 end
 return out
 """
@@ -120,7 +113,6 @@ class RedisCapacity:
         self._mine: dict[str, int] = {}  # deployment key -> leases held here
         self._unsent: dict[str, set[str]] = {}  # releases Redis did not get, sent on reconnect
         self._counts: dict[str, int] = {}  # deployment key -> live leases in Redis, last seen
-        self._versions: dict[str, int] = {}  # deployment key -> version of that count
         self._limits: dict[str, int] = {}
         self._ids = itertools.count(1)
         c = link.client
@@ -143,13 +135,10 @@ class RedisCapacity:
         return self.modes.get(key, self.default_mode)
 
     def _k(self, key: str) -> list[str]:
-        return [self.link.key("cap", key), self.link.key("capv", key)]
+        return [self.link.key("cap", key)]
 
-    def _seen(self, key: str, count: object, version: object) -> None:
-        v = int(version)  # type: ignore[call-overload]
-        if v >= self._versions.get(key, 0):
-            self._versions[key] = v
-            self._counts[key] = int(count)  # type: ignore[call-overload]
+    def _seen(self, key: str, count: object) -> None:
+        self._counts[key] = int(count)  # type: ignore[call-overload]
 
     # --- the CapacityStore protocol ---------------------------------------------------------------
     async def acquire(self, key: str, limit: int) -> Lease | None:
@@ -157,11 +146,11 @@ class RedisCapacity:
         if self.link.up:
             token = f"{self.link.replica_id}:{next(self._ids)}"
             try:
-                ok, n, v = await self._acquire(keys=self._k(key), args=[limit, self.ttl_ms, token])
+                ok, n = await self._acquire(keys=self._k(key), args=[limit, self.ttl_ms, token])
             except ERRORS as e:
                 self.link.failed(e)
             else:
-                self._seen(key, n, v)
+                self._seen(key, n)
                 if int(ok) != 1:
                     return None
                 self._hold(token, key)
@@ -189,7 +178,7 @@ class RedisCapacity:
         self._mine[key] -= 1
         if self.link.up:
             try:
-                self._seen(key, *await self._release(keys=self._k(key), args=[lease.token]))
+                self._seen(key, await self._release(keys=self._k(key), args=[lease.token]))
                 return
             except ERRORS as e:
                 self.link.failed(e)
@@ -255,21 +244,20 @@ class RedisCapacity:
         """Extend every held lease to now + TTL; with 'NX' semantics (mode != 'XX') lost ones are
         written back too."""
         for key, tokens in self._by_key(self._held).items():
-            self._seen(key, *await self._renew(keys=self._k(key), args=[self.ttl_ms, mode, *tokens]))
+            self._seen(key, await self._renew(keys=self._k(key), args=[self.ttl_ms, mode, *tokens]))
 
     async def refresh(self) -> None:
         keys = list(self._counts)
         if not keys:
             return
-        out = await self._count(keys=[k for key in keys for k in self._k(key)])
-        for i, key in enumerate(keys):
-            self._seen(key, out[2 * i], out[2 * i + 1])
+        out = await self._count(keys=[self.link.key("cap", key) for key in keys])
+        for key, n in zip(keys, out, strict=True):
+            self._seen(key, n)
 
     async def _resume(self) -> None:
         """Redis is reachable again: send the releases it missed, write back every lease held here
         (those taken from the fail-open share included), then re-read the counts."""
         unsent, self._unsent = self._unsent, {}
-        self._versions.clear()  # Redis may have restarted empty: its versions start again
         for key, tokens in unsent.items():
             await self._release(keys=self._k(key), args=list(tokens))
         await self.renew("ALL")
