@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +17,32 @@ def _config(path: str | None) -> Config:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         sys.exit(2)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU quota
+    (a container's ``cpu.max``), at least 1."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(n, 1)
+
+
+def workers_arg(text: str) -> int:
+    if text == "auto":
+        return available_cpus()
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1 worker")
+    return n
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -151,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--workers",
-        type=int,
+        type=workers_arg,
         default=1,
-        help="processes sharing the ports (SO_REUSEPORT), one event loop each (default: %(default)s)",
+        help="processes sharing the ports (SO_REUSEPORT), one event loop each; 'auto': one per CPU this "
+        "process may use (the production default; default here: %(default)s)",
     )
     s.add_argument(
         "--region-ports",
