@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from dataclasses import replace
 from heapq import heappop, heappush
 from typing import Any
 
@@ -110,6 +111,17 @@ class Dep:
         self.slots = max(1, round(self.base_slots * f)) if self.limit > 0 else 0
 
 
+class ReplicaView:
+    """One replica's view of one model: the snapshot it took at ``taken_at``, the backend slots free then,
+    and ``view``, that snapshot with the leases the replica took since (``mine``, per deployment)."""
+
+    __slots__ = ("free", "mine", "snap", "taken_at", "view")
+
+    def __init__(self, taken_at: float, snap: WorldSnapshot, free: list[int]) -> None:
+        self.taken_at, self.snap, self.view, self.free = taken_at, snap, snap, free
+        self.mine = [0] * len(free)
+
+
 class Engine:
     def __init__(self, world: World, name: str, policy: Policy) -> None:
         self.world = world
@@ -144,8 +156,10 @@ class Engine:
         self.learns = getattr(policy, "learns", True)
         self.typical: list[Typical | None] = [None if self.learns else Typical() for _ in world.models]
         self.staleness_s = world.staleness_s
+        # Whether a replica counts the leases it took itself since its snapshot (``_stale_snapshot``).
+        self.reserves = getattr(policy, "reserves", True)
         # Each replica's last snapshot per model and when it was taken (only with ``staleness_s``).
-        self.stale: list[list[tuple[float, WorldSnapshot] | None]] = [
+        self.stale: list[list[ReplicaView | None]] = [
             [None] * len(world.models) for _ in range(world.replicas)
         ]
 
@@ -232,13 +246,40 @@ class Engine:
         )
 
     def _stale_snapshot(self, mi: int, now: float, replica: int) -> WorldSnapshot:
-        """What replica ``replica`` decides on: its last snapshot until it is ``staleness_s`` old."""
+        """What replica ``replica`` decides on: its last snapshot until it is ``staleness_s`` old, with
+        (when the policy ``reserves``) the leases this replica itself took since then counted in: a
+        replica knows its own leases the moment it takes them, so it does not herd into what it filled."""
         kept = self.stale[replica][mi]
-        if kept is not None and now - kept[0] < self.staleness_s:
-            return kept[1]
-        snap = self.snapshot(mi, now)
-        self.stale[replica][mi] = (now, snap)
-        return snap
+        if kept is None or now - kept.taken_at >= self.staleness_s:
+            snap = self.snapshot(mi, now)
+            kept = self.stale[replica][mi] = ReplicaView(
+                now, snap, [d.slots - d.running for d in self.by_model[mi]]
+            )
+        return kept.view if self.reserves else kept.snap
+
+    def _took(self, mi: int, replica: int, d: Dep) -> None:
+        """Replica ``replica`` took a lease on ``d``: its own view counts it (``_stale_snapshot``)."""
+        kept = self.stale[replica][mi]
+        if kept is None:
+            return
+        i = self.by_model[mi].index(d)
+        kept.mine[i] += 1
+        mine, snap = kept.mine[i], kept.snap
+        s = snap.by_model[d.model][i]
+        states = list(kept.view.by_model[d.model])
+        # Beyond the backend slots free at the snapshot, this replica's requests wait in its queue.
+        queued = s.queue_depth + max(mine - kept.free[i], 0) if self.queue_depth else 0
+        states[i] = replace(s, in_use=s.in_use + mine, queue_depth=queued)
+        t = tuple(states)
+        kept.view = WorldSnapshot(
+            snap.regions,
+            dict(zip(self.keys[mi], t, strict=False)),
+            snap.gateway_location,
+            snap.zones,
+            {d.model: t},
+            snap.gateway_rtt_ms,
+            snap.retry_after_s,
+        )
 
     def _oracle(self, mi: int, ctx: Context, prompt: int) -> Dep | None:
         """The deployment with the lowest true expected TTFT for this request, from the true state: the
@@ -313,6 +354,8 @@ class Engine:
         d.in_use += 1
         d.state = None
         self.snaps[mi] = None
+        if self.staleness_s and self.reserves and not self.oracle:
+            self._took(mi, replica, d)
         if d.running < d.slots:
             self._start(d, t, t, ctx, prompt, completion, 0)
         else:

@@ -19,6 +19,8 @@ zone endpoint or zone-fenced key in its zone), so any difference in the report c
 * ``gateway-greedy``: ``decide`` with every request's salt 0, which always takes the best prediction
   among near-equal regions: the gateway without its randomised choice, to show what that choice buys
   when replicas decide on stale state.
+* ``gateway-unreserved``: ``decide`` on replicas that do not count the leases they took themselves since
+  their snapshot (``Engine._stale_snapshot``): the gateway without its remedy against herding.
 """
 
 from __future__ import annotations
@@ -161,6 +163,15 @@ def _greedy(snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError
     )
 
 
+class _Unreserved:
+    """``decide`` on a replica that does not count its own leases since its snapshot (see the engine)."""
+
+    reserves = False
+
+    def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
+        return decide(snapshot, request)
+
+
 def make_policy(name: str) -> Policy:
     """A fresh policy by name (the baselines keep a memo, so each run gets its own)."""
     if name == "gateway":
@@ -177,4 +188,6 @@ def make_policy(name: str) -> Policy:
         return Oracle()
     if name == "gateway-greedy":
         return _greedy
+    if name == "gateway-unreserved":
+        return _Unreserved()
     raise ValueError(f"unknown policy '{name}' (known: {', '.join(ALL_POLICY_NAMES)})")

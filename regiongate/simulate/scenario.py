@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from regiongate.config import format_validation_error
 
 PolicyName = Literal[
-    "gateway", "nearest-only", "nearest-spill", "least-loaded", "power-of-two", "oracle", "gateway-greedy"
+    "gateway",
+    "nearest-only",
+    "nearest-spill",
+    "least-loaded",
+    "power-of-two",
+    "oracle",
+    "gateway-greedy",
+    "gateway-unreserved",
 ]
 POLICY_NAMES: tuple[PolicyName, ...] = (
     "gateway",
@@ -31,7 +38,7 @@ POLICY_NAMES: tuple[PolicyName, ...] = (
     "oracle",
 )
 # Also known, not run by default: gateway-greedy (the gateway's policy without its randomised choice).
-ALL_POLICY_NAMES: tuple[str, ...] = (*POLICY_NAMES, "gateway-greedy")
+ALL_POLICY_NAMES: tuple[str, ...] = (*POLICY_NAMES, "gateway-greedy", "gateway-unreserved")
 ENDPOINT_KINDS = ("global", "zone", "region", "fenced")
 DAY_S = 86400.0
 
