@@ -35,9 +35,10 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def regiongate_app() -> Any:
+    from regiongate.app.listeners import Lifespan
     from regiongate.app.runtime import build_runtime
     from regiongate.config import load_config
     from regiongate.rest.app import RestApp
 
     runtime = build_runtime(load_config(os.environ["REGIONGATE_BENCH_CONFIG"]), dict(os.environ))
-    return RestApp(runtime)
+    return Lifespan(RestApp(runtime, runtime.mounts), runtime)

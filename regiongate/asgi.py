@@ -18,7 +18,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
-REFUSED = "regiongate.refused"  # scope key set by the listener (app/edge.py): over the connection cap
+REFUSED = "regiongate.refused"  # scope key set by the listener (front/edge.py): over the connection cap
 
 
 class BodyTooLarge(Exception):

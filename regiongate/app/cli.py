@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
     )
     if args.admin_listen:
-        from regiongate.app.serve import split_listen
+        from regiongate.app.sites import split_listen
 
         try:
             split_listen(args.admin_listen)

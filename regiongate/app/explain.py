@@ -68,7 +68,7 @@ def _num(v: float | None, width: int = 8) -> str:
 
 async def measure(fleet: Fleet, cfg: Config, rounds: int = PROBE_ROUNDS) -> None:
     """Probe every HTTP backend ``rounds`` times and read their load once, as the gateway would."""
-    prober = Prober(lambda: fleet, cfg.health)
+    prober = Prober(lambda: fleet, lambda: cfg.health)
     scraper = LoadScraper(lambda: fleet, lambda: cfg)
     try:
         for _ in range(rounds + 1):  # the first round opens the connections and is not counted

@@ -91,17 +91,12 @@ def apply(rt: Runtime, cfg: Config) -> None:
     old = rt.fleet
     new = build_fleet(cfg, old.capacity)
     retired = _carry(old, new, old_cfg, cfg)
-    keys = _keys(rt, cfg)
+    in_force = rt.in_force(cfg, new, _keys(rt, cfg))
     # From here on nothing awaits: the swap is atomic for every request on this loop.
-    if rt.shared is not None:
-        fit_fleet(new, cfg, rt.shared)
-        if rt.shared.prober is not None:
-            rt.shared.prober.cfg = cfg.health
-    rt.config = cfg
-    rt.gateway.fleet = new  # the one reference: everything else reads the fleet through it
-    rt.use_keys(keys)
-    for hook in rt.on_reload:
-        hook(rt)
+    fit_fleet(new, cfg, rt.shared)  # per-worker limits, outlier thresholds, rate-limit table
+    if rt.control is not None:
+        rt.control.reconfigure(cfg)  # teams and grants for the admin operations, zones for receipts
+    rt.live.swap(in_force)  # the one reference: config, fleet and keys are read through it
     if retired:
         task = asyncio.get_running_loop().create_task(_retire(retired, cfg.timeouts.total_s + 5))
         _tasks.add(task)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from regiongate.app.scaleout import Replica, Shared, build_shared, fit_fleet
+from regiongate.asgi import ASGIApp
 from regiongate.config import Config, HttpBackend, SimulatedBackend
 from regiongate.config.control import resolve as resolve_control
 from regiongate.control.metering import TeeUsage
@@ -25,7 +26,9 @@ from regiongate.pipeline.auth import KeyStore, Principal, StaticKeys, hash_key, 
 from regiongate.pipeline.caller import Callers
 from regiongate.pipeline.catalog import in_endpoint
 from regiongate.pipeline.failover import Gateway
+from regiongate.pipeline.services import InForce, Live
 from regiongate.pipeline.usage import MemoryUsage
+from regiongate.rest.admin_site import ADMIN_PREFIX
 from regiongate.state.capacity import CapacityStore, LocalCapacity
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import TtftEstimate
@@ -40,59 +43,53 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("regiongate")
 DEMO_KEY_ENV = "REGIONGATE_DEMO_API_KEY"
+Mount = tuple[str, ASGIApp]  # (path prefix, ASGI app) served beside the API
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Runtime:
-    config: Config
-    config_keys: StaticKeys  # the config file's keys (and the demo key), rebuilt by each reload
+    """Every service of one process, built once by ``build_runtime``. Nothing here is replaced while it
+    runs but ``live``: a reload (``app.reload``) swaps the config, fleet and keys there in one step."""
+
+    live: Live  # the config, fleet and keys in force
     gateway: Gateway
     metrics: Metrics
     usage: MemoryUsage
     callers: Callers  # who calls, through which endpoint: both listeners resolve callers here
-    generated_keys: dict[str, str] = field(default_factory=dict)  # team -> key printed at start-up
-    shared: Shared | None = None  # Redis link, rate limits, probes (regiongate.app.scaleout)
-    on_reload: list[Callable[[Runtime], None]] = field(default_factory=list)  # see regiongate.app.reload
+    shared: Shared  # Redis link, rate limits, probes (regiongate.app.scaleout)
+    load: LoadScraper  # backends' own load metrics (regiongate.health.load)
+    responses: StoredResponses  # the Responses API's stored half
+    mounts: tuple[Mount, ...]  # the control plane's HTTP surfaces: admin API, key set, console
+    generated_keys: Mapping[str, str] = field(default_factory=dict)  # team -> key printed at start-up
     control: ControlPlane | None = None  # teams, keys, usage store, receipts (regiongate.control)
-    mounts: list[tuple[str, Any]] = field(default_factory=list)  # (path prefix, ASGI app): admin, console
-    load: LoadScraper | None = None  # backends' own load metrics (regiongate.health.load)
-    objects: ObjectState | None = None  # stored objects per region (regiongate.objects)
+    objects: ObjectState | None = None  # stored objects per region (regiongate.objects); None: [state] off
     deferred: Deferred | None = None  # deferred completions over those stores
-    responses: StoredResponses = field(default_factory=lambda: StoredResponses(None, lambda: None))
-    # Other listeners' drains (gRPC), awaited before anything they use is closed.
-    drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    keys: KeyStore = field(
-        init=False
-    )  # what callers are looked up in: the control plane's, then the config's
     tracing: Tracing | None = None  # OpenTelemetry, when [tracing] is set (regiongate.pipeline.tracing)
-    _started: bool = False
 
-    def __post_init__(self) -> None:
-        self.use_keys(self.config_keys)
+    @property
+    def config(self) -> Config:
+        return self.live.now.config
 
     @property
     def fleet(self) -> Fleet:
-        """The fleet in force. It has one home, the gateway: a reload swaps ``gateway.fleet`` and every reader
-        (listeners, probes, the load scraper, metrics) sees the new one at once."""
-        return self.gateway.fleet
+        return self.live.now.fleet
 
-    def use_keys(self, config_keys: StaticKeys) -> None:
-        """Install the config's keys, under the control plane's when there is one."""
-        self.config_keys = config_keys
-        self.keys = self.control.keys_over(config_keys) if self.control is not None else config_keys
+    @property
+    def keys(self) -> KeyStore:
+        return self.live.now.keys
+
+    def in_force(self, config: Config, fleet: Fleet, config_keys: StaticKeys) -> InForce:
+        """The value a reload swaps in: ``config_keys`` under the control plane's keys when there is one."""
+        keys = self.control.keys_over(config_keys) if self.control is not None else config_keys
+        return InForce(config, fleet, config_keys, keys)
 
     async def start(self) -> None:
-        """Start background work (Redis heartbeat, probes) inside the serving loop. Idempotent: the first
-        listener to come up starts it, before it accepts any call."""
-        if self._started:
-            return
-        self._started = True
-        if self.shared is not None:
-            await self.shared.start()
+        """Start background work (Redis heartbeat, probes, key and store loading) inside the serving loop,
+        before any listener accepts a call (``app.listeners.Listeners`` calls it once)."""
+        await self.shared.start()
         if self.control is not None:
             await self.control.start(self.gateway)  # before traffic: keys loaded, receipt key ready
-        if self.load is not None:
-            await self.load.start()
+        await self.load.start()
         if self.objects is not None:
             await self.objects.start()
 
@@ -102,14 +99,11 @@ class Runtime:
         return self.usage.for_team(team)
 
     async def aclose(self) -> None:
-        for drain in self.drains:
-            await drain()
+        """Close everything, once every listener has drained (``Listeners``)."""
         if self.deferred is not None:  # running deferred completions store their results first
             await self.deferred.drain(self.config.gateway.shutdown_grace_s)
-        if self.shared is not None:
-            await self.shared.aclose()  # probes stop, rate-limit settlements flush
-        if self.load is not None:
-            await self.load.aclose()
+        await self.shared.aclose()  # probes stop, rate-limit settlements flush
+        await self.load.aclose()
         await self.usage.aclose()
         if self.objects is not None:
             await self.objects.aclose()
@@ -117,8 +111,7 @@ class Runtime:
             await self.control.aclose()  # flushes every pending usage record
         await self.fleet.aclose()
         await self.fleet.capacity.aclose()  # releases every lease still held
-        if self.shared is not None:
-            await self.shared.close_link()
+        await self.shared.close_link()
         if self.tracing is not None:
             await self.tracing.aclose()  # exports the spans still queued
 
@@ -220,16 +213,16 @@ def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKe
     return keys, generated
 
 
-def _mount_control(rt: Runtime, control: ControlPlane) -> None:
-    """The control plane's HTTP surfaces on the runtime (admin API, key set, console), following reloads."""
+def _control_mounts(cfg: Config, control: ControlPlane, callers: Callers, live: Live) -> tuple[Mount, ...]:
+    """The control plane's HTTP surfaces (admin API, key set, console), built once; they read the config
+    in force through ``live``."""
     from regiongate.console import ConsoleApp
     from regiongate.control.http import AdminApi, WellKnown
 
-    rt.mounts.append(("/admin", AdminApi(control)))
-    rt.mounts.append(("/.well-known", WellKnown(control)))
-    if rt.config.control.console:
-        rt.mounts.append(("/console", ConsoleApp(rt.callers, lambda: rt.config)))
-    rt.on_reload.append(lambda r: control.reconfigure(r.config))
+    mounts: list[Mount] = [(ADMIN_PREFIX, AdminApi(control)), ("/.well-known", WellKnown(control))]
+    if cfg.control.console:
+        mounts.append(("/console", ConsoleApp(callers, lambda: live.now.config)))
+    return tuple(mounts)
 
 
 def build_runtime(
@@ -238,35 +231,56 @@ def build_runtime(
     capacity: CapacityStore | None = None,
     replica: Replica | None = None,
 ) -> Runtime:
+    env = dict(os.environ) if env is None else env
     metrics = Metrics()
     shared = build_shared(cfg, replica or Replica(), capacity)
     fleet = build_fleet(cfg, shared.capacity)
     fit_fleet(fleet, cfg, shared)
     usage = MemoryUsage()
-    keys, generated = build_keys(cfg, env)
-    zones = {r.id: r.zone for r in cfg.regions}
-    control = build_control(cfg, dict(os.environ) if env is None else env, zones)
+    config_keys, generated = build_keys(cfg, env)
+    control = build_control(cfg, env, {r.id: r.zone for r in cfg.regions})
+    keys: KeyStore = control.keys_over(config_keys) if control is not None else config_keys
+    live = Live(InForce(cfg, fleet, config_keys, keys))
+
+    def now_fleet() -> Fleet:
+        return live.now.fleet
+
     sink = TeeUsage(usage, control.writer) if control is not None else usage
-    gateway = Gateway(fleet, sink, metrics, hooks=[shared.limits])
-    metrics.watch(lambda: gateway.fleet)
-    callers = Callers(cfg, lambda: rt.keys)
-    rt = Runtime(cfg, keys, gateway, metrics, usage, callers, generated, shared, control=control)
-    rt.on_reload.append(lambda r: r.callers.configure(r.config))
+    gateway = Gateway(now_fleet, sink, metrics, hooks=[shared.limits])
+    metrics.watch(now_fleet)
+    callers = Callers(lambda: live.now.config, lambda: live.now.keys)
+    tracing = None
     if cfg.tracing is not None and cfg.tracing.enabled:
         from regiongate.pipeline.tracing import Tracing  # the SDK and exporter are loaded only when used
 
-        rt.tracing = gateway.tracing = Tracing.build(cfg.tracing, dict(os.environ) if env is None else env)
-        gateway.hooks.insert(0, rt.tracing.hook)  # first, so a refused request's span is named too
-    if control is not None:
-        _mount_control(rt, control)
+        tracing = gateway.tracing = Tracing.build(cfg.tracing, env)
+        gateway.hooks.insert(0, tracing.hook)  # first, so a refused request's span is named too
+    mounts = _control_mounts(cfg, control, callers, live) if control is not None else ()
+    receipts = lambda: control.receipts if control else None  # noqa: E731
+    objects = deferred = None
+    responses = StoredResponses(None, receipts)
     if cfg.state.store != "none":
-        data_dir = resolve_control(cfg.control, dict(os.environ) if env is None else env).data_dir
-        rt.objects = ObjectState(cfg, str(data_dir), lambda e, a, r: in_endpoint(rt.fleet, e, a, r))
-        receipts = lambda: rt.control.receipts if rt.control else None  # noqa: E731
-        rt.deferred = Deferred(rt.objects, lambda: rt.gateway, receipts)
-        rt.responses = StoredResponses(rt.objects, receipts)
-    shared.prober = Prober(lambda: rt.fleet, cfg.health)
-    metrics.registry.register(HealthCollector(lambda: rt.fleet, shared.link))
-    rt.load = LoadScraper(lambda: rt.fleet, lambda: rt.config)
-    metrics.registry.register(LoadCollector(lambda: rt.fleet))
-    return rt
+        data_dir = resolve_control(cfg.control, env).data_dir
+        objects = ObjectState(cfg, str(data_dir), lambda e, a, r: in_endpoint(live.now.fleet, e, a, r))
+        deferred = Deferred(objects, lambda: gateway, receipts)
+        responses = StoredResponses(objects, receipts)
+    shared.prober = Prober(now_fleet, lambda: live.now.config.health)
+    metrics.registry.register(HealthCollector(now_fleet, shared.link))
+    load = LoadScraper(now_fleet, lambda: live.now.config)
+    metrics.registry.register(LoadCollector(now_fleet))
+    return Runtime(
+        live,
+        gateway,
+        metrics,
+        usage,
+        callers,
+        shared,
+        load,
+        responses,
+        mounts,
+        generated,
+        control,
+        objects,
+        deferred,
+        tracing,
+    )

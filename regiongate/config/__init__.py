@@ -220,7 +220,7 @@ class GatewayConfig(_Model):
 
 
 class EdgeConfig(_Model):
-    """Limits and timeouts of the public listeners (``regiongate.app.edge``, ``regiongate.grpc.server``),
+    """Limits and timeouts of the public listeners (``regiongate.front.edge``, ``regiongate.grpc.server``),
     per worker process. Read at start; a reload keeps the running values."""
 
     max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; past it 431

@@ -43,14 +43,18 @@ log = logging.getLogger("regiongate.health")
 
 
 class Prober:
-    def __init__(self, fleet: Callable[[], Fleet], cfg: HealthConfig) -> None:
+    def __init__(self, fleet: Callable[[], Fleet], cfg: Callable[[], HealthConfig]) -> None:
         self.fleet = fleet  # read per round: a reload swaps the fleet
-        self.cfg = cfg
+        self._cfg = cfg  # and the [health] settings
         self._ok: dict[str, int] = {}  # backend id -> good probes in a row
         self._bad: dict[str, int] = {}  # backend id -> failed probes in a row
         self._last: dict[str, float] = {}  # backend id -> when its previous probe started
         self.excused = 0  # probe timeouts not counted because the backend was serving (for tests, logs)
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def cfg(self) -> HealthConfig:
+        return self._cfg()
 
     async def probe(self, b: Backend) -> bool:
         """Probe one backend now; True when it answered (or, busy serving, was excused)."""

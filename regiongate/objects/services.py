@@ -14,5 +14,12 @@ from regiongate.pipeline.services import Services
 
 
 class StatefulServices(Services, Protocol):
-    responses: StoredResponses  # the Responses API's store / retrieve / delete
-    deferred: Deferred | None  # deferred chat completions and videos; None with [state] store = "none"
+    @property
+    def responses(self) -> StoredResponses:
+        """The Responses API's store / retrieve / delete."""
+        ...
+
+    @property
+    def deferred(self) -> Deferred | None:
+        """Deferred chat completions and videos; None with [state] store = "none"."""
+        ...

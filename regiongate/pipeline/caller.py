@@ -81,20 +81,38 @@ class Caller:
 
 
 class Callers:
-    """Resolves callers against the config in force; ``configure`` is called again after each reload."""
+    """Resolves callers against the config in force, read per call: what it derives from the config
+    (endpoints, trusted proxies, the GeoIP reader) is derived again when a reload swapped the config."""
 
-    def __init__(self, config: Config, keys: Callable[[], KeyStore]) -> None:
-        self._keys = keys  # read per call: the control plane may swap the key store
+    def __init__(self, config: Callable[[], Config], keys: Callable[[], KeyStore]) -> None:
+        self._config = config
+        self._keys = keys  # read per call: a reload or the control plane may swap the key store
         self.request_id = RequestIds()
         self.geoip: GeoIP | None = None
-        self.configure(config)
+        self._derive(config())
 
-    def configure(self, config: Config) -> None:
-        self.endpoints = Endpoints(config)
-        self.trusted = TrustedProxies(config.gateway.trusted_proxies)
+    def _derive(self, config: Config) -> None:
+        self._seen = config
+        self._endpoints = Endpoints(config)
+        self._trusted = TrustedProxies(config.gateway.trusted_proxies)
         path = config.gateway.geoip_database
         old = self.geoip
         self.geoip = old if old is not None and old.path == path else open_geoip(path)
+
+    def _fresh(self) -> None:
+        cfg = self._config()
+        if cfg is not self._seen:  # one identity check per call; a reload is rare
+            self._derive(cfg)
+
+    @property
+    def endpoints(self) -> Endpoints:
+        self._fresh()
+        return self._endpoints
+
+    @property
+    def trusted(self) -> TrustedProxies:
+        self._fresh()
+        return self._trusted
 
     def principal(self, authorization: str | None, how: str) -> tuple[Principal, str]:
         """The principal and key of an ``Authorization`` value; ``how`` names where the key goes."""
@@ -110,7 +128,8 @@ class Callers:
 
     def location(self, peer: str | None, explicit: str | None, forwarded: Sequence[str]) -> Location | None:
         """The explicit header from a trusted proxy, else GeoIP of the client address."""
-        if explicit is not None and peer is not None and peer in self.trusted:  # only proxies may say it
+        trusted = self.trusted  # (and the GeoIP reader of the config in force)
+        if explicit is not None and peer is not None and peer in trusted:  # only proxies may say it
             loc = parse_location(explicit)
             if loc is None:
                 raise ClientError(
@@ -121,7 +140,7 @@ class Callers:
             return loc
         if self.geoip is None:
             return None
-        addr = client_address(peer, forwarded, self.trusted)
+        addr = client_address(peer, forwarded, trusted)
         return self.geoip.locate(addr) if addr else None
 
     def resolve(

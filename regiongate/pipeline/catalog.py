@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regiongate.config import ModelInfo
-from regiongate.core import Access, Endpoint, scope
+from regiongate.core import Access, Endpoint, EndpointKind, RouteError, scope
 from regiongate.health.probes import backend_health
 from regiongate.state.fleet import Fleet
 
@@ -35,6 +35,25 @@ def visible_models(
         if regions:
             out.append(ModelView(model, regions, infos.get(model, ModelInfo())))
     return out
+
+
+def find_model(
+    fleet: Fleet,
+    endpoint: Endpoint,
+    access: Access,
+    infos: dict[str, ModelInfo],
+    name: str,
+    *,
+    kind: str | None = None,
+    aliases: bool = False,
+) -> ModelView:
+    """The visible model ``name`` names (its id, or with ``aliases`` one of them; of ``kind`` when given),
+    else a model_not_found that says where the caller is offered it. REST and gRPC both look models up here."""
+    for m in visible_models(fleet, endpoint, access, infos):
+        if (kind is None or m.info.kind == kind) and (name == m.id or (aliases and name in m.info.aliases)):
+            return m
+    where = "here" if endpoint.kind is EndpointKind.GLOBAL else f"on {endpoint}"
+    raise RouteError.model_not_found(name, where, offering(fleet, name, access))
 
 
 def offering(fleet: Fleet, model: str, access: Access) -> list[str]:

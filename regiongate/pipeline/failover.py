@@ -240,14 +240,24 @@ class Tracer(Protocol):
 
 class Gateway:
     def __init__(
-        self, fleet: Fleet, usage: UsageSink, metrics: Metrics, hooks: list[Hook] | None = None
+        self,
+        fleet: Fleet | Callable[[], Fleet],
+        usage: UsageSink,
+        metrics: Metrics,
+        hooks: list[Hook] | None = None,
     ) -> None:
-        self.fleet = fleet
+        # The fleet in force, read per request: a running gateway passes the reader of its one ``Live``
+        # reference (pipeline.services), which a reload swaps; a test may pass a fleet.
+        self._fleet = fleet if callable(fleet) else lambda: fleet
         self.usage = usage
         self.metrics = metrics
         self.hooks: list[Hook] = list(hooks or [])
         self._rng = random.Random()
         self.tracing: Tracer | None = None  # spans around leases and attempts
+
+    @property
+    def fleet(self) -> Fleet:
+        return self._fleet()
 
     def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
         request = RouteRequest(

@@ -2,17 +2,19 @@
 
 ``app.runtime.Runtime`` is the one implementation; REST, gRPC and the console are typed against this
 protocol so that no listener imports the app that assembles it (imports run core <- state <- pipeline <-
-listeners <- app). The fleet and the config are read through it on every request, so a reload that swaps
-them is seen at once.
+listeners <- app). The config, the fleet and the keys are one ``InForce`` value behind one ``Live`` cell: a
+reload builds the next one whole and swaps that one reference, and every reader (listeners, callers, the
+gateway, probes, the load scraper, metrics) reads through it, so none sees half of a reload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from regiongate.config import Config
 from regiongate.health.metrics import Metrics
+from regiongate.pipeline.auth import KeyStore, StaticKeys
 from regiongate.pipeline.caller import Callers
 from regiongate.pipeline.failover import Gateway
 from regiongate.state.fleet import Fleet
@@ -21,25 +23,66 @@ if TYPE_CHECKING:
     from regiongate.pipeline.tracing import Tracing  # not imported at run time: OpenTelemetry only if used
 
 
-class Services(Protocol):
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """What a reload replaces, in one piece."""
+
     config: Config
-    gateway: Gateway
-    callers: Callers
-    metrics: Metrics
-    mounts: list[tuple[str, Any]]  # (path prefix, ASGI app): admin API, key set, console
-    on_reload: list[Callable[[Any], None]]  # called with the services after each config reload
-    tracing: Tracing | None  # OpenTelemetry, when [tracing] is set
+    fleet: Fleet
+    config_keys: StaticKeys  # the config file's keys (and the demo key)
+    keys: KeyStore  # what callers are looked up in: the control plane's over the config's
+
+
+class Live:
+    """The one mutable reference of a running gateway: the ``InForce`` value every reader sees."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: InForce) -> None:
+        self.now = now
+
+    def swap(self, new: InForce) -> InForce:
+        old, self.now = self.now, new
+        return old
+
+
+class Readiness:
+    """Whether this process takes new work: ``/readyz`` answers 503 once the drain has begun."""
+
+    __slots__ = ("ready",)
+
+    def __init__(self) -> None:
+        self.ready = True
+
+    def drain(self) -> None:
+        self.ready = False
+
+
+class Services(Protocol):
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload swaps it)."""
+        ...
 
     @property
     def fleet(self) -> Fleet:
         """The fleet in force (a reload swaps it)."""
         ...
 
-    async def start(self) -> None:
-        """Start background work once, before the first listener accepts a call."""
+    @property
+    def gateway(self) -> Gateway: ...
 
-    async def aclose(self) -> None:
-        """Drain the other listeners, then close everything the services opened."""
+    @property
+    def callers(self) -> Callers: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """OpenTelemetry, when [tracing] is set."""
+        ...
 
     async def usage_for(self, team: str) -> list[dict[str, object]]:
         """The team's usage: the control-plane store's aggregate when there is one, else this process's."""
+        ...

@@ -5,7 +5,7 @@ port. When it is given, the public REST listener answers 404 for ``/admin`` and 
 from __future__ import annotations
 
 from regiongate.asgi import ASGIApp, Receive, Scope, Send, client_error, send_bytes, send_error, send_json
-from regiongate.pipeline.services import Services
+from regiongate.health.metrics import Metrics
 
 ADMIN_PREFIX = "/admin"
 METRICS = b"text/plain; version=0.0.4; charset=utf-8"
@@ -16,16 +16,18 @@ def is_admin_path(path: str) -> bool:
 
 
 class AdminSite:
-    def __init__(self, runtime: Services) -> None:
-        self.rt = runtime
-        self.admin: ASGIApp | None = dict(runtime.mounts).get(ADMIN_PREFIX)
+    """Receives what it serves: the metrics and the control plane's admin API (None without a control plane)."""
+
+    def __init__(self, metrics: Metrics, admin: ASGIApp | None) -> None:
+        self.metrics = metrics
+        self.admin = admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return  # lifespan is the public listener's (it starts and stops the runtime)
+            return  # no lifespan: the listeners' runner starts and stops the services
         path: str = scope["path"]
         if path == "/metrics":
-            await send_bytes(send, 200, self.rt.metrics.render(), METRICS)
+            await send_bytes(send, 200, self.metrics.render(), METRICS)
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
         elif self.admin is not None and is_admin_path(path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -33,9 +34,10 @@ from regiongate.objects.responses import input_item_list
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n, client_request_id
-from regiongate.pipeline.catalog import offering, region_views, visible_models
+from regiongate.pipeline.catalog import ModelView, find_model, region_views, visible_models
 from regiongate.pipeline.failover import Inbound
 from regiongate.pipeline.receipts import HEADER
+from regiongate.pipeline.services import Readiness
 from regiongate.rest.admin_site import METRICS, is_admin_path
 from regiongate.rest.openapi import DOCUMENT_BYTES
 from regiongate.rest.paths import forwarded, normalise
@@ -58,43 +60,36 @@ def too_many_connections() -> GatewayError:
 
 
 class RestApp:
-    def __init__(self, runtime: StatefulServices, access_log: bool = False, admin_here: bool = True) -> None:
-        self.rt = runtime
-        self.callers = runtime.callers
+    """The REST listener. It receives the services it uses, the control plane's surfaces to mount by path
+    prefix (admin API, key sets, console) and the process's readiness; the lifespan (start, drain, close)
+    is the listeners' runner's (``app.listeners``), not this app's."""
+
+    def __init__(
+        self,
+        services: StatefulServices,
+        mounts: Sequence[tuple[str, ASGIApp]] = (),
+        ready: Readiness | None = None,
+        access_log: bool = False,
+        admin_here: bool = True,
+    ) -> None:
+        self.rt = services
+        self.callers = services.callers
         self.admin_here = admin_here  # False: /admin and /metrics live on the admin listener only
-        self._configure(runtime)
-        runtime.on_reload.append(self._configure)
+        self.readiness = ready or Readiness()
         self.access_log = access_log
-        self.ready = True
         self._request_id = self.callers.request_id
-        # Other surfaces (admin API, console, key sets) are ASGI apps mounted by path prefix.
         self.mounts: list[tuple[str, ASGIApp]] = [
-            (prefix, app) for prefix, app in runtime.mounts if admin_here or not is_admin_path(prefix)
+            (prefix, app) for prefix, app in mounts if admin_here or not is_admin_path(prefix)
         ]
 
-    def _configure(self, runtime: StatefulServices) -> None:
-        """Read what the listener caches from the config (at start and after each reload)."""
-        self.max_body = runtime.config.gateway.max_body_bytes
+    @property
+    def max_body(self) -> int:
+        return self.rt.config.gateway.max_body_bytes  # read per request: a reload may change it
 
     # --- ASGI entry ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
+        if scope["type"] == "http":
             await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await self.rt.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                self.ready = False
-                await self.rt.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -119,8 +114,9 @@ class RestApp:
                 status = 200
                 await send_json(send, 200, {"status": "ok"})
             elif path == "/readyz":
-                status = 200 if self.ready else 503
-                await send_json(send, status, {"status": "ready" if self.ready else "draining"})
+                ready = self.readiness.ready
+                status = 200 if ready else 503
+                await send_json(send, status, {"status": "ready" if ready else "draining"})
             elif path == "/openapi.json":
                 status = 200
                 await send_bytes(send, 200, DOCUMENT_BYTES)
@@ -214,36 +210,14 @@ class RestApp:
         if method != "GET":
             raise client_error(405, f"Method {method} is not allowed on {path}.", "method_not_allowed")
         if path == "/v1/models":
-            infos = self.rt.config.models
-            data = [
-                {
-                    "id": m.id,
-                    "object": "model",
-                    "created": m.info.created,
-                    "owned_by": m.info.owned_by,
-                    "regions": list(m.regions),
-                }
-                for m in visible_models(self.rt.fleet, endpoint, principal.access, infos)
-            ]
-            await send_json(send, 200, {"object": "list", "data": data})
+            views = visible_models(self.rt.fleet, endpoint, principal.access, self.rt.config.models)
+            await send_json(send, 200, {"object": "list", "data": [_model(m) for m in views]})
             return 200
         if path.startswith("/v1/models/"):
             model_id = path[len("/v1/models/") :]
-            for m in visible_models(self.rt.fleet, endpoint, principal.access, self.rt.config.models):
-                if m.id == model_id:
-                    obj = {
-                        "id": m.id,
-                        "object": "model",
-                        "created": m.info.created,
-                        "owned_by": m.info.owned_by,
-                        "regions": list(m.regions),
-                    }
-                    await send_json(send, 200, obj)
-                    return 200
-            where = "here" if endpoint.kind.value == "global" else f"on {endpoint}"
-            raise RouteError.model_not_found(
-                model_id, where, offering(self.rt.fleet, model_id, principal.access)
-            )
+            m = find_model(self.rt.fleet, endpoint, principal.access, self.rt.config.models, model_id)
+            await send_json(send, 200, _model(m))
+            return 200
         if path == "/v1/regions":
             await send_json(
                 send, 200, {"object": "list", "data": region_views(self.rt.fleet, principal.access)}
@@ -354,6 +328,16 @@ class RestApp:
             await send_bytes(send, 200, orjson.dumps(body), JSON, extra)
             return 200
         raise client_error(404, f"Unknown path {method} {path}.", "unknown_url")
+
+
+def _model(m: ModelView) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": m.info.created,
+        "owned_by": m.info.owned_by,
+        "regions": list(m.regions),
+    }
 
 
 def _echoing(send: Send, client_rid: str) -> Send:

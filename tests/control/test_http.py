@@ -387,7 +387,8 @@ def test_spillover_budget_is_bound_to_the_key(start_gateway: Any) -> None:
 
 async def test_admin_api_is_off_without_an_admin_key() -> None:
     cfg = parse_config(control_config(store="sqlite:///:memory:"))
-    app = RestApp(build_runtime(cfg, env={}))
+    rt = build_runtime(cfg, env={})
+    app = RestApp(rt, rt.mounts)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
         r = await c.get("/admin/teams", headers={"Authorization": "Bearer anything"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"

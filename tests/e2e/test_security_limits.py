@@ -1,5 +1,7 @@
 """Limits and timeouts at the REST edge (issue 12, item 2), against a real gateway over raw sockets.
 
+Every HTTP/1.1 listener applies them: each test runs against the REST port (``--port``) and against the
+one-port listener (``--listen``), whose connections first meet the protocol dispatcher (front/dispatch.py).
 The timeouts are set to about a second here ([edge] in the config); every wait is bounded generously
 above that, so the tests check that a connection *is* closed, not how fast.
 """
@@ -25,10 +27,12 @@ EDGE = (
 CLOSED_WITHIN = 15.0  # generous: the configured timeouts are 1 s
 
 
-@pytest.fixture(scope="module")
-def gateway(capture_backend: CaptureBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+@pytest.fixture(scope="module", params=[False, True], ids=["rest-port", "one-port"])
+def gateway(
+    capture_backend: CaptureBackend, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Proc]:
     cfg = capture_world(capture_backend.url) + "\n" + EDGE
-    gw = spawn_gateway(cfg, tmp_path_factory.mktemp("gw"))
+    gw = spawn_gateway(cfg, tmp_path_factory.mktemp("gw"), one_port=request.param)
     yield gw
     gw.stop()
 
@@ -148,10 +152,12 @@ def test_healthz_answers_while_a_64mb_header_is_sent(gateway: Proc) -> None:
     assert outcome and (outcome[0] == b"" or outcome[0].startswith(b"HTTP/1.1 431")), outcome
 
 
-@pytest.fixture(scope="module")
-def capped(capture_backend: CaptureBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+@pytest.fixture(scope="module", params=[False, True], ids=["rest-port", "one-port"])
+def capped(
+    capture_backend: CaptureBackend, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Proc]:
     cfg = capture_world(capture_backend.url) + "\n[edge]\nmax_connections = 3\nheader_timeout_s = 60\n"
-    gw = spawn_gateway(cfg, tmp_path_factory.mktemp("capped"))
+    gw = spawn_gateway(cfg, tmp_path_factory.mktemp("capped"), one_port=request.param)
     yield gw
     gw.stop()
 

@@ -119,13 +119,16 @@ def spawn_gateway(
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
     name: str = "gateway",
+    one_port: bool = False,
 ) -> Proc:
-    """Start ``regiongate serve`` with ``config`` in ``workdir`` and wait for /healthz (the caller stops it)."""
+    """Start ``regiongate serve`` with ``config`` in ``workdir`` and wait for /healthz (the caller stops it).
+    ``one_port``: REST and gRPC on one port (``--listen``) instead of the REST port (``--port``)."""
     path = workdir / f"{name}.toml"
     path.write_text(config)
     port = free_port()
-    cmd = ["serve", "--config", str(path), "--port", str(port), *(args or [])]
-    if "--grpc-port" not in cmd:
+    where = ["--listen", f"127.0.0.1:{port}"] if one_port else ["--port", str(port)]
+    cmd = ["serve", "--config", str(path), *where, *(args or [])]
+    if "--grpc-port" not in cmd and not one_port:
         cmd += ["--grpc-port", "0"]
     log = workdir / f"{name}.log"
     # Each gateway keeps its control store and receipt keys under its own directory.

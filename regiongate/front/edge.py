@@ -1,4 +1,6 @@
-"""The REST listener's protocol: uvicorn's httptools protocol with the limits a public endpoint needs.
+"""The HTTP/1.1 protocol of every listener: uvicorn's httptools protocol with the limits a public endpoint
+needs (``[edge]``). The REST port, the region ports, the admin listener and the one-port listener's
+HTTP/1.1 connections (``front.dispatch``) all run it; this is the one home of those limits.
 
 Measured on uvicorn 0.54 / httptools 0.9 before this module: the httptools protocol has no bound on the size
 of a request head (a 200 MB header took 66 s and 518 MB of memory, and stalled every other request
@@ -28,6 +30,7 @@ from typing import Any, ClassVar, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from regiongate.asgi import REFUSED
+from regiongate.config import EdgeConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,12 @@ class EdgeLimits:
     body_timeout_s: float = 60.0
     max_connections: int = 4096
 
+    @classmethod
+    def of(cls, edge: EdgeConfig) -> EdgeLimits:
+        return cls(edge.max_header_bytes, edge.header_timeout_s, edge.body_timeout_s, edge.max_connections)
 
-def _close_with(transport: asyncio.Transport, status: bytes, message: bytes) -> None:
+
+def close_with(transport: asyncio.Transport, status: bytes, message: bytes) -> None:
     body = b'{"error":{"message":"' + message + b'","type":"invalid_request_error","param":null,"code":null}}'
     transport.write(
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -79,7 +86,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._idle_between_responses():
             msg = b"The request head did not arrive within %gs." % self.limits.header_timeout_s
-            _close_with(self.transport, b"408 Request Timeout", msg)
+            close_with(self.transport, b"408 Request Timeout", msg)
         else:  # a body too slow (the app gets a disconnect), or a pipelined head behind a response
             self.transport.close()
 
@@ -107,7 +114,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if self._idle_between_responses():
             msg = b"The request line and headers exceed %d bytes." % self.limits.max_header_bytes
-            _close_with(self.transport, b"431 Request Header Fields Too Large", msg)
+            close_with(self.transport, b"431 Request Header Fields Too Large", msg)
         else:
             self.transport.close()
 
