@@ -16,7 +16,7 @@ from google.protobuf import empty_pb2, message_factory
 from google.protobuf.timestamp_pb2 import Timestamp
 from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
 
-from regiongate.core import EndpointKind, RouteError
+from regiongate.core import RouteError
 from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
@@ -24,7 +24,7 @@ from regiongate.grpc.services import MoreServices
 from regiongate.grpc.status import abort, metadata_of, upstream_error
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_request_id
-from regiongate.pipeline.catalog import offering, visible_models
+from regiongate.pipeline.catalog import find_model, visible_models
 from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
 from regiongate.pipeline.failover import Inbound, Routed
 from regiongate.pipeline.routes import not_offered
@@ -252,13 +252,16 @@ class XaiServices:
         rid = self._request_id()
         try:
             c = self._caller(context, md)
-            for m in visible_models(self.rt.fleet, c.endpoint, c.principal.access, self.rt.config.models):
-                if m.info.kind == "language" and (request.name == m.id or request.name in m.info.aliases):
-                    return self._language_model(m)
-            where = "here" if c.endpoint.kind is EndpointKind.GLOBAL else f"on {c.endpoint}"
-            raise RouteError.model_not_found(
-                request.name, where, offering(self.rt.fleet, request.name, c.principal.access)
+            m = find_model(
+                self.rt.fleet,
+                c.endpoint,
+                c.principal.access,
+                self.rt.config.models,
+                request.name,
+                kind="language",
+                aliases=True,
             )
+            return self._language_model(m)
         except RouteError as e:
             await abort(context, e, rid)
             raise

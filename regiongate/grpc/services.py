@@ -29,14 +29,14 @@ from xai_sdk.proto import (
     video_pb2,
 )
 
-from regiongate.core import EndpointKind, RouteError
+from regiongate.core import RouteError
 from regiongate.core.errors import GatewayError
 from regiongate.grpc import translate
 from regiongate.grpc.status import abort, metadata_of
 from regiongate.objects.deferred import DeferredResult
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.caller import Caller
-from regiongate.pipeline.catalog import ModelView, offering, visible_models
+from regiongate.pipeline.catalog import ModelView, find_model, visible_models
 from regiongate.pipeline.failover import Inbound, Routed
 
 
@@ -240,17 +240,15 @@ class MoreServices:
         return models_pb2.ListImageGenerationModelsResponse(models=[self._image_model(m) for m in views])
 
     async def _one(self, context: Any, name: str, kind: str) -> ModelView:
-        for m in await self._views(context, kind):
-            if name == m.id or name in m.info.aliases:
-                return m
         c = await self.core._caller_or_abort(context)
-        where = "here" if c.endpoint.kind is EndpointKind.GLOBAL else f"on {c.endpoint}"
-        await abort(
-            context,
-            RouteError.model_not_found(name, where, offering(self.rt.fleet, name, c.principal.access)),
-            "",
-        )
-        raise AssertionError("unreachable")
+        try:
+            infos = self.rt.config.models
+            return find_model(
+                self.rt.fleet, c.endpoint, c.principal.access, infos, name, kind=kind, aliases=True
+            )
+        except RouteError as e:
+            await abort(context, e, "")
+            raise
 
     async def get_embedding_model(
         self, request: models_pb2.GetModelRequest, context: Any
