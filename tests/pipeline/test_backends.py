@@ -196,7 +196,8 @@ async def test_a_busy_single_slot_backend_is_not_marked_unhealthy(
     s = standin("vllm", model="m", single_slot=True)  # answers no GET while a generation runs
     w = make({"us-east-1": [spec(s, ', server = "vllm"')]})
     b = w.backend()
-    prober = Prober(lambda: w.fleet, HealthConfig(probe_timeout_s=0.2, unhealthy_after=2))
+    health = HealthConfig(probe_timeout_s=0.2, unhealthy_after=2)
+    prober = Prober(lambda: w.fleet, lambda: health)
     assert await prober.probe(b)
     assert s.received[-1].path == "/health", "vLLM's own health route, at the root"
     s.hold()
