@@ -335,7 +335,7 @@ class Gateway:
         continuation of a hop broken by ``continues``; None: that backend cannot take it), ``skip`` names
         backends not to try, the ids of those that failed are added to ``failed``; ``blame`` holds the 5xx
         answers to judge by the outcome (``pipeline.blame``; None: they count at once)."""
-        moved = bool(failures)
+        moved = bool(failures) or continues is not None  # a continuation moved because a hop broke
         capacity = fleet.capacity
         tracing = self.tracing
         for ci, cand in enumerate(plan):  # later candidates are worked out only if the earlier ones fail

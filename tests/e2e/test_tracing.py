@@ -148,6 +148,7 @@ def span_tree(spans: list[Span]) -> str:
         "regiongate.capacity.granted",
         "regiongate.outcome",
         "regiongate.failure_reason",
+        "regiongate.continuation",
         "rpc.method",
         "http.response.status_code",
     )
@@ -164,7 +165,9 @@ def span_tree(spans: list[Span]) -> str:
                 lines.append(f"{pad}    {k} = {a[k]!r}")
         for e in s.events:
             at = (e.time_unix_nano - s.start_time_unix_nano) / 1e6
-            lines.append(f"{pad}    event {e.name} at +{at:.1f} ms")
+            ea = {x.key: getattr(x.value, x.value.WhichOneof("value")) for x in e.attributes}
+            said = ", ".join(f"{k.removeprefix('regiongate.')}={v!r}" for k, v in ea.items() if k != "regiongate.ttft_ms")
+            lines.append(f"{pad}    event {e.name} at +{at:.1f} ms" + (f" ({said})" if said else ""))
         for child in by_parent.get(s.span_id, []):
             show(child, depth + 1)
 
@@ -351,26 +354,30 @@ def compact_tree(spans: list[Span]) -> str:
             f"output_tokens={a['gen_ai.usage.output_tokens']}"
         )
 
-    def events(s: Span) -> str:
-        out = []
+    def events(s: Span) -> tuple[str, list[str]]:
+        """Events inline, but a request's continuation on a line of its own (where, after what, why)."""
+        inline, own = [], []
         for e in s.events:
             ea = {x.key: getattr(x.value, x.value.WhichOneof("value")) for x in e.attributes}
             if e.name == "continuation" and "regiongate.region" in ea:
-                out.append(
-                    f'event continuation -> {ea["regiongate.region"]} after '
-                    f'{ea["regiongate.continuation.delivered_tokens"]} tokens ("{ea["regiongate.continuation.reason"]}")'
+                own.append(
+                    f"event continuation -> {ea['regiongate.region']} after "
+                    f"{ea['regiongate.continuation.delivered_tokens']} tokens: {ea['regiongate.continuation.reason']}"
                 )
             else:
-                out.append(f"event {e.name}")
-        return (", " + ", ".join(out)) if out else ""
+                inline.append(f"event {e.name}")
+        return (", " + ", ".join(inline)) if inline else "", own
 
     rows: list[tuple[str, str, str]] = []
 
     def walk(s: Span, prefix: str, last: bool, depth: int) -> None:
         branch = "" if depth == 0 else ("└── " if last else "├── ")
         kind = Span.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_")
-        rows.append((prefix + branch + s.name, kind, says(s) + events(s)))
+        inline, own = events(s)
+        rows.append((prefix + branch + s.name, kind, says(s) + inline))
         kids = by_parent.get(s.span_id, [])
+        below = prefix + ("" if depth == 0 else ("    " if last else "│   ")) + ("│" if kids else "")
+        rows.extend((below, "", line) for line in own)
         for i, k in enumerate(kids):
             walk(k, prefix + ("" if depth == 0 else ("    " if last else "│   ")), i == len(kids) - 1, depth + 1)
 
@@ -425,7 +432,7 @@ def test_a_failed_over_continued_stream_is_one_trace(
     spans = [s for s in receiver.wait_for(complete) if s.trace_id.hex() == TRACE_ID]
     tree = compact_tree(spans)
     (tmp_path / "trace.txt").write_text(tree)
-    print(f"\n{tree}")  # the span tree shown in the README
+    print(f"\n{tree}\n\n{span_tree(spans)}")  # the span trees in the README and docs/production.md
     (server,) = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
     assert [e.name for e in server.events] == ["first_token", "continuation"]  # one TTFT: the client's
     cont = {x.key: getattr(x.value, x.value.WhichOneof("value")) for x in server.events[1].attributes}
