@@ -599,6 +599,9 @@ class Gateway:
                     if len(st.hops) > 1:
                         yield self._trailers(st, routed)
                     if relay.kind is StreamKind.CHAT:
+                        owed = self._owed_usage(st)
+                        if owed:
+                            yield owed
                         yield DONE  # held back by the relay: also ends a stream that had no [DONE]
                     status = 502 if relay.errored else 200
                     break
@@ -620,6 +623,17 @@ class Gateway:
             if st.relay.malformed:
                 self._malformed(st.attempt, st.relay.malformed)
             await finish(status)
+
+    @staticmethod
+    def _owed_usage(st: _Stream) -> bytes:
+        """The estimated usage chunk a client asked for when the backend sent none (``pipeline.tokens``)."""
+        inbound, relay = st.attempt.inbound, st.relay
+        if not inbound.include_usage or tokens.reported(relay.usage) or not relay.deltas:
+            return b""
+        if inbound.path not in tokens.COUNTED:
+            return b""
+        usage = tokens.for_stream(inbound.payload, relay.deltas, relay.chars, relay.usage)
+        return tokens.usage_event(relay.first, usage)
 
     @staticmethod
     def _trailers(st: _Stream, routed: Routed) -> bytes:

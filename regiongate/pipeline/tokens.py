@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from regiongate.upstream.simulated import count_prompt_tokens
 
 CHARS_PER_TOKEN = 4
@@ -65,6 +67,24 @@ def for_answer(
 ) -> dict[str, Any]:
     chars = _chars(answer) if answer is not None else 0
     return estimated(payload, max(of_chars(chars), 1) if chars else 0, usage)
+
+
+def usage_event(first: dict[str, Any] | None, usage: dict[str, Any]) -> bytes:
+    """The usage chunk a client asked for (``stream_options.include_usage``) and the backend never sent:
+    the estimate, flagged ``estimated``, in the stream's own id, model and object."""
+    base = first or {}
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    obj: dict[str, Any] = {
+        **{k: base[k] for k in ("id", "object", "created", "model") if k in base},
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "estimated": True,
+        },
+    }
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _chars(answer: dict[str, Any]) -> int:

@@ -238,7 +238,12 @@ async def test_a_stream_without_usage_is_counted_and_flagged(
     w = make({"us-east-1": [spec(s, ', server = "llama-cpp-python"')]})
     opts = {"include_usage": True}
     body = await _drain(await w.gateway.dispatch(w.inbound(stream=True, max_tokens=3, stream_options=opts)))
-    assert b'"usage"' not in body, "reproduced: the backend sent none"
+    assert s.posts()[-1].payload["stream_options"] == opts  # type: ignore[index]  # asked, and ignored by it
+    events = [orjson.loads(e[6:]) for e in body.split(b"\n\n") if e.startswith(b"data: {")]
+    owed = events[-1]
+    assert owed["choices"] == [] and owed["id"] == events[0]["id"], "the client asked for usage: it gets it"
+    assert owed["usage"]["completion_tokens"] == 3 and owed["usage"]["estimated"] is True
+    assert body.endswith(b"data: [DONE]\n\n")
     (rec,) = w.usage.records
     assert rec.estimated and rec.completion_tokens == 3, "one token per content delta (w0, w1, w2)"
     assert rec.prompt_tokens > 0
