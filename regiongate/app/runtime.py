@@ -29,8 +29,10 @@ from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.services import InForce, Live
 from regiongate.pipeline.usage import MemoryUsage
 from regiongate.rest.admin_site import ADMIN_PREFIX
+from regiongate.state.affinity import AffinityStore, LocalAffinity, RedisAffinity
 from regiongate.state.capacity import CapacityStore, LocalCapacity
 from regiongate.state.fleet import Backend, Deployment, Fleet
+from regiongate.state.redis_link import RedisLink
 from regiongate.state.ttft import TtftEstimate
 from regiongate.upstream import dialect
 from regiongate.upstream.base import Upstream
@@ -111,6 +113,8 @@ class Runtime:
             await self.control.aclose()  # flushes every pending usage record
         await self.fleet.aclose()
         await self.fleet.capacity.aclose()  # releases every lease still held
+        if self.gateway.affinity is not None:
+            await self.gateway.affinity.aclose()  # its last shared writes go out before the link closes
         await self.shared.close_link()
         if self.tracing is not None:
             await self.tracing.aclose()  # exports the spans still queued
@@ -188,6 +192,14 @@ def build_fleet(cfg: Config, capacity: CapacityStore | None = None) -> Fleet:
     )
 
 
+def build_affinity(cfg: Config, link: RedisLink | None) -> AffinityStore | None:
+    """The prompt-cache affinity table: shared through Redis when there is one, else this process's."""
+    if not cfg.affinity.enabled:
+        return None
+    local = LocalAffinity(cfg.affinity.ttl_s, cfg.affinity.max_entries, time.monotonic)
+    return RedisAffinity(link, local) if link is not None else local
+
+
 def build_keys(cfg: Config, env: dict[str, str] | None = None) -> tuple[StaticKeys, dict[str, str]]:
     env = dict(os.environ) if env is None else env
     keys = StaticKeys()
@@ -247,6 +259,7 @@ def build_runtime(
 
     sink = TeeUsage(usage, control.writer) if control is not None else usage
     gateway = Gateway(now_fleet, sink, metrics, hooks=[shared.limits])
+    gateway.affinity = build_affinity(cfg, shared.link)
     metrics.watch(now_fleet)
     callers = Callers(lambda: live.now.config, lambda: live.now.keys)
     tracing = None

@@ -282,6 +282,15 @@ class StateConfig(_Model):
         return v
 
 
+class AffinityConfig(_Model):
+    """Prompt-cache affinity (``regiongate.core.affinity``): requests sharing a prefix prefer the region and
+    backend that served it within ``ttl_s``. Shared through ``[shared].redis`` when set."""
+
+    enabled: bool = True
+    ttl_s: float = Field(300.0, gt=0)  # how long a backend is assumed to keep a prefix in its cache
+    max_entries: int = Field(100_000, ge=1)  # prefixes remembered per process (least recent dropped)
+
+
 class ModelInfo(_Model):
     owned_by: str = "regiongate"
     created: int = 1752019200
@@ -304,6 +313,7 @@ class Config(_Model):
     load: LoadConfig = LoadConfig()
     edge: EdgeConfig = EdgeConfig()
     state: StateConfig = StateConfig()
+    affinity: AffinityConfig = AffinityConfig()
     tracing: TracingConfig | None = None  # OpenTelemetry traces: off unless the section is present
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.services import MoreServices
 from regiongate.grpc.status import abort, metadata_of, upstream_error
 from regiongate.objects.services import StatefulServices
+from regiongate.pipeline.affinity import CONVERSATION_HEADERS
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_request_id
 from regiongate.pipeline.catalog import find_model, visible_models
 from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
@@ -112,6 +113,7 @@ class XaiServices:
             caller.location,
             explain=md.get("x-regiongate-explain") == "1",
             continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
+            conversation=next((md[h] for h in CONVERSATION_HEADERS if md.get(h)), None),
             ttft_budget_ms=_budget(md),
             client_request_id=client_request_id(md.get("x-request-id")),
         )

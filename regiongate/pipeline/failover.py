@@ -36,6 +36,7 @@ from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline import tokens
+from regiongate.pipeline.affinity import prefix_key
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.blame import Blame, exhausted
 from regiongate.pipeline.continuation import (
@@ -50,6 +51,7 @@ from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
 from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, tier_of
 from regiongate.pipeline.usage import UsageRecord, UsageSink
+from regiongate.state.affinity import AffinityStore
 from regiongate.state.capacity import CapacityStore, Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
@@ -77,6 +79,8 @@ class Inbound:
     client_request_id: str | None = None  # the client's x-request-id, echoed; never used as ours
     tier: Tier = Tier.DEFAULT  # its service tier, resolved by ``Gateway.dispatch`` (pipeline.tiering)
     affinity: Affinity | None = None  # where its prompt prefix was served recently (pipeline.affinity)
+    conversation: str | None = None  # the client's conversation id header, when it sent one
+    prefix_key: str | None = None  # its affinity key, when affinity is on and it has one
 
     @property
     def include_usage(self) -> bool:
@@ -254,6 +258,7 @@ class Gateway:
         self.hooks: list[Hook] = list(hooks or [])
         self._rng = random.Random()
         self.tracing: Tracer | None = None  # spans around leases and attempts
+        self.affinity: AffinityStore | None = None  # where prompt prefixes were served ([affinity])
 
     @property
     def fleet(self) -> Fleet:
@@ -281,6 +286,13 @@ class Gateway:
         if key.ttft_budget_ms is not None:
             asked = inbound.ttft_budget_ms
             inbound.ttft_budget_ms = key.ttft_budget_ms if asked is None else min(asked, key.ttft_budget_ms)
+        if self.affinity is not None:
+            pkey = prefix_key(
+                inbound.path, inbound.payload, inbound.principal.team, inbound.model, inbound.conversation
+            )
+            if pkey is not None:
+                inbound.prefix_key = pkey
+                inbound.affinity = await self.affinity.get(pkey)
         for hook in self.hooks:
             try:
                 await hook.before(inbound)
@@ -310,6 +322,11 @@ class Gateway:
         blame.settle(fleet, opened is not None and opened.status < 400, inbound.request_id)
         if opened is None:
             raise self._exhausted(inbound, plan, failures, started, blame.last)
+        if inbound.prefix_key is not None and opened.status == 200 and self.affinity is not None:
+            # that backend now holds this prompt in its cache: the next turn's prefix
+            a = opened.attempt
+            held = Affinity(a.deployment.region, a.backend.id, prompt_tokens_estimate(len(inbound.body)))
+            self.affinity.put(inbound.prefix_key, held)
         if opened.first is None:  # a whole answer (or a final refusal): relayed as it is
             routed = self._complete(opened.attempt, opened.resp)
         else:  # the stream now owns the lease
@@ -542,9 +559,11 @@ class Gateway:
         if self.tracing is not None:
             self.tracing.first_token(first, ttft_ms, a.continues is None)
         self.fleet.record_success(backend)
-        self.fleet.record_ttft(
-            a.deployment, ttft_ms, backend, prompt_tokens_estimate(len(a.inbound.body)), a.queued
-        )
+        prompt = prompt_tokens_estimate(len(a.inbound.body))
+        aff = a.inbound.affinity
+        if aff is not None and aff.backend == backend.id:  # it prefilled only the new suffix
+            prompt -= aff.cached(prompt)
+        self.fleet.record_ttft(a.deployment, ttft_ms, backend, prompt, a.queued)
         self.metrics.ttft(a.deployment.region, ttft_ms)
         return _Open(a, resp, first, ttft_ms)
 

@@ -32,6 +32,7 @@ from regiongate.core import Endpoint, Location, RouteError
 from regiongate.core.errors import GatewayError
 from regiongate.objects.responses import input_item_list
 from regiongate.objects.services import StatefulServices
+from regiongate.pipeline.affinity import CONVERSATION_HEADERS_RAW
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n, client_request_id
 from regiongate.pipeline.catalog import ModelView, find_model, region_views, visible_models
@@ -286,6 +287,7 @@ class RestApp:
             self._client_location(scope, headers),
             explain=headers.get(b"x-regiongate-explain") == b"1",
             continuation=headers.get(b"x-regiongate-continue", b"").lower() != b"off",
+            conversation=next((v.decode("latin-1") for h in CONVERSATION_HEADERS_RAW if (v := headers.get(h))), None),
             ttft_budget_ms=budget,
             client_request_id=client_rid,
         )
