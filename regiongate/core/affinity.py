@@ -7,11 +7,16 @@ key (``pipeline.affinity``), where it sent the prefix and how long it was; the p
 
     predicted_ms = network_ms + queue_ms + base_ms + (prompt - cached) * prefill_ms_per_token
 
-with ``cached = min(prefix_tokens, prompt)``. The affinity region is taken when, with that saving, it is
-the best prediction or within the noise margin of the best (``core.latency.margin_ms``): affinity breaks
-ties (and keeps a conversation from wobbling between near-equal regions) but never keeps a request on a
-region that is clearly slower, full, unhealthy or outside the scope (a region out of scope is never
-ranked at all). Its backend is tried first in that region.
+with ``cached = min(prefix_tokens, prompt)``. The affinity region is taken over the policy's pick when
+
+    network_ms(affinity) - network_ms(pick) <= cached * prefill_ms_per_token + MARGIN_FLOOR_MS
+    predicted_ms(affinity) - predicted_ms(pick) <= margin_ms                 (``core.latency``)
+
+that is, when the extra round trip (known, not noise) is paid for by the prefill its cache saves, and the
+predictions are within the noise margin of each other: affinity breaks ties and keeps a conversation
+from wobbling between near-equal regions, but never keeps a request on a region that is clearly slower,
+farther than its cache is worth, without room, unhealthy or outside the scope (a region out of scope
+is never ranked at all). Its backend is tried first in that region.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.geo import Location, rtt_from_distance_ms
 from regiongate.core.labels import Drop, Route
-from regiongate.core.latency import Estimate, margin_ms, server_ms
+from regiongate.core.latency import MARGIN_FLOOR_MS, Estimate, margin_ms, server_ms
 from regiongate.core.request import RouteRequest
 from regiongate.core.tiers import Tier
 from regiongate.core.world import DeploymentState, WorldSnapshot
@@ -324,8 +324,9 @@ def _pick(ranked: Ranked, near_i: int, limit_ms: float | None, salt: int) -> tup
 def _affine(
     ranked: Ranked, pick: int, why: str, limit_ms: float | None, aff: Affinity | None, prompt: int
 ) -> tuple[int, str]:
-    """``_pick``'s choice, or the affinity region when it is open, roomy and, with its cached prefill
-    saved, within the margin of that choice: a warm cache breaks ties, it never outweighs a clear gain."""
+    """``_pick``'s choice, or the affinity region when it is open, roomy, no farther than its saved prefill
+    pays for (to within ``MARGIN_FLOOR_MS``) and, with that prefill saved, within the margin of that
+    choice: a warm cache breaks ties between near-equal regions, it never outweighs a clear gain."""
     if aff is None or pick < 0:
         return pick, why
     at = next((i for i, r in enumerate(ranked) if r[2] == aff.region), -1)
@@ -339,6 +340,9 @@ def _affine(
         return pick, why + f"; {aff.region} holds this prefix but has no room"
     need = margin_ms(r[3].error_ms, p[3].error_ms)
     gap = r[0] - p[0]
+    farther = r[1] - p[1]  # the extra round trip is known, not noise: the saved prefill must pay for it
+    if farther > saved + MARGIN_FLOOR_MS:
+        return pick, why + f"; {aff.region} holds this prefix but is {farther:.1f} ms farther (saves {saved:.1f} ms)"
     if gap <= need:
         return at, (
             f"prompt-cache affinity: served this prefix recently ({saved:.1f} ms of prefill saved), "

@@ -1,5 +1,5 @@
 """Prompt-cache affinity through a real gateway process: a conversation's next turn goes back to the region
-that served its prefix (when it is within the margin and has room), never outside the endpoint's scope,
+that served its prefix (when it is near-equal to the best and has room), never outside the endpoint's scope,
 and ``x-regiongate-explain`` says affinity changed the pick. With ``[affinity] enabled = false`` the same
 turn goes to the nearest region."""
 
@@ -15,6 +15,8 @@ from tests.support.worlds import world
 
 FAST = '{ kind = "simulated", ttft_ms = 5, tokens_per_s = 4000 }'
 SLOW = '{ kind = "simulated", ttft_ms = 5, tokens_per_s = 2 }'
+# A client in Kansas, 0.9 ms nearer us-east-1 than us-west-2 by round trip: near-equal regions
+KANSAS = "38.0,-98.9"
 SYSTEM = {"role": "system", "content": "You answer questions about the history of maps. " * 40}
 
 
@@ -28,7 +30,12 @@ def turn(gw: Proc, msgs: list[dict[str, str]], host: str = "localhost") -> httpx
     r = httpx.post(
         gw.url + "/v1/chat/completions",
         json={"model": "grok-4", "messages": msgs, "max_tokens": 2},
-        headers={"Authorization": f"Bearer {DEMO_KEY}", "Host": host, "x-regiongate-explain": "1"},
+        headers={
+            "Authorization": f"Bearer {DEMO_KEY}",
+            "Host": host,
+            "x-regiongate-explain": "1",
+            "x-regiongate-client-location": KANSAS,
+        },
         timeout=30,
     )
     assert r.status_code == 200, r.text
