@@ -13,7 +13,7 @@ server                 request id  max_completion_      probe path          busy
 ``vllm``               as-is       as-is                ``/health``         not counted
 ``sglang``             as-is       as-is                ``/health``         not counted
 ``llama.cpp``          as-is       as-is                ``/health``         not counted
-``llama-cpp-python``   uuid        ``max_tokens``       ``/models``         not counted
+``llama-cpp-python``   uuid        ``max_tokens``       ``/openapi.json``   not counted
 =====================  ==========  ===================  ==================  =====================
 
 - request id ``as-is`` sends the gateway's own id (``req_…``); ``uuid`` sends ``uuid5(REQUEST_ID_NAMESPACE,
@@ -22,7 +22,7 @@ server                 request id  max_completion_      probe path          busy
   (a provider has no use for our ids).
 - ``max_tokens``: a ``max_completion_tokens`` in the body is sent as ``max_tokens`` (a server that does not
   know the newer name ignores it and generates to the end of its context).
-- ``/health`` is at the server's root (not under ``/v1``).
+- ``/health`` and ``/openapi.json`` are at the server's root (not under ``/v1``).
 - a probe that times out while real requests to the backend are in flight or succeeded since the previous
   probe is not counted: single-slot servers (llama-server with one HTTP thread) answer nothing else while
   they generate (``regiongate.health.probes``).
@@ -74,8 +74,10 @@ DEFAULTS: dict[ServerKind, Dialect] = {
     "vllm": Dialect("vllm", probe_path="/health"),
     "sglang": Dialect("sglang", probe_path="/health"),
     "llama.cpp": Dialect("llama.cpp", probe_path="/health"),
+    # Its /v1/models waits for the model lock during a generation and, with its default
+    # interrupt_requests, cuts the running stream short; FastAPI's /openapi.json takes no lock.
     "llama-cpp-python": Dialect(
-        "llama-cpp-python", request_id="uuid", max_tokens="max_tokens", probe_path="/models"
+        "llama-cpp-python", request_id="uuid", max_tokens="max_tokens", probe_path="/openapi.json"
     ),
 }
 

@@ -18,8 +18,9 @@ from regiongate.upstream.dialect import Dialect
 from regiongate.upstream.h1 import H1Pool, H1Response, UpstreamHttpError
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9\-._~/?&=%]*$")
-# Routes that inference servers serve at their root rather than under /v1 (vLLM, llama.cpp, SGLang).
-ORIGIN_PATHS = frozenset({"/tokenize", "/detokenize", "/health"})
+# Routes that inference servers serve at their root rather than under /v1 (vLLM, llama.cpp, SGLang; FastAPI's
+# /openapi.json is llama-cpp-python's one route that answers during a generation, for probes).
+ORIGIN_PATHS = frozenset({"/tokenize", "/detokenize", "/health", "/openapi.json"})
 ERROR_BODY_MAX = 64 * 1024  # an error body longer than this is not read for its message
 # Statuses that mean "this backend cannot serve it now": try the next candidate. Other 4xx are the
 # request's own fault and are relayed as they are, never retried.

@@ -281,3 +281,29 @@ async def test_token_rate_limits_hold_on_estimated_usage(
     with pytest.raises(RouteError) as e:
         await w.gateway.dispatch(w.inbound(stream=True))
     assert e.value.code == "rate_limit_exceeded", "the estimate was charged: without it the third would pass"
+
+
+async def test_llama_cpp_python_is_probed_where_it_answers_during_a_generation(
+    make: Callable[..., World], standin: Callable[..., Standin]
+) -> None:
+    s = standin("llama-cpp-python", model="m")  # its /v1/models waits for the model lock
+    w = make(
+        {
+            "us-east-1": [spec(s, ', server = "llama-cpp-python"')],
+            "us-west-2": [
+                spec(s, ', server = "llama-cpp-python", probe_path = "/models", busy_probe_grace = false')
+            ],
+        }
+    )
+    by_models, default = w.backend("us-west-2"), w.backend()
+    health = HealthConfig(probe_timeout_s=0.2, unhealthy_after=1)
+    prober = Prober(lambda: w.fleet, lambda: health)
+    s.hold()
+    task = asyncio.create_task(w.gateway.dispatch(w.inbound()))
+    await asyncio.to_thread(s.wait_busy)
+    assert not await prober.probe(by_models), "reproduced: /v1/models is not answered while it generates"
+    assert not by_models.probe_healthy
+    assert await prober.probe(default) and prober.excused == 0, "/openapi.json answered, nothing excused"
+    assert s.received[-1].path == "/openapi.json"
+    s.release()
+    assert (await task).status == 200

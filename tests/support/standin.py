@@ -29,7 +29,10 @@ unknown model              404 ``NotFoundError``              400 ``BadRequestEr
 ``max_completion_tokens``  honoured                           honoured                           ignored: only ``max_tokens``
 ``stream_options``         usage chunk if include_usage       usage chunk if include_usage       ignored: never a usage chunk
 streamed tool calls        ``function.name`` once             ``function.name`` in every chunk   ``function.name`` once
-``/health``                200, empty body                    200, empty body                    404 (no such route)
+``/health``                200, empty body                    200, empty body                    404 (no such route);
+                                                                                                 ``/openapi.json`` answers (FastAPI)
+``GET /v1/models``         answers                            answers                            waits while a generation runs
+                                                                                                 (it takes the model lock)
 ``/metrics``               ``vllm:num_requests_running``,     ``sglang:num_running_reqs``,       404
                            ``vllm:num_requests_waiting``,     ``sglang:num_queue_reqs``,
                            ``vllm:kv_cache_usage_perc``       ``sglang:token_usage``
@@ -212,8 +215,9 @@ class Standin:
             await out.send(400, b"", "text/plain")  # starlette-context: "Wrong uuid", no body
             return
         if method == "GET":
-            if self.single_slot and self._idle is not None:
-                await self._idle.wait()  # one HTTP thread: busy with the generation
+            locked = self.kind == "llama-cpp-python" and path == "/v1/models"  # Depends(get_llama_proxy)
+            if (self.single_slot or locked) and self._idle is not None:
+                await self._idle.wait()  # busy with the generation
             await self._get(path, out)
             return
         if path not in GENERATION:
@@ -247,6 +251,8 @@ class Standin:
             await out.json(200, {"object": "list", "data": [card]})
         elif path == "/health" and self.kind != "llama-cpp-python":
             await out.send(200, b"", "application/json")
+        elif path == "/openapi.json" and self.kind == "llama-cpp-python":
+            await out.json(200, {"openapi": "3.1.0", "info": {"title": "🦙 llama.cpp Python API"}, "paths": {}})
         elif path == "/metrics" and self.kind != "llama-cpp-python":
             await out.send(200, self._metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
         else:

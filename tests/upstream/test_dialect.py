@@ -31,7 +31,7 @@ def test_defaults_per_server_kind() -> None:
     assert _of(', server = "llama.cpp"').probe_path == "/health"
     assert _of(', server = "openai"').request_id == "off"
     lcp = _of(', server = "llama-cpp-python"')
-    assert (lcp.request_id, lcp.max_tokens, lcp.probe_path) == ("uuid", "max_tokens", "/models")
+    assert (lcp.request_id, lcp.max_tokens, lcp.probe_path) == ("uuid", "max_tokens", "/openapi.json")
     assert _spec(', server = "llama-cpp-python"').responses_mode == "chat"  # it has no /v1/responses
 
 
