@@ -10,6 +10,7 @@ from typing import Any
 from regiongate.simulate.scenario import ALL_POLICY_NAMES
 
 SUITE_REQUESTS = 200_000
+TIERS_REQUESTS = 100_000
 
 
 def register(subparsers: Any) -> None:
@@ -44,6 +45,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="run every scenario shipped in the package through every policy (--requests each, default "
         f"{SUITE_REQUESTS:,}) and write suite.md: one table per scenario and the gateway's target checked",
+    )
+    s.add_argument(
+        "--tiers",
+        action="store_true",
+        help="service tiers (20%% priority, 30%% flex) and prompt-cache affinity on one trace with multi-turn "
+        f"conversations (--requests, default {TIERS_REQUESTS:,}); writes tiers.md (docs/tiers.md)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_simulate)
@@ -93,6 +100,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     if args.suite:
         return _suite(args)
+    if args.tiers:
+        return _tiers(args)
     try:
         scenario = load_scenario(args.scenario)
         config_path = args.config or (
@@ -127,6 +136,43 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"({result.rate:,.0f} requests/s simulated, CPU {result.cpu_s:.1f}s, peak RSS {result.peak_rss_mb:.0f} MB)"
     )
     print(f"report: {paths[0]}")
+    return 0
+
+
+def _tiers(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from regiongate.config import ConfigError, load_config
+    from regiongate.simulate.scenario import ScenarioError, load_scenario
+    from regiongate.simulate.sessions import Mix, affinity_table, run_sessions, tier_table
+
+    try:
+        scenario = load_scenario(args.scenario)
+        cfg = load_config(
+            args.config or (scenario.resolve(scenario.fleet.config) if scenario.fleet.config else None)
+        )
+    except (ScenarioError, ConfigError) as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    mix = Mix()
+    res = run_sessions(cfg, scenario, mix, args.requests or TIERS_REQUESTS, args.seed)
+    text = [
+        f"# Service tiers and prompt-cache affinity ({res.requests:,} requests, {res.wall_s:.0f} s)",
+        "",
+        f"Mix: {mix.priority:.0%} priority, {mix.flex:.0%} flex; reserve {mix.reserve:.0%}, flex below "
+        f"{mix.flex_below:.0%}; {mix.sessions:.0%} of requests are conversation turns (system prompt "
+        f"{mix.system_tokens:,} tokens, ~{mix.mean_turns:g} turns), cache TTL {mix.ttl_s:g} s.",
+        "",
+        *tier_table(res),
+        "",
+        *affinity_table(res),
+        "",
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tiers.md").write_text("\n".join(text))
+    print("\n".join(text))
+    print(f"report: {out / 'tiers.md'}")
     return 0
 
 

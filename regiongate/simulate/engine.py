@@ -18,7 +18,7 @@ import math
 from collections import deque
 from dataclasses import replace
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Protocol
 
 from regiongate.core import BackendState, DeploymentState, RouteError, RouteRequest, WorldSnapshot
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
@@ -31,6 +31,18 @@ FIRST, DONE, TICK, EV_START, EV_END = 0, 1, 2, 3, 4
 # the samples the estimate smooths (tens of ms), so a ranking it changes was a coin toss anyway.
 TTFT_TOLERANCE_MS = 0.1
 _log = math.log
+
+
+class Hook(Protocol):
+    """What an experiment sees of each request it tagged (``Engine.arrive``)."""
+
+    def before(self, t: float, req: RouteRequest, tag: Any) -> RouteRequest: ...
+
+    def placed(self, t: float, d: Dep, tag: Any, prompt: int) -> int: ...
+
+    def first(self, tag: Any, ttft_ms: float) -> None: ...
+
+    def rejected(self, tag: Any, code: str) -> None: ...
 
 
 class Dep:
@@ -48,6 +60,7 @@ class Dep:
         "epoch",
         "epoch_ends",
         "factors",
+        "flex_below",
         "in_use",
         "last",
         "limit",
@@ -58,6 +71,7 @@ class Dep:
         "prefill_s",
         "prior",
         "region",
+        "reserve",
         "ri",
         "running",
         "slack",
@@ -85,7 +99,7 @@ class Dep:
         self.factors: list[float] = []
         self.in_use = 0  # gateway leases held (running + waiting)
         self.running = 0  # backend slots busy
-        self.waiting: deque[tuple[float, Context, int, int, int]] = deque()
+        self.waiting: deque[tuple[float, Context, int, int, int, Any]] = deque()
         self.ttft = TtftEstimate(halflife_s)  # the gateway's own smoothing of queueing + prefill
         self.epoch = 0
         self.epoch_ends: list[float] = []
@@ -96,6 +110,8 @@ class Dep:
         self.last = 0.0
         self.busy = 0.0
         self.cap = 0.0
+        self.reserve = 0.0  # service tiers (core.tiers): share of the limit kept for priority ...
+        self.flex_below = 1.0  # ... and the utilisation below which flex is admitted
 
     def touch(self, now: float) -> None:
         """Account busy and available slot-time up to ``now``."""
@@ -152,6 +168,7 @@ class Engine:
         for d in self.deps:
             d.mean_service_s = d.ttft_s + world.mean_prompt * d.prefill_s + world.mean_completion * d.token_s
         self.oracle = getattr(policy, "oracle", False)
+        self.hook: Hook | None = None  # an experiment's view of each request (``simulate.sessions``)
         # Baselines read no latency estimate: their engines skip the learning (same snapshots otherwise).
         self.learns = getattr(policy, "learns", True)
         self.typical: list[Typical | None] = [None if self.learns else Typical() for _ in world.models]
@@ -231,6 +248,7 @@ class Engine:
     @staticmethod
     def _state(d: Dep, now: float, prior: Typical, queued: int) -> DeploymentState:
         base, prefill, wait, error = d.ttft.params(now, prior)
+        flex = None if d.flex_below >= 1.0 else math.floor(d.limit * d.flex_below + 1e-9)
         return DeploymentState(
             d.model,
             d.region,
@@ -243,6 +261,8 @@ class Engine:
             error,
             queued,
             None,
+            math.ceil(d.limit * d.reserve - 1e-9),
+            flex,
         )
 
     def _stale_snapshot(self, mi: int, now: float, replica: int) -> WorldSnapshot:
@@ -302,8 +322,18 @@ class Engine:
 
     # --- requests ------------------------------------------------------------------------------------
     def arrive(
-        self, t: float, ctx: Context, req: RouteRequest, prompt: int, completion: int, replica: int = 0
+        self,
+        t: float,
+        ctx: Context,
+        req: RouteRequest,
+        prompt: int,
+        completion: int,
+        replica: int = 0,
+        tag: Any = None,
     ) -> None:
+        """One arrival. ``tag`` is the experiment's own label for it (``simulate.sessions``): with a
+        ``hook`` set, the hook may add to the request (affinity), sees where it was placed (and returns the
+        prompt tokens the backend really prefills: its prompt cache) and sees its TTFT or refusal."""
         heap = self.heap
         while heap and heap[0][0] <= t:
             self._handle(heappop(heap))
@@ -324,8 +354,13 @@ class Engine:
             d = found
         else:
             snap = self._stale_snapshot(mi, t, replica) if self.staleness_s else self.snapshot(mi, t)
+            hook = self.hook
+            if hook is not None:
+                req = hook.before(t, req, tag)
             plan = self.policy(snap, req)
             if isinstance(plan, RouteError):
+                if hook is not None:
+                    hook.rejected(tag, plan.code)
                 st.rejected[cell] += 1
                 st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
                 return
@@ -338,11 +373,15 @@ class Engine:
                     if not d.outages and d.in_use < d.limit:
                         break
                 else:  # counted, never hidden
+                    if hook is not None:
+                        hook.rejected(tag, "stale_plan")
                     st.rejected[cell] += 1
                     st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
                     return
             if cand is not first or plan.first_choice != d.region:
                 st.spilled[cell] += 1  # not the nearest region: moved for latency, or it was full
+            if hook is not None:
+                prompt = hook.placed(t, d, tag, prompt)
         ri = d.ri
         if not ctx.allowed[ri]:
             st.violations += 1
@@ -357,12 +396,20 @@ class Engine:
         if self.staleness_s and self.reserves and not self.oracle:
             self._took(mi, replica, d)
         if d.running < d.slots:
-            self._start(d, t, t, ctx, prompt, completion, 0)
+            self._start(d, t, t, ctx, prompt, completion, 0, tag)
         else:
-            d.waiting.append((t, ctx, prompt, completion, len(d.waiting) if self.queue_depth else 0))
+            d.waiting.append((t, ctx, prompt, completion, len(d.waiting) if self.queue_depth else 0, tag))
 
     def _start(
-        self, d: Dep, now: float, arrived: float, ctx: Context, prompt: int, completion: int, queued: int
+        self,
+        d: Dep,
+        now: float,
+        arrived: float,
+        ctx: Context,
+        prompt: int,
+        completion: int,
+        queued: int,
+        tag: Any = None,
     ) -> None:
         dt = now - d.last
         d.busy += (d.running if d.running < d.slots else d.slots) * dt
@@ -377,18 +424,20 @@ class Engine:
         seq = next(self.seq)
         ttft_ms = (ctx.rtt_s[d.ri] + wait + server) * 1000.0
         sample = ((wait + server) * 1000.0, prompt, queued)  # what the gateway learns from: network taken out
-        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, sample, wait))
+        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, sample, wait, tag))
         heappush(heap, (first + completion * d.token_s, seq, DONE, d, d.epoch, first))
 
     # --- events --------------------------------------------------------------------------------------
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[2]
         if kind == FIRST:
-            t, _, _, d, epoch, ctx, ttft_ms, sample, wait = ev
+            t, _, _, d, epoch, ctx, ttft_ms, sample, wait, tag = ev
             st = self.stats
             if epoch != d.epoch:
                 st.failed[ctx.cell] += 1
                 return
+            if self.hook is not None:
+                self.hook.first(tag, ttft_ms)
             if self.learns:
                 d.ttft.add(sample[0], t, None, sample[1], sample[2])
                 self.typical[d.mi] = None
@@ -417,8 +466,8 @@ class Engine:
             d.state = None
             self.snaps[d.mi] = None
             if d.waiting and d.running < d.slots:
-                arrived, ctx, prompt, completion, queued = d.waiting.popleft()
-                self._start(d, t, arrived, ctx, prompt, completion, queued)
+                arrived, ctx, prompt, completion, queued, tag = d.waiting.popleft()
+                self._start(d, t, arrived, ctx, prompt, completion, queued, tag)
         elif kind == TICK:
             self._tick(ev[0], ev[5])
         else:
@@ -452,13 +501,13 @@ class Engine:
                     d.factors.remove(ev.factor)
                 d.resize()
                 while d.waiting and d.running < d.slots:
-                    arrived, ctx, prompt, completion, queued = d.waiting.popleft()
-                    self._start(d, now, arrived, ctx, prompt, completion, queued)
+                    arrived, ctx, prompt, completion, queued, tag = d.waiting.popleft()
+                    self._start(d, now, arrived, ctx, prompt, completion, queued, tag)
             self._changed(d)
 
     def _lose_everything(self, d: Dep, now: float) -> None:
         """A region goes dark: queued requests fail now, running ones are lost with the old epoch."""
-        for _, ctx, _, _, _ in d.waiting:
+        for _, ctx, _, _, _, _ in d.waiting:
             self.stats.failed[ctx.cell] += 1
         d.waiting.clear()
         d.epoch_ends.append(now)
