@@ -13,14 +13,13 @@ from typing import Any
 import grpc
 import orjson
 from google.protobuf import empty_pb2, message_factory
-from google.protobuf.timestamp_pb2 import Timestamp
 from xai_sdk.proto import auth_pb2, chat_pb2, models_pb2
 
 from regiongate.core import RouteError
 from regiongate.core.errors import ClientError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
-from regiongate.grpc.services import MoreServices
+from regiongate.grpc.services import MoreServices, model_message
 from regiongate.grpc.status import abort, metadata_of, upstream_error
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.affinity import CONVERSATION_HEADERS
@@ -230,13 +229,7 @@ class XaiServices:
 
     # --- xai_api.Models ----------------------------------------------------------------------------
     def _language_model(self, m: Any) -> models_pb2.LanguageModel:
-        return models_pb2.LanguageModel(
-            name=m.id,
-            aliases=list(m.info.aliases),
-            input_modalities=[models_pb2.TEXT],
-            output_modalities=[models_pb2.TEXT],
-            created=Timestamp(seconds=m.info.created),
-        )
+        return model_message(models_pb2.LanguageModel, m, models_pb2.TEXT)
 
     async def list_language_models(
         self, request: empty_pb2.Empty, context: Any

@@ -14,7 +14,7 @@ from __future__ import annotations
 import array
 import base64
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -94,6 +94,20 @@ def tokens(obj: dict[str, Any]) -> list[tokenize_pb2.Token]:
             data = text.encode()
         out.append(tokenize_pb2.Token(token_id=tid, string_token=text, token_bytes=data))
     return out
+
+
+M = TypeVar("M")
+
+
+def model_message(cls: Callable[..., M], m: ModelView, output: int) -> M:
+    """A model as the xAI Models service describes it: text in, ``output`` out."""
+    return cls(
+        name=m.id,
+        aliases=list(m.info.aliases),
+        input_modalities=[models_pb2.TEXT],
+        output_modalities=[output],
+        created=Timestamp(seconds=m.info.created),
+    )
 
 
 class MoreServices:
@@ -209,23 +223,11 @@ class MoreServices:
 
     @staticmethod
     def _embedding_model(m: ModelView) -> models_pb2.EmbeddingModel:
-        return models_pb2.EmbeddingModel(
-            name=m.id,
-            aliases=list(m.info.aliases),
-            input_modalities=[models_pb2.TEXT],
-            output_modalities=[models_pb2.EMBEDDING],
-            created=Timestamp(seconds=m.info.created),
-        )
+        return model_message(models_pb2.EmbeddingModel, m, models_pb2.EMBEDDING)
 
     @staticmethod
     def _image_model(m: ModelView) -> models_pb2.ImageGenerationModel:
-        return models_pb2.ImageGenerationModel(
-            name=m.id,
-            aliases=list(m.info.aliases),
-            input_modalities=[models_pb2.TEXT],
-            output_modalities=[models_pb2.IMAGE],
-            created=Timestamp(seconds=m.info.created),
-        )
+        return model_message(models_pb2.ImageGenerationModel, m, models_pb2.IMAGE)
 
     async def list_embedding_models(
         self, request: empty_pb2.Empty, context: Any

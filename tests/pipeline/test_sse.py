@@ -91,3 +91,22 @@ def test_a_tool_call_name_repeated_in_every_fragment_is_relayed_once() -> None:
     ]
     once = tc(frag(0, "{}"))  # the OpenAI shape itself passes as the same bytes
     assert SseRelay(strip_usage=False).feed(once) == once
+
+
+def test_a_chat_stream_without_a_finish_reason_or_done_is_never_complete() -> None:
+    """The end-of-stream rule has two ways to be met ([DONE], or every choice seen with its finish_reason);
+    a body that ends before either is incomplete, even when it never opened a choice at all."""
+    usage_only = b'data: {"id": "a", "choices": [], "usage": {"prompt_tokens": 1}}\n\n'
+    bodies = [b"", b": keep-alive\n\n", usage_only, b"data: {not json\n\n", chunk("a", "Hel") + chunk("a", "lo")]
+    for body in bodies:
+        r = SseRelay(strip_usage=False)
+        r.feed(body)
+        r.flush()
+        assert not r.complete and not r.done, body
+    r = SseRelay(strip_usage=False)
+    r.feed(usage_only + b"data: [DONE]\n\n")
+    assert r.complete and r.done  # [DONE] alone ends it, whatever came before
+    two = SseRelay(strip_usage=False)  # n = 2: one finish_reason is not every choice's
+    two.feed(chunk("a", "x") + b'data: {"id": "a", "choices": [{"index": 1, "delta": {"content": "y"}}]}\n\n')
+    two.feed(chunk("a", finish="stop"))
+    assert not two.complete
