@@ -15,7 +15,10 @@ assistant message to continue from, in the way the target's kind understands (``
 
 Only the new tokens reach the client: the target's events are rebased onto the first backend's ``id``,
 ``created``, ``model`` and ``system_fingerprint``, its role-only opening delta is dropped, and its usage is
-restated for the whole answer (``pipeline.sse.SseRelay``). When nothing can continue, the stream ends with
+restated for the whole answer (``pipeline.sse.SseRelay``). Anthropic Messages streams are continued the same
+way (the prefill is that API's own final assistant message; the target's ``message_start`` and opening
+``content_block_start`` are dropped, ``message_delta``'s output tokens cover the whole answer). Responses
+API streams are not continued: they end with their ``error`` event naming the original failure. When nothing can continue, the stream ends with
 the protocol's in-band error naming the original failure, never a refused prefill.
 """
 
@@ -52,8 +55,8 @@ def render_hops(hops: list[Hop]) -> str:
 def _request_refusal(payload: dict[str, Any], kind: StreamKind, opted_out: bool) -> str | None:
     if opted_out:
         return f"continuation is off ({OPT_OUT_HEADER} or the key's setting)"
-    if kind is not StreamKind.CHAT or not isinstance(payload.get("messages"), list):
-        return "only chat completion streams are continued"
+    if kind is StreamKind.RESPONSES or not isinstance(payload.get("messages"), list):
+        return "Responses API streams are not continued"
     n = payload.get("n")
     if isinstance(n, int) and n > 1:
         return "streams of several choices are not continued"
@@ -78,18 +81,19 @@ def refusal(payload: dict[str, Any], kind: StreamKind, relay: SseRelay, opted_ou
 
 
 def prefill_payload(
-    payload: dict[str, Any], delivered: str, style: str, tokens: int
+    payload: dict[str, Any], delivered: str, style: str, tokens: int, kind: StreamKind = StreamKind.CHAT
 ) -> dict[str, Any] | None:
     """The original request continued after ``delivered`` (``tokens`` of it), for a target of ``style``;
-    None when that target cannot continue."""
+    None when that target cannot continue. An Anthropic Messages request is continued the way that API
+    defines prefill, a final assistant message, whatever the style (unless ``none``)."""
     if style not in ("vllm", "llama.cpp", "prefix"):
         return None
     message: dict[str, Any] = {"role": "assistant", "content": delivered}
-    if style == "prefix":
+    if style == "prefix" and kind is StreamKind.CHAT:
         message["prefix"] = True
     out = dict(payload)
-    out["messages"] = [*payload["messages"], message]
-    if style == "vllm":
+    out["messages"] = [*payload["messages"], message] if delivered or kind is StreamKind.CHAT else payload["messages"]
+    if style == "vllm" and kind is StreamKind.CHAT:
         out["continue_final_message"] = True
         out["add_generation_prompt"] = False
     for name in ("max_tokens", "max_completion_tokens"):  # the whole answer keeps the client's limit

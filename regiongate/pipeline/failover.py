@@ -728,7 +728,7 @@ class Gateway:
         delivered, tokens = relay.delivered, relay.tokens
 
         def payload_for(backend: Backend) -> dict[str, Any] | None:
-            return prefill_payload(inbound.payload, delivered, backend.prefill, tokens)
+            return prefill_payload(inbound.payload, delivered, backend.prefill, tokens, relay.kind)
 
         failures: list[str] = []
         skip = frozenset(h.backend for h in st.hops) | st.failed  # neither a broken hop nor a refusal again

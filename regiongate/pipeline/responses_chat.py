@@ -282,6 +282,7 @@ class ResponseStream:
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
         self.started = False
+        self.failed = False  # an error event was sent: no response.completed may follow it
         self._buf = b""
 
     def _ev(self, obj: dict[str, Any]) -> bytes:
@@ -314,10 +315,18 @@ class ResponseStream:
         return b"".join(out)
 
     def _chunk(self, obj: dict[str, Any]) -> bytes:
-        if "error" in obj:  # the gateway's own in-band error: pass it on as a Responses error event
+        if "error" in obj:  # an in-band error: pass it on as a Responses error event, which ends the stream
+            self.failed = True
+            # The OpenAI spec's ResponseErrorEvent: code and param string or null, message a string.
             err = obj["error"] if isinstance(obj["error"], dict) else {}
+            code, message = err.get("code"), err.get("message")
             return self._ev(
-                {"type": "error", "code": err.get("code"), "message": err.get("message"), "param": None}
+                {
+                    "type": "error",
+                    "code": code if isinstance(code, str) else None,
+                    "message": message if isinstance(message, str) else "the backend reported an error",
+                    "param": None,
+                }
             )
         if isinstance(obj.get("usage"), dict):
             self.usage = usage_of(obj["usage"])
@@ -477,7 +486,9 @@ async def _events(payload: dict[str, Any], chunks: AsyncIterator[bytes]) -> Asyn
         out = conv.feed(chunk)
         if out:
             yield out
-    if ended:  # a chat stream cut before [DONE] must not look complete: the gateway reports the break
+    # A chat stream cut before [DONE] must not look complete (the gateway reports the break), nor one whose
+    # backend reported an error (that error event was its last).
+    if ended and not conv.failed:
         yield conv.close()
 
 

@@ -7,6 +7,9 @@
 | Responses (``/responses``) | ``response.completed`` / ``.incomplete`` / ``.failed`` | ``event: error`` ``{"type": "error", ...}`` |
 | Anthropic (``/messages``) | ``message_stop``                                     | ``event: error`` ``{"type": "error", ...}``  |
 
+Chat and Anthropic streams can be continued on another backend (``pipeline.continuation``): the relay
+notes the text delivered and rebases a continuation's events onto the first stream.
+
 ``SseRelay`` passes upstream events through as the same bytes, while it checks that each ``data`` payload is
 JSON (an event that is not is dropped and counted: a client SDK would crash on it), picks up ``usage``,
 notes how far the answer got (the text delivered so far, for a continuation elsewhere) and, when the
@@ -135,6 +138,7 @@ class SseRelay:
         (id, created, model, fingerprint; no second role delta) and its usage covers the whole answer."""
         self.prior = before.delivered
         self.carried = before.tokens
+        self.usage = before.usage  # what the first hop said (Anthropic: its input tokens) until restated
         self.deltas, self.chars = before.deltas, before.chars
         self._base = before._base or before.first
         self.first = self._base
@@ -192,9 +196,13 @@ class SseRelay:
         self.events += 1
         if self.kind is StreamKind.CHAT:
             return self._chat(ev, obj)
+        if self.kind is StreamKind.MESSAGES:
+            ev = self._message(ev, obj)
+            if not ev:
+                return ev
         kind = obj.get("type")
-        if kind == "error":
-            self.errored = True
+        if kind == "error":  # in these two protocols the error event is the stream's last
+            self.errored = self.done = True
         elif kind in _TERMINAL[self.kind]:
             self.done = True
         elif isinstance(kind, str) and kind.endswith("delta"):  # output_text.delta, content_block_delta
@@ -260,6 +268,44 @@ class SseRelay:
                     del holder[key]
                     changed = True
         return changed
+
+    def _message(self, ev: bytes, obj: dict[str, Any]) -> bytes:
+        """Anthropic Messages: note the text of block 0 delivered (a block of another kind, a tool use or
+        thinking, makes the stream one that cannot be continued); in a continuation, drop its opening
+        ``message_start`` / ``content_block_start`` for block 0, take an echoed prefill off its first text
+        and count its output tokens for the whole answer. ``b""`` drops the event."""
+        kind, index = obj.get("type"), obj.get("index", 0)
+        if self._base is None and kind == "message_start":
+            self.first = obj
+        elif kind == "content_block_start":
+            block = obj.get("content_block")
+            if index == 0 and self._base is not None:
+                return b""  # the block the earlier hops opened goes on
+            if index != 0 or not isinstance(block, dict) or block.get("type") != "text":
+                self.tool_calls = True
+        elif kind == "content_block_delta":
+            delta = obj.get("delta")
+            if index != 0 or not isinstance(delta, dict) or delta.get("type") != "text_delta":
+                self.tool_calls = True
+            elif isinstance(delta.get("text"), str):
+                if self._echo:
+                    delta["text"] = self._unecho(delta["text"])
+                    if not delta["text"]:
+                        return b""
+                    ev = named_event("content_block_delta", obj)
+                self.text.append(delta["text"])
+                self.content_events += 1
+        if self._base is None:
+            return ev
+        if kind == "message_start":
+            return b""  # the client has the first hop's message (its id, model, input tokens)
+        usage = obj.get("usage")
+        if kind == "message_delta" and isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+            usage["output_tokens"] += self.carried  # the whole answer's: the delivered text was its prompt
+            if isinstance(usage.get("input_tokens"), int):
+                usage["input_tokens"] = max(1, usage["input_tokens"] - self.carried)
+            return named_event("message_delta", obj)
+        return ev
 
     def _rebase(self, obj: dict[str, Any]) -> bool:
         """Make a continuation's chunk look like the next chunk of the first stream; False to drop it

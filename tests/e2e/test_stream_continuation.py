@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anthropic
 import grpc
 import httpx
 import openai
@@ -47,6 +48,17 @@ def raw_stream(gw: Proc, host: str = "localhost", headers: dict[str, str] | None
     )
     assert r.status_code == 200
     return r.text
+
+
+def east_cut(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer], at: int = 20, **kw: Any
+) -> tuple[Proc, FaultServer]:
+    """us-east-1's backend cuts every stream after ``at`` tokens, us-west-2's is healthy; the gateway and
+    the us-west-2 server (to see what reached it)."""
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=at)
+    extra = kw.pop("extra", "")
+    return start_gateway(world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}, extra=extra), **kw), west
 
 
 @pytest.mark.parametrize(
@@ -224,6 +236,37 @@ def test_continuation_can_be_turned_off_per_request(
     assert "stream_interrupted" in text and west.posts() == []
 
 
+def test_anthropic_messages_stream_is_continued_in_the_next_region(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    gw, west = east_cut(start_gateway, fault_servers)
+    ac = anthropic.Anthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
+    with ac.messages.stream(model="grok-4", max_tokens=100, messages=MSG) as s:  # type: ignore[arg-type]
+        events = list(s)
+        final = s.get_final_message()
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    assert text == WHOLE and final.content[0].text == WHOLE  # type: ignore[union-attr]
+    assert final.usage.output_tokens == TOKENS and final.stop_reason == "end_turn"
+    assert sum(1 for e in events if e.type == "message_start") == 1
+    assert sum(1 for e in events if e.type == "content_block_start") == 1
+    (cont,) = west.posts("/v1/messages")
+    last = cont.payload["messages"][-1]  # the Messages API's own prefill: a final assistant message
+    assert last == {"role": "assistant", "content": WHOLE[: len(last["content"])]}
+    assert len(last["content"].split()) == 20 and "continue_final_message" not in cont.payload
+    assert cont.payload["max_tokens"] == 80  # the whole answer keeps the client's limit
+
+
+def test_responses_stream_is_not_continued_and_names_the_original_failure(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    gw, west = east_cut(start_gateway, fault_servers, at=5)
+    events = list(client(gw).responses.create(model="grok-4", input="hi", stream=True))
+    last = events[-1]
+    assert last.type == "error" and last.code == "stream_interrupted"  # type: ignore[union-attr]
+    assert "us-east-1 dropped the connection mid-answer" in last.message  # type: ignore[union-attr]
+    assert west.posts("/v1/responses") == []
+
+
 STRICT_KEY = "rg-test-key-that-never-continues"
 STRICT_TEAM = '[[teams]]\nname = "strict"\nkeys = [{ id = "strict", env = "STRICT_KEY", continuation = false }]'
 
@@ -231,10 +274,7 @@ STRICT_TEAM = '[[teams]]\nname = "strict"\nkeys = [{ id = "strict", env = "STRIC
 def test_continuation_can_be_turned_off_per_key(
     start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
 ) -> None:
-    east, west, _ = fault_servers
-    east.default = Fault("cut", at=20)
-    cfg = world({"us-east-1": [backend(east)], "us-west-2": [backend(west)]}, extra=STRICT_TEAM)
-    gw = start_gateway(cfg, env={"STRICT_KEY": STRICT_KEY})
+    gw, west = east_cut(start_gateway, fault_servers, extra=STRICT_TEAM, env={"STRICT_KEY": STRICT_KEY})
     strict = openai.OpenAI(base_url=gw.url + "/v1", api_key=STRICT_KEY, max_retries=0)
     with pytest.raises(openai.APIError, match="us-east-1 dropped the connection mid-answer"):
         list(strict.chat.completions.create(model="grok-4", messages=MSG, stream=True))

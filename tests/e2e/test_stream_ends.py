@@ -102,6 +102,32 @@ def test_responses_stream_ends_with_response_completed(
     assert seqs == list(range(len(seqs)))  # the error event continues the numbering
 
 
+# The OpenAI spec's ResponseErrorEvent (openapi 2.3.0): exactly these members, all required.
+RESPONSE_ERROR_EVENT = {"type", "code", "message", "param", "sequence_number"}
+
+
+@pytest.mark.parametrize("fault", [Fault("cut", at=5), Fault("error_event", at=5)])
+def test_translated_responses_stream_errors_have_the_spec_shape(
+    fault: Fault, start_gateway: Callable[..., Proc], fault_server: FaultServer
+) -> None:
+    # responses = "chat": the gateway translates the backend's chat stream into Responses events.
+    fault_server.default = fault
+    spec = f'{{ kind = "http", url = "{fault_server.url}", responses = "chat", timeouts = {{ idle_s = 1 }} }}'
+    gw = start_gateway(world({"us-east-1": [spec]}))
+    got = _sse(gw, "/v1/responses", {"model": "grok-4", "input": "hi", "stream": True})
+    name, err = got[-1]
+    assert name == "error" and set(err) == RESPONSE_ERROR_EVENT, err
+    assert err["type"] == "error" and isinstance(err["message"], str) and err["param"] is None
+    assert err["code"] is None or isinstance(err["code"], str)
+    assert [e["sequence_number"] for _, e in got] == list(range(len(got)))
+    if fault.kind == "cut":
+        assert err["code"] == "stream_interrupted" and "us-east-1" in err["message"]
+    else:
+        assert "injected in-band failure" in err["message"]
+    events = list(client(gw, max_retries=0).responses.create(model="grok-4", input="hi", stream=True))
+    assert events[-1].type == "error"  # the official SDK reads it as its ResponseErrorEvent
+
+
 def test_messages_stream_ends_with_message_stop(
     start_gateway: Callable[..., Proc], fault_server: FaultServer
 ) -> None:
