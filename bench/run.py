@@ -184,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     workloads = load.quick_matrix() if args.quick else load.matrix(args.full)
     if shutil.which("h2load"):
         workloads += load.grpc_matrix(args.quick)
+    if args.only:
+        workloads = [w for w in workloads if w.name in args.only.split(",")]
     # --quick drives everything with the probe: sub-second cells (wrk counts whole seconds), no apt package.
     chat_client = "wrk" if shutil.which("wrk") and not (args.probe_only or args.quick) else "probe"
     work = Path(tempfile.mkdtemp(prefix="rg-bench-"))
@@ -274,6 +276,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         help="comma list: direct,regiongate-w1,regiongate-w2,regiongate-w1-redis,regiongate-w2-redis,nginx,litellm-w1",
     )
+    p.add_argument("--only", help="comma list of workload names, e.g. 'chat lat0 c32,grpc-unary lat0 c32'")
     p.add_argument("--gap", default="soon", help="upstream stream pacing: soon | burst | <ms>")
     p.add_argument("--pin-upstream", help="taskset CPU list for the upstream, e.g. 1")
     p.add_argument("--pin-proxy", help="taskset CPU list for the proxies, e.g. 0")

@@ -1,0 +1,126 @@
+"""Instructions per request, counted by valgrind's callgrind: a figure the load of a shared machine does not
+move, for comparing two versions of the gateway back to back.
+
+    .venv/bin/python -m bench.instructions [--requests 1000] [--paths rest,redis,grpc] [--pythonpath DIR]
+
+For each path it starts the fake upstream and ``regiongate serve --workers 1`` under ``valgrind
+--tool=callgrind --instr-atstart=no`` (start-up runs uninstrumented), sends 200 warm-up requests, switches
+instrumentation on (``callgrind_control -i on``), sends ``--requests`` more at 8 in flight, dumps and
+divides the instructions counted (all threads of the process) by the requests. Paths: ``rest`` (the
+benchmark's in-process config, chat lat0), ``redis`` (the same with ``[shared] redis`` and a team rate
+limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load).
+Callgrind counts user-space instructions only: system calls (the kernel's share of each read and write)
+are not in the figure, so it compares versions of regiongate, not regiongate with nginx.
+``--pythonpath`` runs another checkout's ``regiongate`` package (e.g. an older commit) with this bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import load, targets
+
+
+def _ir(out_dir: Path) -> int:
+    """Sum of the 'summary:' / 'totals:' lines of every dump file callgrind wrote after the switch-on."""
+    total = 0
+    for f in out_dir.glob("callgrind.out*"):
+        for line in f.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def _drive(t: targets.Target, path: str, n: int, work: Path) -> None:
+    if path == "grpc":
+        w = load.Workload("grpc", 16, 0, 8)
+        body = work / "grpc.bin"
+        body.write_bytes(w.grpc_body())
+        headers = [f"authorization: Bearer {targets.BENCH_KEY}", "content-type: application/grpc", "te: trailers"]
+        cmd = ["h2load", "-n", str(n), "-c", "1", "-m", "8", "-d", str(body)]
+        for h in headers:
+            cmd += ["-H", h]
+        out = subprocess.run(
+            [*cmd, f"http://127.0.0.1:{t.grpc_port}{w.grpc_path}"], capture_output=True, text=True, check=False
+        )
+        if f"{n} succeeded" not in out.stdout:
+            raise RuntimeError(f"h2load: {out.stdout[-1500:]}{out.stderr[-500:]}")
+        return
+    sample, raw = load.run_probe(t.url, load.Workload("chat", 16, 0, 8), 600.0, requests=n, show=True)
+    if sample.errors or sample.requests < n:
+        raise RuntimeError(f"{sample.errors} errors in {sample.requests} requests: {raw.get('statuses')}")
+
+
+def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
+    up = targets.start_upstream(work, "soon", None)
+    redis = targets.start_redis(work, None) if path == "redis" else None
+    cg = work / f"cg-{path}"
+    cg.mkdir()
+    prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={cg}/callgrind.out.%p"]
+    old_env = dict(os.environ)
+    if pythonpath:
+        os.environ["PYTHONPATH"] = pythonpath
+    try:
+        real_spawn = targets.spawn
+        targets.spawn = lambda cmd, log, env=None, cpus=None: real_spawn([*prefix, *cmd], log, env, cpus)  # type: ignore[assignment]
+        try:
+            rg = targets.start_regiongate(work, up.port, 1, None, [], redis)
+        finally:
+            targets.spawn = real_spawn  # type: ignore[assignment]
+        assert rg.proc is not None
+        try:
+            if path == "grpc":
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        load.check_grpc(rg.grpc_port)
+                        break
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(1)
+            _drive(rg, path, 200, work)  # warm-up: pools, caches, first-call paths
+            subprocess.run(["callgrind_control", "-i", "on", str(rg.proc.pid)], check=True, capture_output=True)
+            _drive(rg, path, n, work)
+            subprocess.run(["callgrind_control", "-d", str(rg.proc.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-i", "off", str(rg.proc.pid)], check=True, capture_output=True)
+            return _ir(cg) / n
+        finally:
+            rg.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+        if redis is not None:
+            redis.stop()
+        up.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--paths", default="rest,redis,grpc")
+    p.add_argument("--pythonpath", help="import regiongate from here (another checkout)")
+    a = p.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="rg-instr-"))
+    try:
+        for path in a.paths.split(","):
+            ir = measure(path, a.requests, work, a.pythonpath)
+            print(f"{path}: {ir / 1e6:.2f} M instructions per request ({a.requests} requests)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
