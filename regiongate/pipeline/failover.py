@@ -52,7 +52,7 @@ from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, str
 from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, tier_of
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.affinity import AffinityStore
-from regiongate.state.capacity import CapacityStore, Lease
+from regiongate.state.capacity import CapacityStore, Lease, Rider
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
@@ -81,6 +81,7 @@ class Inbound:
     affinity: Affinity | None = None  # where its prompt prefix was served recently (pipeline.affinity)
     conversation: str | None = None  # the client's conversation id header, when it sent one
     prefix_key: str | None = None  # its affinity key, when affinity is on and it has one
+    rider: Rider | None = None  # work its first capacity lease takes along (a hook's, e.g. rate limits)
 
     @property
     def include_usage(self) -> bool:
@@ -222,7 +223,9 @@ class Tracer(Protocol):
     """What the gateway asks of tracing (``[tracing]``, pipeline/tracing.py); the gateway holds None when it
     is off, so an untraced request pays one ``is None`` check per step."""
 
-    async def acquire(self, capacity: CapacityStore, dep: Deployment, limit: int) -> Lease | None: ...
+    async def acquire(
+        self, capacity: CapacityStore, dep: Deployment, limit: int, rider: Rider | None
+    ) -> Lease | None: ...
 
     async def attempt(
         self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str, continues: str | None
@@ -299,7 +302,16 @@ class Gateway:
             except RouteError as e:
                 self.metrics.refused(e.code, e.type)
                 raise
-        routed = await self._dispatch(inbound, started)
+        try:
+            routed = await self._dispatch(inbound, started)
+        except RouteError:
+            rider, inbound.rider = inbound.rider, None
+            if rider is not None:  # refused before any lease was taken: the rider's work is done alone
+                await rider.alone()
+                if rider.refusal is not None:
+                    self.metrics.refused(rider.refusal.code, rider.refusal.type)
+                    raise rider.refusal from None
+            raise
         if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
             routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
         routed.headers.append((TIER_HEADER, inbound.tier))
@@ -361,10 +373,14 @@ class Gateway:
             dep = fleet.deployments[(inbound.model, cand.region)]
             # The tier's share of the limit: the policy saw the same (core.tiers), the lease enforces it.
             limit = dep.limit - held_back(dep.limit, inbound.tier, dep.priority_reserve, dep.flex_limit)
+            rider, inbound.rider = inbound.rider, None  # the first lease carries it, once
             if tracing is None:
-                lease = await capacity.acquire(dep.key, limit)
+                lease = await capacity.acquire(dep.key, limit, rider)
             else:
-                lease = await tracing.acquire(capacity, dep, limit)
+                lease = await tracing.acquire(capacity, dep, limit, rider)
+            if rider is not None and rider.refusal is not None:
+                self.metrics.refused(rider.refusal.code, rider.refusal.type)
+                raise rider.refusal
             if lease is None:  # taken between snapshot and acquire (another replica or request)
                 failures.append(f"{cand.region}: full")
                 continue

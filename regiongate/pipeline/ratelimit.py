@@ -21,12 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from regiongate.config.scale import LimitsConfig, OutageMode, RateLimit
 from regiongate.core import RouteError
 from regiongate.pipeline.failover import Inbound, Routed
 from regiongate.pipeline.usage import UsageRecord
+from regiongate.state.capacity_redis import LEASE
 from regiongate.state.redis_link import ERRORS, RedisLink, shared_unavailable
 from regiongate.upstream.simulated import count_prompt_tokens
 
@@ -123,24 +124,43 @@ local function level_of(k, cap)
 end
 """
 
-# KEYS buckets; ARGV cap1, cost1, cap2, cost2, ... -> {allowed, wait_ms, level1, level2, ...}
-TAKE = (
+# Buckets KEYS[k0..], their (capacity, cost) pairs ARGV[a0..] -> {allowed, wait_ms, level1, level2, ...}
+_TAKE = """
+local function take(k0, a0)
+  local levels, wait, n = {}, 0, #KEYS - k0 + 1
+  for i = 1, n do
+    local cap, cost = tonumber(ARGV[a0 + 2 * i - 2]), tonumber(ARGV[a0 + 2 * i - 1])
+    levels[i] = level_of(KEYS[k0 + i - 1], cap)
+    if levels[i] < cost then wait = math.max(wait, (cost - levels[i]) * 60000 / cap) end
+  end
+  local out = {wait > 0 and 0 or 1, math.ceil(wait)}
+  for i = 1, n do
+    local k = KEYS[k0 + i - 1]
+    if wait <= 0 then levels[i] = levels[i] - tonumber(ARGV[a0 + 2 * i - 1]) end
+    redis.call('HSET', k, 'l', tostring(levels[i]), 't', now)
+    redis.call('PEXPIRE', k, 180000)
+    out[#out + 1] = tostring(levels[i])
+  end
+  return out
+end
+"""
+
+# KEYS buckets; ARGV cap1, cost1, cap2, cost2, ...
+TAKE = _NOW + _TAKE + "return take(1, 1)\n"
+
+# The buckets and the capacity lease in one script (``state.capacity.Rider``): KEYS lease set, buckets...;
+# ARGV limit, ttl_ms, token, cap1, cost1, ... -> {1 if leased, live leases (-1: not looked at), allowed,
+# wait_ms, levels...}. Refused by a limit: no lease is taken.
+ADMIT = (
     _NOW
+    + _TAKE
+    + LEASE
     + """
-local levels, wait = {}, 0
-for i, k in ipairs(KEYS) do
-  local cap, cost = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  levels[i] = level_of(k, cap)
-  if levels[i] < cost then wait = math.max(wait, (cost - levels[i]) * 60000 / cap) end
-end
-local out = {wait > 0 and 0 or 1, math.ceil(wait)}
-for i, k in ipairs(KEYS) do
-  local cost = tonumber(ARGV[2 * i])
-  if wait <= 0 then levels[i] = levels[i] - cost end
-  redis.call('HSET', k, 'l', tostring(levels[i]), 't', now)
-  redis.call('PEXPIRE', k, 180000)
-  out[#out + 1] = tostring(levels[i])
-end
+local out = take(2, 4)
+local leased, n = 0, -1
+if out[1] == 1 then leased, n = lease(now) end
+table.insert(out, 1, n)
+table.insert(out, 1, leased)
 return out
 """
 )
@@ -158,6 +178,11 @@ return 1
 )
 
 
+def take_of(out: Sequence[Any]) -> Take:
+    """What the TAKE step of a script returned: allowed, wait_ms, levels..."""
+    return Take(int(out[0]) == 1, int(out[1]) / 1000.0, tuple(float(x) for x in out[2:]))
+
+
 class RedisRates:
     """Buckets in Redis, shared by every replica; per-replica shares (or 503) while it is down."""
 
@@ -167,10 +192,14 @@ class RedisRates:
         self.retry_after_s = retry_after_s
         self._take = link.client.register_script(TAKE)
         self._settle = link.client.register_script(SETTLE)
+        self.admit = link.client.register_script(ADMIT)  # the buckets with a capacity lease (``_Rider``)
         self._fallback = LocalRates()
 
     def configure(self, mode: OutageMode) -> None:
         self.mode = mode
+
+    def key(self, bucket: Bucket) -> str:
+        return self._k(bucket.key)
 
     def _k(self, key: str) -> str:
         return self.link.key("rl", key)
@@ -185,7 +214,7 @@ class RedisRates:
             except ERRORS as e:
                 self.link.failed(e)
             else:
-                return Take(int(out[0]) == 1, int(out[1]) / 1000.0, tuple(float(x) for x in out[2:]))
+                return take_of(out)
         if self.mode == "fail-closed":
             raise shared_unavailable("Rate limiting", self.retry_after_s)
         shared = [
@@ -260,8 +289,34 @@ def _refusal(buckets: Sequence[Bucket], take: Take, headers: list[tuple[str, str
     )
 
 
+@dataclass(slots=True)
+class _Rider:
+    """A request's buckets, taken with its first capacity lease (``state.capacity.Rider``)."""
+
+    limits: RateLimits
+    inbound: Inbound
+    buckets: list[Bucket]
+    estimate: int
+    who: str
+    script: Any
+    keys: list[str]
+    refusal: RouteError | None = None
+
+    @property
+    def args(self) -> list[int]:
+        return [x for b in self.buckets for x in (b.capacity, b.cost)]
+
+    def answer(self, out: Sequence[Any]) -> None:
+        self.refusal = self.limits._admitted(self.inbound, self.buckets, self.estimate, self.who, take_of(out))
+
+    async def alone(self) -> None:
+        take = await self.limits.store.take(self.buckets)
+        self.refusal = self.limits._admitted(self.inbound, self.buckets, self.estimate, self.who, take)
+
+
 class RateLimits:
-    """The gateway ``Hook`` that enforces ``[limits]``."""
+    """The gateway ``Hook`` that enforces ``[limits]``. With Redis the buckets ride on the request's first
+    capacity lease (``_Rider``): one script, one round trip admits it."""
 
     def __init__(
         self, cfg: LimitsConfig, store: RateStore, share: Callable[[int], int] | None = None
@@ -311,14 +366,27 @@ class RateLimits:
                     status=429,
                     type="tokens",
                 )
-        take = await self.store.take(buckets)
+        store = self.store
+        if isinstance(store, RedisRates) and store.link.up:  # taken with the first lease, in one round trip
+            keys = [store.key(b) for b in buckets]
+            inbound.rider = _Rider(self, inbound, buckets, estimate, who, store.admit, keys)
+            return
+        refusal = self._admitted(inbound, buckets, estimate, who, await self.store.take(buckets))
+        if refusal is not None:
+            raise refusal
+
+    def _admitted(
+        self, inbound: Inbound, buckets: list[Bucket], estimate: int, who: str, take: Take
+    ) -> RouteError | None:
+        """Record what ``take`` charged (its headers, the tokens to settle); the 429 if it refused."""
         headers = _headers(buckets, take.levels)
         if not take.allowed:
-            raise _refusal(buckets, take, headers, who)
+            return _refusal(buckets, take, headers, who)
         tokens = [b for b in buckets if b.kind == "tokens"]
         if len(self._pending) > 10_000:
             self._sweep()
         self._pending[id(inbound)] = _Charge(estimate, tokens, headers, time.monotonic())
+        return None
 
     def after(self, inbound: Inbound, routed: Routed) -> None:
         charge = self._pending.get(id(inbound))

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from regiongate.pipeline.continuation import Hop
     from regiongate.pipeline.failover import Answered, Inbound, Routed
     from regiongate.pipeline.usage import UsageRecord
-    from regiongate.state.capacity import CapacityStore, Lease
+    from regiongate.state.capacity import CapacityStore, Lease, Rider
     from regiongate.state.fleet import Deployment
 
 # GenAI semantic conventions: gen_ai.operation.name by OpenAI path.
@@ -144,14 +144,16 @@ class Tracing:
         return [_TracedGrpc(self)]
 
     # --- hooks the gateway calls (pipeline/failover.py) -----------------------------------------------
-    async def acquire(self, capacity: CapacityStore, dep: Deployment, limit: int) -> Lease | None:
+    async def acquire(
+        self, capacity: CapacityStore, dep: Deployment, limit: int, rider: Rider | None = None
+    ) -> Lease | None:
         if not trace.get_current_span().is_recording():
-            return await capacity.acquire(dep.key, limit)
+            return await capacity.acquire(dep.key, limit, rider)
         with self.tracer.start_as_current_span(
             "capacity.acquire",
             attributes={"regiongate.region": dep.region, "gen_ai.request.model": dep.model},
         ) as span:
-            lease = await capacity.acquire(dep.key, limit)
+            lease = await capacity.acquire(dep.key, limit, rider)
             span.set_attribute("regiongate.capacity.granted", lease is not None)
             span.set_attribute("regiongate.capacity.limit", limit)  # the request's tier's share
             return lease

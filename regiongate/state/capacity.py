@@ -8,11 +8,12 @@ on completion, error or client disconnect.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from regiongate.config.scale import OutageMode
+from regiongate.core.errors import RouteError
 
 
 def deployment_key(model: str, region: str) -> str:
@@ -25,9 +26,34 @@ class Lease:
     token: str
 
 
+class Rider(Protocol):
+    """Work a request's first lease carries along: its rate limits (``pipeline.ratelimit``). A shared store
+    runs ``script`` (the rider's own steps, then the lease's: one atomic step, one round trip) with
+    KEYS = [the lease's set, *keys] and ARGV = [limit, ttl_ms, token, *args], and hands the rider what its
+    steps returned (``answer``); any other store calls ``alone`` first. Either way, a rider that refused
+    sets ``refusal`` and no lease is taken."""
+
+    refusal: RouteError | None
+
+    @property
+    def keys(self) -> Sequence[str]: ...
+
+    @property
+    def args(self) -> Sequence[int]: ...
+
+    @property
+    def script(self) -> Any:  # a regiongate.state.resp.Script
+        ...
+
+    def answer(self, out: Sequence[Any]) -> None: ...
+
+    async def alone(self) -> None: ...
+
+
 class CapacityStore(Protocol):
-    async def acquire(self, key: str, limit: int) -> Lease | None:
-        """Take one slot of ``key`` if fewer than ``limit`` are held; None when full."""
+    async def acquire(self, key: str, limit: int, rider: Rider | None = None) -> Lease | None:
+        """Take one slot of ``key`` if fewer than ``limit`` are held; None when full, or when ``rider``
+        refused (its ``refusal`` says why)."""
 
     async def release(self, lease: Lease) -> None:
         """Give the slot back. Releasing twice or an unknown lease is a no-op."""
@@ -53,7 +79,11 @@ class LocalCapacity:
         self._held: dict[str, set[str]] = {}
         self._ids = itertools.count(1)
 
-    async def acquire(self, key: str, limit: int) -> Lease | None:
+    async def acquire(self, key: str, limit: int, rider: Rider | None = None) -> Lease | None:
+        if rider is not None:
+            await rider.alone()
+            if rider.refusal is not None:
+                return None
         held = self._held.setdefault(key, set())
         if len(held) >= limit:
             return None

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 
 from regiongate.config.scale import OutageMode
-from regiongate.state.capacity import Lease
+from regiongate.state.capacity import Lease, Rider
 from regiongate.state.redis_link import ERRORS, RedisLink, shared_unavailable
 
 log = logging.getLogger("regiongate.capacity")
@@ -35,16 +35,26 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS set; ARGV limit, ttl_ms, token -> {1 if taken, live count}
+# The lease step, also the last step of a rider's script (``Rider``): KEYS[1] set; ARGV limit, ttl_ms, token
+# -> 1 if taken, live count.
+LEASE = """
+local function lease(now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= tonumber(ARGV[1]) then return 0, n end
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1, n + 1
+end
+"""
+
+# -> {1 if taken, live count}
 ACQUIRE = (
     _NOW
+    + LEASE
     + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[1]) then return {0, n} end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return {1, n + 1}
+local taken, n = lease(now)
+return {taken, n}
 """
 )
 
@@ -141,20 +151,31 @@ class RedisCapacity:
         self._counts[key] = int(count)  # type: ignore[call-overload]
 
     # --- the CapacityStore protocol ---------------------------------------------------------------
-    async def acquire(self, key: str, limit: int) -> Lease | None:
+    async def acquire(self, key: str, limit: int, rider: Rider | None = None) -> Lease | None:
         self._limits[key] = limit
         if self.link.up:
             token = f"{self.link.replica_id}:{next(self._ids)}"
+            args: list[int | str] = [limit, self.ttl_ms, token]
             try:
-                ok, n = await self._acquire(keys=self._k(key), args=[limit, self.ttl_ms, token])
+                if rider is None:
+                    ok, n = await self._acquire(keys=self._k(key), args=args)
+                else:  # the rider's steps and the lease in one script: one round trip admits the request
+                    out = await rider.script(keys=[*self._k(key), *rider.keys], args=[*args, *rider.args])
+                    ok, n = out[0], out[1]
+                    rider.answer(out[2:])
             except ERRORS as e:
                 self.link.failed(e)
             else:
-                self._seen(key, n)
+                if int(n) >= 0:  # -1: the rider refused before the lease step looked
+                    self._seen(key, n)
                 if int(ok) != 1:
                     return None
                 self._hold(token, key)
                 return Lease(key, token)
+        if rider is not None:
+            await rider.alone()
+            if rider.refusal is not None:
+                return None
         return self._degraded(key, limit)
 
     def _degraded(self, key: str, limit: int) -> Lease | None:
