@@ -72,7 +72,7 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
         real_spawn = targets.spawn
         targets.spawn = lambda cmd, log, env=None, cpus=None: real_spawn([*prefix, *cmd], log, env, cpus)  # type: ignore[assignment]
         try:
-            rg = targets.start_regiongate(work, up.port, 1, None, [], redis)
+            rg = targets.start_regiongate(work, up.port, 1, None, [], redis, ready_s=600)
         finally:
             targets.spawn = real_spawn  # type: ignore[assignment]
         assert rg.proc is not None
