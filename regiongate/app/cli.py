@@ -145,6 +145,8 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
             client_ip=args.client_ip,
             live=args.measure,
             prompt_tokens=args.prompt_tokens,
+            tier=args.tier,
+            affinity=args.affinity,
         )
     except ValueError as e:
         print(f"regiongate: {e}", file=sys.stderr)
@@ -255,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--measure", action="store_true", help="probe the HTTP backends and read their load metrics first"
+    )
+    e.add_argument("--tier", choices=["default", "flex", "priority"], default="default", help="service tier")
+    e.add_argument(
+        "--affinity",
+        metavar="REGION[:TOKENS]",
+        help="the region that served this request's prefix (and how many tokens of it): prompt-cache affinity",
     )
     e.add_argument("--config")
     e.set_defaults(func=cmd_route_explain)

@@ -15,10 +15,12 @@ from regiongate.app.runtime import build_fleet
 from regiongate.config import Config
 from regiongate.core import (
     ALL_ACCESS,
+    Affinity,
     Location,
     Plan,
     RouteError,
     RouteRequest,
+    Tier,
     decide,
     parse_location,
     resolve_endpoint,
@@ -79,6 +81,16 @@ async def measure(fleet: Fleet, cfg: Config, rounds: int = PROBE_ROUNDS) -> None
         await fleet.aclose()
 
 
+def _affinity(spec: str | None) -> Affinity | None:
+    """``REGION[:TOKENS]`` as the affinity table would hold it (the backend unknown: the region's order)."""
+    if not spec:
+        return None
+    region, _, tokens = spec.partition(":")
+    if tokens and not tokens.isdigit():
+        raise ValueError(f"--affinity must be REGION[:TOKENS], got {spec!r}")
+    return Affinity(region, "", int(tokens) if tokens else 0)
+
+
 def _client(cfg: Config, origin: str | None, client_ip: str | None) -> tuple[Location | None, str]:
     if origin:
         loc = parse_location(origin)
@@ -109,6 +121,8 @@ def explain(
     client_ip: str | None = None,
     live: bool = False,
     prompt_tokens: int = 0,
+    tier: str = "default",
+    affinity: str | None = None,
 ) -> tuple[str, bool]:
     """The rendered plan for ``model`` from a place on an endpoint, and whether the request is refused."""
     loc, said = _client(cfg, origin, client_ip)
@@ -121,6 +135,8 @@ def explain(
         raise ValueError(e.message) from None
     if live:
         asyncio.run(measure(fleet, cfg))
-    req = RouteRequest(model, endpoint, loc, ALL_ACCESS, max(prompt_tokens, 0))
+    req = RouteRequest(
+        model, endpoint, loc, ALL_ACCESS, max(prompt_tokens, 0), tier=Tier(tier), affinity=_affinity(affinity)
+    )
     plan = explain_plan(fleet, req)
     return render(plan, req, said), isinstance(plan, RouteError)

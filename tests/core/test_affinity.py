@@ -81,3 +81,17 @@ def test_affinity_to_the_same_pick_changes_nothing_but_the_note() -> None:
     plain = route(s, None)
     same = route(s, Affinity(plain.first.region, "", 10))
     assert same.first.region == plain.first.region
+
+
+def test_route_explain_takes_the_tier_and_the_affinity() -> None:
+    from regiongate.app.explain import explain
+    from regiongate.config import load_config
+
+    text, refused = explain(
+        load_config(None), "grok-4", "38.0,-98.9", "localhost", prompt_tokens=4000, affinity="us-west-2:3800"
+    )
+    assert not refused
+    row = next(line for line in text.splitlines() if line.startswith("us-west-2"))
+    assert "rank 1" in row and "prompt-cache affinity changed this" in row
+    text, _ = explain(load_config(None), "grok-4", None, "localhost", tier="flex")
+    assert "changed this" not in text  # nothing is full: the tier changes nothing
