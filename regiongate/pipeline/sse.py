@@ -99,6 +99,47 @@ def iter_json_events(raw: bytes) -> Iterator[dict[str, Any]]:
                 yield obj
 
 
+class ResponsesIndexes:
+    """The positions a Responses event names, for servers that leave them out. The openai SDK's stream
+    reader indexes its snapshot by ``output_index`` and ``content_index`` (a text delta without them raises
+    ``TypeError``) and orders by ``sequence_number``; llama-server (llama.cpp as of llama-cpp-python
+    0.3.36) sends none of the three, naming only ``item_id``. A position the server gives is kept."""
+
+    __slots__ = ("_items", "_parts")
+
+    def __init__(self) -> None:
+        self._items: dict[Any, int] = {}  # item id -> output index
+        self._parts: dict[Any, int] = {}  # item id -> content parts added so far
+
+    def fill(self, obj: dict[str, Any], sequence: int) -> bool:
+        """Add the missing positions to ``obj``; True when it changed."""
+        kind = obj.get("type")
+        if not isinstance(kind, str) or not kind.startswith("response."):
+            return False
+        changed = False
+        if "sequence_number" not in obj:
+            obj["sequence_number"] = sequence
+            changed = True
+        item = obj.get("item")
+        iid = item.get("id") if isinstance(item, dict) else obj.get("item_id")
+        if iid is None:
+            return changed
+        if isinstance(obj.get("output_index"), int):
+            self._items.setdefault(iid, obj["output_index"])
+        else:
+            obj["output_index"] = self._items.setdefault(iid, len(self._items))
+            changed = True
+        if kind.startswith(("response.content_part.", "response.output_text.")) and "content_index" not in obj:
+            added = self._parts.get(iid, 0)
+            if kind == "response.content_part.added":
+                self._parts[iid] = added + 1
+                obj["content_index"] = added
+            else:
+                obj["content_index"] = max(added - 1, 0)
+            changed = True
+        return changed
+
+
 class SseRelay:
     """One upstream stream, event by event. After the body ended, ``complete`` says whether the answer is
     whole by its protocol's rule; ``text`` and ``tool_calls`` say what the client has received of it."""
@@ -130,6 +171,7 @@ class SseRelay:
         self._open: set[int] = set()  # chat: choices seen without their finish_reason yet
         self._finished: set[int] = set()
         self._named: set[tuple[Any, Any]] = set()  # chat: (choice, tool call) whose name was relayed
+        self._indexes = ResponsesIndexes()
         self._buf = b""
         self._crlf = False
 
@@ -211,10 +253,13 @@ class SseRelay:
             if isinstance(piece, str):
                 self.deltas += 1
                 self.chars += len(piece)
+        changed = self.kind is StreamKind.RESPONSES and self._indexes.fill(obj, self.sequence)
         seq = obj.get("sequence_number")
         if isinstance(seq, int):
             self.sequence = seq + 1
         self._usage_of(obj)
+        if changed:
+            return named_event(str(kind), obj) if ev.startswith(b"event:") else event(obj)
         return ev
 
     def _chat(self, ev: bytes, obj: dict[str, Any]) -> bytes:

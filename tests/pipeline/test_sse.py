@@ -110,3 +110,35 @@ def test_a_chat_stream_without_a_finish_reason_or_done_is_never_complete() -> No
     two.feed(chunk("a", "x") + b'data: {"id": "a", "choices": [{"index": 1, "delta": {"content": "y"}}]}\n\n')
     two.feed(chunk("a", finish="stop"))
     assert not two.complete
+
+
+def test_responses_events_without_positions_get_them() -> None:
+    """llama-server's Responses stream names only item_id; the openai SDK's reader needs output_index,
+    content_index and sequence_number. A stream that has them passes as the same bytes."""
+    r = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
+
+    def ev(obj: dict[str, object]) -> bytes:
+        return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+    msg = {"type": "message", "id": "msg_1", "content": []}
+    fc = {"type": "function_call", "id": "fc_1", "name": "f", "arguments": ""}
+    raw = [
+        {"type": "response.created", "response": {"id": "r"}},
+        {"type": "response.output_item.added", "item": msg},
+        {"type": "response.content_part.added", "item_id": "msg_1", "part": {"type": "output_text", "text": ""}},
+        {"type": "response.output_text.delta", "item_id": "msg_1", "delta": "hi"},
+        {"type": "response.output_item.done", "item": msg},
+        {"type": "response.output_item.added", "item": fc},
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "delta": "{}"},
+        {"type": "response.completed", "response": {"id": "r"}},
+    ]
+    out = r.feed(b"".join(ev(o) for o in raw))
+    assert out.startswith(b"event: response.created\ndata: ")
+    got = [orjson.loads(e.split(b"data: ", 1)[1]) for e in out.split(b"\n\n") if e]
+    assert [e["sequence_number"] for e in got] == list(range(8))
+    assert [e.get("output_index") for e in got] == [None, 0, 0, 0, 0, 1, 1, None]
+    assert [e.get("content_index") for e in got] == [None, None, 0, 0, None, None, None, None]
+    assert r.complete
+    whole = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
+    full = ev({**raw[3], "output_index": 0, "content_index": 0, "sequence_number": 0})
+    assert whole.feed(full) == full
