@@ -1,8 +1,8 @@
 """Continuation end to end against llama.cpp's ``llama-server`` as the second region's backend: the first
 region's backend (the fault server) cuts the stream, llama-server continues it from the delivered text.
 
-Its fixture (``llama_server``, ``tests/support/llama.py``) comes from the llama-server work; until that is
-in the tree this module is skipped as a whole. Found with llama-server 0.3.36: given a bare assistant
+Its fixture: ``llama_server`` (``tests/support/llama.py``; skipped when not built, failed under CI). Found
+with llama-server 0.3.36: given a bare assistant
 prefill it repeats the prefill in its first delta (the relay takes the echo off); with vLLM's
 ``continue_final_message`` + ``add_generation_prompt: false`` it sends only the new tokens."""
 
@@ -12,12 +12,11 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support import llama
 from tests.support.clients import client
 from tests.support.faults import Fault, FaultServer
 from tests.support.procs import Proc
 from tests.support.worlds import world
-
-llama = pytest.importorskip("tests.support.llama", reason="the llama-server fixture is not in this tree yet")
 
 
 @pytest.mark.parametrize("prefill", ["vllm", "llama.cpp"])
