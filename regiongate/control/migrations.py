@@ -92,6 +92,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "usage records say whether their tokens were estimated (the backend reported none)",
         ("ALTER TABLE usage_records ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT FALSE",),
     ),
+    Migration(
+        5,
+        "usage records name the hops of a stream continued mid-answer ('; '-separated, in order)",
+        ("ALTER TABLE usage_records ADD COLUMN hops TEXT NOT NULL DEFAULT ''",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

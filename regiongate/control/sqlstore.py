@@ -350,6 +350,7 @@ class SqlStore(SqlWorker):
                 r.ttft_ms,
                 r.total_ms,
                 r.estimated,
+                "; ".join(r.hops),
             )
             for r in records
         ]
@@ -359,13 +360,20 @@ class SqlStore(SqlWorker):
                 self.dialect.executemany(
                     self._c(),
                     "INSERT INTO usage_records (at, day, request_id, team, key_id, model, endpoint, region, "
-                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated, hops) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
         if rows:
             await self._run(run)
+
+    async def hops_of(self, request_id: str) -> list[str]:
+        def run() -> list[str]:
+            row = self._q("SELECT hops FROM usage_records WHERE request_id = ?", (request_id,)).fetchone()
+            return row[0].split("; ") if row is not None and row[0] else []
+
+        return await self._run(run)
 
     async def usage(self, team: str, since_day: str | None = None) -> list[UsageRow]:
         def run() -> list[UsageRow]:

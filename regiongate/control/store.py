@@ -53,6 +53,11 @@ class ControlStore(Protocol):
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None: ...
 
+    async def hops_of(self, request_id: str) -> list[str]:
+        """The hops a request's usage record names, in order ("region backend (why it moved)"): those of a
+        stream continued mid-answer; empty for any other request."""
+        ...
+
     async def usage(self, team: str, since_day: str | None = None) -> list[UsageRow]:
         """Usage of ``team`` aggregated by day (UTC), model and region, oldest first."""
 

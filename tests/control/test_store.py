@@ -4,6 +4,7 @@ usage writer over a real store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -194,6 +195,14 @@ async def test_usage_is_aggregated_by_day_model_and_region(store: ControlStore) 
     assert rows[2].avg_ttft_ms == pytest.approx(80.0) and rows[1].avg_ttft_ms is None
     assert [r.day for r in await store.usage("acme", since_day=day)] == [day, day, day]
     assert await store.usage("nobody") == []
+
+
+async def test_usage_records_keep_a_continued_streams_hops(store: ControlStore) -> None:
+    hops = ("us-east-1 us-east-1/grok-4/0 (first)", "us-west-2 us-west-2/grok-4/0 (the backend in us-east-1 went silent)")
+    continued = dataclasses.replace(record("acme", 1000.0), request_id="req_continued", hops=hops)
+    await store.write_usage([continued, record("acme", 1001.0)])
+    assert await store.hops_of("req_continued") == list(hops)
+    assert await store.hops_of("req_1001.0") == [] and await store.hops_of("req_none") == []
 
 
 async def test_signing_keys_are_published_once(store: ControlStore) -> None:
