@@ -58,6 +58,8 @@ def resolve(asked: str | None, key_default: Tier, allowed: frozenset[Tier] | Non
 
 def view(dep: DeploymentState, tier: Tier) -> DeploymentState:
     """``dep`` as a request of ``tier`` sees it: its held-back slots no longer free (itself when none are)."""
+    if not dep.priority_reserve and (tier is not Tier.FLEX or dep.flex_limit is None):
+        return dep  # the common case (no tiers configured), without a copy or a computation
     held = held_back(dep.limit, tier, dep.priority_reserve, dep.flex_limit)
     if held == dep.held:
         return dep
