@@ -32,6 +32,7 @@ from tests.support.standin import Standin
 from tests.support.worlds import world
 
 MODEL = llama.MODEL  # every column offers the same model name
+VIA_CHAT = MODEL + "-via-chat"  # llama-server's column only: responses = "chat"
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
 FAST_SIM = '{ kind = "simulated", ttft_ms = 1, tokens_per_s = 5000 }'
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,8 @@ CLOSE_JSON = {"1": 30, "92": 30, "20662": 30}
 COLUMNS = {"llama-server": "llama-server", "simulated": "simulated", "vllm": "vLLM", "sglang": "SGLang"}
 # Cells a server does not offer: what the README says instead of a tick (and the test checks instead).
 UNSUPPORTED: dict[tuple[str, str], str] = {
+    # llama-server's own /v1/responses ignores text.format (its conversion to chat drops it).
+    ("llama-server", "Responses parse"): "text.format ignored",
     # The stand-ins record servers without the Anthropic API (vLLM has it from 0.11.1 on; not recorded).
     **{
         (k, c): "no /v1/messages"
@@ -94,11 +97,14 @@ class Target:
 @pytest.fixture(scope="module", params=list(COLUMNS))
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     backend: str = request.param
-    upstream, standin = None, None
+    upstream, standin, extra = None, None, ""
     if backend == "llama-server":
         server: Proc = request.getfixturevalue("llama_server")
         upstream = server.url + "/v1"
         spec = f'{{ kind = "http", server = "llama.cpp", url = "{upstream}", prefill = "llama.cpp" }}'
+        # The same server with /v1/responses translated to chat by the gateway (see "Responses parse").
+        via_chat = f'{{ kind = "http", server = "llama.cpp", url = "{upstream}", model = "{MODEL}", responses = "chat" }}'
+        extra = f'[[deployments]]\nregion = "us-east-1"\nmodels = ["{VIA_CHAT}"]\nbackends = [{via_chat}]\n'
     elif backend == "simulated":
         spec = FAST_SIM
     else:  # neither has /v1/responses in the stand-in: the gateway translates it to chat
@@ -108,7 +114,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     grpc_port = free_port()
     try:
         gw = spawn_gateway(
-            world({"us-east-1": [spec]}, model=MODEL),
+            world({"us-east-1": [spec]}, model=MODEL, extra=extra),
             tmp_path_factory.mktemp(f"matrix-{backend}"),
             args=["--grpc-port", str(grpc_port)],
         )
@@ -345,6 +351,25 @@ def _responses(t: Target) -> None:
     r = t.openai().responses.create(model=MODEL, input="Say hello", max_output_tokens=8)
     assert r.object == "response" and r.status in ("completed", "incomplete")
     assert r.output_text and r.usage is not None and r.usage.output_tokens > 0
+
+
+@cell("Responses parse")
+def _responses_parse(t: Target) -> None:
+    c = t.openai()
+    model = MODEL
+    if t.lacks("Responses parse"):
+        # Relayed as the server answers it: text that is not the JSON asked for, as it says directly.
+        ask = {"model": MODEL, "input": "Weather?", "temperature": 0, "max_output_tokens": 16}
+        fmt = {"format": {"type": "json_schema", "name": "Weather", "schema": Weather.model_json_schema()}}
+        via = c.responses.create(**ask, text=fmt)  # type: ignore[call-overload]
+        assert t.upstream is not None
+        direct = httpx.post(t.upstream + "/responses", json={**ask, "text": fmt}, timeout=30).json()
+        assert via.output_text == direct["output"][0]["content"][0]["text"]
+        with pytest.raises(ValueError):
+            Weather.model_validate_json(via.output_text)
+        model = VIA_CHAT  # the remedy: the gateway translates /v1/responses to chat, where the grammar holds
+    parsed = c.responses.parse(model=model, input="Weather?", text_format=Weather, max_output_tokens=200)
+    assert isinstance(parsed.output_parsed, Weather)
 
 
 @cell("Responses stream")
