@@ -205,6 +205,8 @@ class Engine:
         snapshot object is reused when no state was rebuilt."""
         deps = self.by_model[mi]
         prior = self.typical[mi]
+        if not self.learns:  # the baselines' estimates never move: only a changed state is rebuilt
+            return self._unlearned_snapshot(mi, now, deps, prior)
         if prior is None:  # a sample arrived since: the model's typical numbers, as the fleet takes them
             prior = self.typical[mi] = typical(self.ttfts[mi])
         pb = prior.base_ms
@@ -231,9 +233,27 @@ class Engine:
         snap = self.snaps[mi]
         if snap is not None and not rebuilt:
             return snap
-        t = tuple(states)
+        return self._snapshot_of(mi, tuple(states))
+
+    def _unlearned_snapshot(
+        self, mi: int, now: float, deps: list[Dep], prior: Typical | None
+    ) -> WorldSnapshot:
+        snap = self.snaps[mi]
+        if snap is not None:
+            return snap
+        assert prior is not None  # set once for an engine that does not learn
+        qd = self.queue_depth
+        states = []
+        for d in deps:
+            s = d.state
+            if s is None:
+                s = d.state = self._state(d, now, prior, len(d.waiting) if qd else 0)
+            states.append(s)
+        return self._snapshot_of(mi, tuple(states))
+
+    def _snapshot_of(self, mi: int, t: tuple[DeploymentState, ...]) -> WorldSnapshot:
         base = self._base
-        snap = WorldSnapshot(
+        snap = self.snaps[mi] = WorldSnapshot(
             base.regions,
             dict(zip(self.keys[mi], t, strict=False)),
             base.gateway_location,
@@ -242,7 +262,6 @@ class Engine:
             base.gateway_rtt_ms,
             base.retry_after_s,
         )
-        self.snaps[mi] = snap
         return snap
 
     @staticmethod

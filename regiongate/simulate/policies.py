@@ -29,7 +29,6 @@ from collections.abc import Callable
 
 from regiongate.core import (
     DeploymentState,
-    Location,
     RouteError,
     RouteRequest,
     WorldSnapshot,
@@ -56,9 +55,10 @@ def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[Deployment
 
 
 def _candidate(d: DeploymentState, route: Route, network_ms: float) -> Candidate:
+    backends = d.backends
     return Candidate(
         d.region,
-        tuple(b.id for b in d.backends if b.healthy),
+        (backends[0].id,) if len(backends) == 1 else tuple(b.id for b in backends if b.healthy),
         route,
         Estimate(network_ms, "client-distance", 0.0),
         d.free,
@@ -79,11 +79,11 @@ class _Baseline:
     learns = False
 
     def __init__(self) -> None:
-        self._rtt: dict[tuple[Location, str], float] = {}
+        self._rtt: dict[tuple[float, float, str], float] = {}
 
     def rtt_ms(self, snapshot: WorldSnapshot, request: RouteRequest, region: str) -> float:
         origin = request.client_location or snapshot.gateway_location
-        key = (origin, region)
+        key = (origin.lat, origin.lon, region)  # floats hash in C; the Location dataclass in Python
         v = self._rtt.get(key)
         if v is None:
             v = self._rtt[key] = rtt_from_distance_ms(origin, snapshot.regions[region].location)
