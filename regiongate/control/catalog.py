@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from regiongate.config import Config
 from regiongate.core import Access, Grant
 from regiongate.core.errors import Invalid
+from regiongate.state.first_byte import MAX_BUDGET_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,18 @@ class Offer:
         ):
             raise Invalid(
                 "'spill_budget_ms' must be a non-negative number of milliseconds.", param="spill_budget_ms"
+            )
+        return float(value)
+
+    @staticmethod
+    def ttft_budget(value: object) -> float | None:
+        """A key's first-byte budget: milliseconds in (0, 10 min], as the request header takes."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_BUDGET_MS:
+            raise Invalid(
+                f"'ttft_budget_ms' must be a number of milliseconds in (0, {MAX_BUDGET_MS:g}].",
+                param="ttft_budget_ms",
             )
         return float(value)
 

@@ -151,7 +151,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     async def body(ops: Any) -> int:
         action = args.keys_command
         if action == "create":
-            key, secret = await ops.create_key(args.team, args.name, args.zone, args.spill_budget_ms)
+            key, secret = await ops.create_key(
+                args.team, args.name, args.zone, args.spill_budget_ms, not args.no_continuation, args.ttft_budget_ms
+            )
             if args.json:
                 print(json.dumps(dict(key.to_json(), key=secret), indent=2))
                 return 0
@@ -339,6 +341,8 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="a label for the key")
     p.add_argument("--zone", help="serve this key only inside one data zone (e.g. eu)")
     p.add_argument("--spill-budget-ms", type=float, help="global spillover only within this latency budget")
+    p.add_argument("--no-continuation", action="store_true", help="never continue its broken streams elsewhere")
+    p.add_argument("--ttft-budget-ms", type=float, help="cap every first-byte wait of its streams")
     p.add_argument("--json", action="store_true")
     _common(p)
     p = ksub.add_parser("list", help="list keys (never the secret)")

@@ -11,7 +11,7 @@ call one operation, render JSON. Errors use the OpenAI error body like the rest 
     PUT    /admin/teams/{team}/grants            {"grants": null | [{"model", "region"?}]}
     GET    /admin/teams/{team}/models?region=R   the models x regions matrix
     GET    /admin/teams/{team}/usage?days=N      usage by day, model and region
-    POST   /admin/teams/{team}/keys              {"name"?, "zone"?, "spill_budget_ms"?} -> 201, key shown once
+    POST   /admin/teams/{team}/keys              {"name"?, "zone"?, "spill_budget_ms"?, "continuation"?, "ttft_budget_ms"?} -> 201, key shown once
     GET    /admin/keys?team=T                    keys (never the secret)
     DELETE /admin/keys/{id}                      revoke
 """
@@ -204,9 +204,14 @@ class AdminApi:
 
     # --- keys ----------------------------------------------------------------------------------------
     async def create_key(self, call: Call) -> tuple[int, Any]:
-        body = await call.json({"name", "zone", "spill_budget_ms"})
+        body = await call.json({"name", "zone", "spill_budget_ms", "continuation", "ttft_budget_ms"})
         key, secret = await self.ops.create_key(
-            call.params["team"], body.get("name"), body.get("zone"), body.get("spill_budget_ms")
+            call.params["team"],
+            body.get("name"),
+            body.get("zone"),
+            body.get("spill_budget_ms"),
+            body.get("continuation", True),
+            body.get("ttft_budget_ms"),
         )
         return 201, dict(key.to_json(), key=secret)
 

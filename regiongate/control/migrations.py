@@ -97,6 +97,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "usage records name the hops of a stream continued mid-answer ('; '-separated, in order)",
         ("ALTER TABLE usage_records ADD COLUMN hops TEXT NOT NULL DEFAULT ''",),
     ),
+    Migration(
+        6,
+        "a key's stream settings: continuation on or off, its own first-byte budget",
+        (
+            "ALTER TABLE api_keys ADD COLUMN continuation BOOLEAN NOT NULL DEFAULT TRUE",
+            "ALTER TABLE api_keys ADD COLUMN ttft_budget_ms {float}",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

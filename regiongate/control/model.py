@@ -64,6 +64,8 @@ class ApiKey:
     spill_budget_ms: float | None
     created_at: float
     revoked_at: float | None = None
+    continuation: bool = True  # its streams broken mid-answer may be continued elsewhere in scope
+    ttft_budget_ms: float | None = None  # caps every first-byte wait of its streams
 
     @property
     def active(self) -> bool:
@@ -77,6 +79,8 @@ class ApiKey:
             "hint": self.hint + "…",
             "zone": self.zone,
             "spill_budget_ms": self.spill_budget_ms,
+            "continuation": self.continuation,
+            "ttft_budget_ms": self.ttft_budget_ms,
             "created_at": round(self.created_at, 3),
             "revoked_at": round(self.revoked_at, 3) if self.revoked_at is not None else None,
             "active": self.active,
@@ -93,6 +97,8 @@ class NewKey:
     name: str = ""
     zone: str | None = None
     spill_budget_ms: float | None = None
+    continuation: bool = True
+    ttft_budget_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,15 +82,27 @@ class Operations:
         await self._after_change()
 
     async def create_key(
-        self, team: object, name: object = None, zone: object = None, spill_budget_ms: object = None
+        self,
+        team: object,
+        name: object = None,
+        zone: object = None,
+        spill_budget_ms: object = None,
+        continuation: object = True,
+        ttft_budget_ms: object = None,
     ) -> tuple[ApiKey, str]:
         """A new key for ``team``: the secret is returned once and only its hash is stored."""
         team_name = check_name(team)
         label = check_label(name)
         z = self.offer.zone(zone)
         budget = self.offer.budget(spill_budget_ms)
+        continuation = True if continuation is None else continuation
+        if not isinstance(continuation, bool):
+            raise Invalid("'continuation' must be true or false.", param="continuation")
+        ttft = self.offer.ttft_budget(ttft_budget_ms)
         secret = new_key()
-        new = NewKey("key_" + secrets.token_hex(6), hash_key(secret), secret[:7], label, z, budget)
+        new = NewKey(
+            "key_" + secrets.token_hex(6), hash_key(secret), secret[:7], label, z, budget, continuation, ttft
+        )
         key = await self.store.add_key(team_name, new)
         await self._after_change()
         return key, secret

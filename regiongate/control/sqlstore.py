@@ -56,7 +56,10 @@ class Dialect(Protocol):
     def description(self) -> str: ...
 
 
-_KEY_COLUMNS = "k.id, t.name, k.name, k.hint, k.zone, k.spill_budget_ms, k.created_at, k.revoked_at"
+_KEY_COLUMNS = (
+    "k.id, t.name, k.name, k.hint, k.zone, k.spill_budget_ms, k.created_at, k.revoked_at, k.continuation, "
+    "k.ttft_budget_ms"
+)
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
@@ -69,6 +72,8 @@ def _key(row: Sequence[Any]) -> ApiKey:
         None if row[5] is None else float(row[5]),
         float(row[6]),
         None if row[7] is None else float(row[7]),
+        bool(row[8]),
+        None if row[9] is None else float(row[9]),
     )
 
 
@@ -267,7 +272,7 @@ class SqlStore(SqlWorker):
                 with self._tx(bump=True):
                     self._q(
                         "INSERT INTO api_keys (id, team_id, name, key_hash, hint, zone, spill_budget_ms, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "created_at, continuation, ttft_budget_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             key.id,
                             self._team_id(team),
@@ -277,6 +282,8 @@ class SqlStore(SqlWorker):
                             key.zone,
                             key.spill_budget_ms,
                             time.time(),
+                            key.continuation,
+                            key.ttft_budget_ms,
                         ),
                     )
             except self.dialect.integrity_errors:
@@ -317,15 +324,16 @@ class SqlStore(SqlWorker):
             for team_id, model, region in self._q("SELECT team_id, model, region FROM grants").fetchall():
                 grants.setdefault(int(team_id), []).append(Grant(model, region or None))
             rows = self._q(
-                "SELECT k.key_hash, k.id, k.zone, k.spill_budget_ms, t.id, t.name, t.restricted "
+                "SELECT k.key_hash, k.id, k.zone, k.spill_budget_ms, t.id, t.name, t.restricted, "
+                "k.continuation, k.ttft_budget_ms "
                 "FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.revoked_at IS NULL"
             ).fetchall()
             signing = self._q("SELECT jwk FROM signing_keys ORDER BY created_at").fetchall()
         by_hash: dict[str, Principal] = {}
-        for key_hash, key_id, zone, budget, team_id, team, restricted in rows:
+        for key_hash, key_id, zone, budget, team_id, team, restricted, cont, ttft in rows:
             team_grants = tuple(grants.get(int(team_id), ())) if restricted else None
             access = Access(team, team_grants, zone, None if budget is None else float(budget))
-            by_hash[key_hash] = Principal(team, key_id, access)
+            by_hash[key_hash] = Principal(team, key_id, access, bool(cont), None if ttft is None else float(ttft))
         return AccessSnapshot(rev, by_hash, tuple(json.loads(r[0]) for r in signing))
 
     async def load_access(self) -> AccessSnapshot:

@@ -61,6 +61,12 @@ def test_teams_and_keys(capsys: pytest.CaptureFixture[str], store: str) -> None:
     assert code == 1 and "Unknown team 'ghost'" in err
     code, _, err = run(capsys, store, "keys", "create", "--team", "acme", "--zone", "mars")
     assert code == 1 and "Unknown data zone 'mars'" in err
+    args = ("keys", "create", "--team", "acme", "--no-continuation", "--ttft-budget-ms", "300", "--json")
+    code, out, _ = run(capsys, store, *args)
+    strict = json.loads(out)
+    assert code == 0 and strict["continuation"] is False and strict["ttft_budget_ms"] == 300.0
+    code, _, err = run(capsys, store, "keys", "create", "--team", "acme", "--ttft-budget-ms", "0")
+    assert code == 1 and "ttft_budget_ms" in err
 
     assert run(capsys, store, "keys", "revoke", created["id"])[0] == 0
     code, _, err = run(capsys, store, "keys", "revoke", created["id"])

@@ -197,6 +197,19 @@ async def test_usage_is_aggregated_by_day_model_and_region(store: ControlStore) 
     assert await store.usage("nobody") == []
 
 
+async def test_a_keys_stream_settings_reach_its_principal(store: ControlStore) -> None:
+    await store.create_team("acme")
+    plain = await store.add_key("acme", key(1))
+    strict = await store.add_key("acme", dataclasses.replace(key(2), continuation=False, ttft_budget_ms=300.0))
+    assert (plain.continuation, plain.ttft_budget_ms) == (True, None)
+    assert (strict.continuation, strict.ttft_budget_ms) == (False, 300.0)
+    assert strict.to_json()["continuation"] is False and strict.to_json()["ttft_budget_ms"] == 300.0
+    snap = await store.load_access()
+    p1, p2 = snap.by_hash[hash_key("rg-secret-1")], snap.by_hash[hash_key("rg-secret-2")]
+    assert (p1.continuation, p1.ttft_budget_ms) == (True, None)
+    assert (p2.continuation, p2.ttft_budget_ms) == (False, 300.0)
+
+
 async def test_usage_records_keep_a_continued_streams_hops(store: ControlStore) -> None:
     hops = ("us-east-1 us-east-1/grok-4/0 (first)", "us-west-2 us-west-2/grok-4/0 (the backend in us-east-1 went silent)")
     continued = dataclasses.replace(record("acme", 1000.0), request_id="req_continued", hops=hops)
