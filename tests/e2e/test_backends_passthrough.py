@@ -7,10 +7,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import grpc
 import httpx
 import openai
 import pytest
+from xai_sdk.chat import user
 
+from tests.support.faults import grpc_gateway
 from tests.support.procs import DEMO_KEY, Proc
 from tests.support.standin import POISON, Standin
 from tests.support.worlds import world
@@ -91,3 +94,18 @@ def _usage(gw: Proc) -> list[dict[str, int]]:
         if sum(r["requests"] for r in rows) >= 2 or time.monotonic() > deadline:
             return rows
         time.sleep(0.1)
+
+
+def test_the_500_message_reaches_xai_sdk_over_grpc(
+    start_gateway: Callable[..., Proc], standin: Callable[..., Standin]
+) -> None:
+    s = standin("vllm", model="m")
+    config = world({"us-east-1": [_spec(s, ', server = "vllm"')]}, model="m")
+    _, client = grpc_gateway(start_gateway, config)
+    chat = client.chat.create(model="m")
+    chat.append(user(f"hi {POISON}"))
+    with pytest.raises(grpc.RpcError) as err:
+        chat.sample()
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "answered HTTP 500: poisoned request: cannot build the prompt" in (err.value.details() or "")
+    assert "Tried: us-east-1/us-east-1/m/0" in (err.value.details() or "")

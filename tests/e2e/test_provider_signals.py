@@ -92,9 +92,10 @@ def test_transient_failure_on_the_only_backend_is_retried_once(
     )
     if fault.kind == "reset":
         return  # (a reset on a pooled connection right after the write may also be a stale one: upstream.h1)
-    east.script(fault, fault)  # twice: one retry only, then a clean refusal
+    east.script(fault, fault)  # twice: one retry only, then the backend's own status and message
     e = refused(gw, "us-east-1.localhost")
-    assert e.status_code == 503 and len(east.posts()) == 4
+    assert e.status_code == 500 and len(east.posts()) == 4
+    assert "answered HTTP 500: injected HTTP 500. Tried: " in e.message
 
 
 def test_transient_failure_with_another_backend_moves_on_without_a_retry(
