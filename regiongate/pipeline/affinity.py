@@ -22,39 +22,44 @@ _MAX_ID = 256  # longer client ids are hashed like the rest; nothing client-size
 
 def prefix_key(
     path: str, payload: dict[str, Any], team: str, model: str, conversation: str | None
-) -> str | None:
-    """The affinity key of one request, or None when nothing in it names or repeats a prefix."""
-    kind, value = _source(path, payload, conversation)
-    if kind is None:
+) -> tuple[str, bool] | None:
+    """The affinity key of one request and whether to look it up, or None when nothing in it names or
+    repeats a prefix. A request keyed by its leading messages that does not go on past them is a first
+    turn: no earlier turn can have left its prefix anywhere, so it is only remembered, never looked up
+    (single-turn traffic costs the shared table no read)."""
+    found = _source(path, payload, conversation)
+    if found is None:
         return None
+    kind, value, later = found
     h = hashlib.blake2b(digest_size=16)
     for part in (team, model, kind):
         h.update(part.encode())
         h.update(b"\0")
     h.update(value)
-    return h.hexdigest()
+    return h.hexdigest(), later
 
 
-def _source(path: str, payload: dict[str, Any], conversation: str | None) -> tuple[str | None, bytes]:
+def _source(path: str, payload: dict[str, Any], conversation: str | None) -> tuple[str, bytes, bool] | None:
     explicit = payload.get("prompt_cache_key")
     if isinstance(explicit, str) and explicit:
-        return "key", explicit[:_MAX_ID].encode()
+        return "key", explicit[:_MAX_ID].encode(), True
     if conversation:
-        return "conv", conversation[:_MAX_ID].encode()
+        return "conv", conversation[:_MAX_ID].encode(), True
     user = payload.get("user")
     if isinstance(user, str) and user:
-        return "user", user[:_MAX_ID].encode()
+        return "user", user[:_MAX_ID].encode(), True
     lead = _leading(path, payload)
     if lead is None:
-        return None, b""
+        return None
     try:
-        return "lead", orjson.dumps(lead)
+        return "lead", orjson.dumps(lead[0]), lead[1]
     except TypeError:
-        return None, b""
+        return None
 
 
-def _leading(path: str, payload: dict[str, Any]) -> list[Any] | None:
-    """The messages up to and including the first user turn (with Anthropic's ``system`` first)."""
+def _leading(path: str, payload: dict[str, Any]) -> tuple[list[Any], bool] | None:
+    """The messages up to and including the first user turn (with Anthropic's ``system`` or the Responses
+    API's ``instructions`` first), and whether more messages follow them."""
     if path == "/responses":
         msgs = payload.get("input")
         head: list[Any] = [payload.get("instructions")] if payload.get("instructions") else []
@@ -70,5 +75,5 @@ def _leading(path: str, payload: dict[str, Any]) -> list[Any] | None:
         return None
     for i, m in enumerate(msgs):
         if isinstance(m, dict) and m.get("role") == "user":
-            return head + msgs[: i + 1]
+            return head + msgs[: i + 1], len(msgs) > i + 1
     return None

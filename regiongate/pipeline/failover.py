@@ -294,8 +294,9 @@ class Gateway:
                 inbound.path, inbound.payload, inbound.principal.team, inbound.model, inbound.conversation
             )
             if pkey is not None:
-                inbound.prefix_key = pkey
-                inbound.affinity = await self.affinity.get(pkey)
+                inbound.prefix_key = pkey[0]
+                if pkey[1]:  # a later turn (or an explicit key): its prefix may be held somewhere
+                    inbound.affinity = await self.affinity.get(pkey[0])
         for hook in self.hooks:
             try:
                 await hook.before(inbound)

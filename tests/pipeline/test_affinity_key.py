@@ -21,7 +21,8 @@ def key(
     conv: str | None = None,
     path: str = "/chat/completions",
 ) -> str | None:
-    return prefix_key(path, payload, team, model, conv)
+    found = prefix_key(path, payload, team, model, conv)
+    return None if found is None else found[0]
 
 
 def test_every_turn_of_a_conversation_has_the_first_turns_key() -> None:
@@ -59,3 +60,14 @@ def test_nothing_to_key_on() -> None:
         )
         is not None
     )
+
+
+def test_only_later_turns_and_explicit_keys_are_looked_up() -> None:
+    def ask(payload: dict[str, object], conv: str | None = None) -> bool:
+        found = prefix_key("/chat/completions", payload, "t", "m", conv)
+        assert found is not None
+        return found[1]
+
+    assert not ask(chat("hi"))  # a first turn: remembered only
+    assert ask(chat("hi", "hello!", "and then?"))
+    assert ask({**chat("hi"), "user": "alice"}) and ask(chat("hi"), conv="c1")
