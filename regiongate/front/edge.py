@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from regiongate.asgi import REFUSED
 from regiongate.config import EdgeConfig
+from regiongate.front.joined import JoinedWrites
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, JoinedWrites(transport)))  # head + body: one write
         self._refused = len(self.connections) > self.limits.max_connections
         self._arm(self.limits.header_timeout_s)
 
