@@ -18,6 +18,9 @@ import orjson
 CONVERSATION_HEADERS = ("x-grok-conv-id", "x-regiongate-conversation")
 CONVERSATION_HEADERS_RAW = tuple(h.encode() for h in CONVERSATION_HEADERS)  # as the REST listener reads them
 _MAX_ID = 256  # longer client ids are hashed like the rest; nothing client-sized is stored as is
+# Bytes of each leading message that enter its key (with its full length): a long system prompt costs
+# no more to key than a short one, and two prompts alike in both share a cache prefix anyway.
+_HEAD = 2048
 
 
 def prefix_key(
@@ -31,12 +34,8 @@ def prefix_key(
     if found is None:
         return None
     kind, value, later = found
-    h = hashlib.blake2b(digest_size=16)
-    for part in (team, model, kind):
-        h.update(part.encode())
-        h.update(b"\0")
-    h.update(value)
-    return h.hexdigest(), later
+    scope = f"{team}\0{model}\0{kind}\0".encode()
+    return hashlib.blake2b(scope + value, digest_size=16).hexdigest(), later
 
 
 def _source(path: str, payload: dict[str, Any], conversation: str | None) -> tuple[str, bytes, bool] | None:
@@ -51,10 +50,13 @@ def _source(path: str, payload: dict[str, Any], conversation: str | None) -> tup
     lead = _leading(path, payload)
     if lead is None:
         return None
-    try:
-        return "lead", orjson.dumps(lead[0]), lead[1]
-    except TypeError:
-        return None
+    parts: list[bytes] = []
+    for m in lead[0]:  # each message's role, length and first _HEAD bytes: distinct enough, bounded cost
+        content = m.get("content") if isinstance(m, dict) else m
+        role = m.get("role") if isinstance(m, dict) else None
+        text = content.encode() if isinstance(content, str) else orjson.dumps(content, default=str)
+        parts.append(f"{role}\0{len(text)}\0".encode() + text[:_HEAD])
+    return "lead", b"\0".join(parts), lead[1]
 
 
 def _leading(path: str, payload: dict[str, Any]) -> tuple[list[Any], bool] | None:
