@@ -49,7 +49,7 @@ from regiongate.pipeline.continuation import (
 )
 from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
-from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, tier_of
+from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, stamp_events, tier_of
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.affinity import AffinityStore
 from regiongate.state.capacity import CapacityStore, Lease, Rider
@@ -318,6 +318,8 @@ class Gateway:
         routed.headers.append((TIER_HEADER, inbound.tier))
         if routed.chunks is None and routed.status == 200 and inbound.path in STAMPED_PATHS:
             routed.body = stamp(routed.body, inbound.tier)
+        elif routed.chunks is not None and inbound.path == "/chat/completions" and "service_tier" in inbound.payload:
+            routed.chunks = stamp_events(routed.chunks, inbound.tier)  # asked for: in every chunk too
         for hook in self.hooks:
             hook.after(inbound, routed)
         return routed

@@ -5,6 +5,7 @@ pure and live in ``regiongate.core.tiers``; this is the adapter half shared by R
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -64,6 +65,21 @@ def stamp(body: bytes, tier: Tier) -> bytes:
         return body
     obj["service_tier"] = tier.value
     return orjson.dumps(obj)
+
+
+async def stamp_events(chunks: AsyncIterator[bytes], tier: Tier) -> AsyncIterator[bytes]:
+    """A chat completions stream with ``service_tier`` in every chunk that lacks it, as OpenAI streams it:
+    a byte substitution at the start of each event's JSON, never a re-encoding."""
+    field = b'"service_tier":"' + tier.encode() + b'",'
+    try:
+        async for chunk in chunks:
+            if b'"service_tier"' not in chunk:
+                chunk = chunk.replace(b"data: {", b"data: {" + field).replace(b"data:{", b"data:{" + field)
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _shown(value: object) -> str:

@@ -129,6 +129,15 @@ def test_tier_in_body_header_and_receipt_and_key_defaults(start_gateway: Callabl
     assert (
         prio.chat.completions.create(model="grok-4", messages=MSG, service_tier="flex").service_tier == "flex"
     )  # type: ignore[arg-type]
+    # a stream that asked for a tier carries it in every chunk, as OpenAI streams it
+    stream = client(gw).chat.completions.create(
+        model="grok-4",
+        messages=MSG,  # type: ignore[arg-type]
+        stream=True,
+        service_tier="priority",
+    )
+    chunks = list(stream)
+    assert len(chunks) > 1 and {c.service_tier for c in chunks} == {"priority"}
 
 
 BAD = ["scale", "PRIORITY", 3, True, ["flex"], {"tier": "flex"}, ""]
