@@ -99,6 +99,21 @@ def iter_json_events(raw: bytes) -> Iterator[dict[str, Any]]:
                 yield obj
 
 
+def _responses_error(err: dict[str, Any], sequence: int) -> dict[str, Any]:
+    """A backend's error object in the Responses API's ``error`` event (``code`` is a string there)."""
+    code = err.get("code")
+    if not isinstance(code, str):
+        code = err.get("type") if isinstance(err.get("type"), str) else "server_error"
+    message = err.get("message")
+    return {
+        "type": "error",
+        "code": code,
+        "message": message if isinstance(message, str) else "the backend reported an error",
+        "param": err.get("param") if isinstance(err.get("param"), str) else None,
+        "sequence_number": sequence,
+    }
+
+
 class ResponsesIndexes:
     """The positions a Responses event names, for servers that leave them out. The openai SDK's stream
     reader indexes its snapshot by ``output_index`` and ``content_index`` (a text delta without them raises
@@ -242,6 +257,11 @@ class SseRelay:
             ev = self._message(ev, obj)
             if not ev:
                 return ev
+        elif "type" not in obj and isinstance(obj.get("error"), dict):
+            # llama-server ends a Responses stream that fails midway with a chat-completions error event
+            # (``data: {"error": {...}}``): restated as the Responses error event, with its message.
+            obj = _responses_error(obj["error"], self.sequence)
+            ev = named_event("error", obj)
         kind = obj.get("type")
         if kind == "error":  # in these two protocols the error event is the stream's last
             self.errored = self.done = True

@@ -142,3 +142,20 @@ def test_responses_events_without_positions_get_them() -> None:
     whole = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
     full = ev({**raw[3], "output_index": 0, "content_index": 0, "sequence_number": 0})
     assert whole.feed(full) == full
+
+
+def test_a_chat_shaped_error_in_a_responses_stream_becomes_its_error_event() -> None:
+    """llama-server sends ``data: {"error": {...}}`` when a Responses stream fails midway: the client gets
+    the Responses ``error`` event with the server's message, and the stream counts as ended by it."""
+    r = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
+    r.feed(b'event: response.created\ndata: {"type": "response.created", "sequence_number": 0, "response": {}}\n\n')
+    out = r.feed(b'data: {"error": {"code": 500, "message": "out of memory", "type": "server_error"}}\n\n')
+    assert out.startswith(b"event: error\ndata: ")
+    assert orjson.loads(out.split(b"data: ", 1)[1]) == {
+        "type": "error",
+        "code": "server_error",
+        "message": "out of memory",
+        "param": None,
+        "sequence_number": 1,
+    }
+    assert r.errored and r.complete
