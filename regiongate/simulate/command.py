@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
         "simulate",
         help="simulate a day of global traffic through the routing policy and compare policies",
         description="Feed a day of synthetic global traffic through the gateway's routing policy and "
-        "baselines (nearest-only, least-loaded); write a markdown report and PNG charts.",
+        "baselines (nearest-only, nearest-spill, least-loaded, power-of-two) and an oracle bound; write a "
+        "markdown report and PNG charts.",
     )
     s.add_argument("--scenario", help="scenario TOML (default: the one shipped in the package)")
     s.add_argument(
