@@ -70,11 +70,11 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
         os.environ["PYTHONPATH"] = pythonpath
     try:
         real_spawn = targets.spawn
-        targets.spawn = lambda cmd, log, env=None, cpus=None: real_spawn([*prefix, *cmd], log, env, cpus)  # type: ignore[assignment]
+        targets.spawn = lambda cmd, log, env=None, cpus=None: real_spawn([*prefix, *cmd], log, env, cpus)
         try:
             rg = targets.start_regiongate(work, up.port, 1, None, [], redis, ready_s=600)
         finally:
-            targets.spawn = real_spawn  # type: ignore[assignment]
+            targets.spawn = real_spawn
         assert rg.proc is not None
         try:
             if path == "grpc":

@@ -17,7 +17,8 @@ class Cell:
     cpu_s: float  # proxy process tree CPU during the measurement
     rss_worker_mb: float  # largest VmHWM of one process of the tree, after the measurement
     rss_total_mb: float
-    redis: tuple[int, int] | None = None  # (commands, script calls) the target's Redis executed meanwhile
+    # (commands, script calls) the target's Redis executed meanwhile, and requests the client left in flight
+    redis: tuple[int, int, int] | None = None
 
     @property
     def cpu_us_per_req(self) -> float | None:
@@ -27,7 +28,8 @@ class Cell:
     def redis_per_req(self) -> tuple[float, float] | None:
         if self.redis is None or not self.sample.requests:
             return None
-        return self.redis[0] / self.sample.requests, self.redis[1] / self.sample.requests
+        n = self.sample.requests + self.redis[2]
+        return self.redis[0] / n, self.redis[1] / n
 
 
 @dataclass

@@ -156,12 +156,15 @@ def measure(t: Target, w: Workload, duration: float, work: Path, chat_client: st
         sample = load.run_probe(t.url, w, duration)[0]
     t.refresh()
     cpu = targets.cpu_seconds(t.pids) - before
-    redis = None
-    if t.redis and redis_before:
-        after = t.redis.counts()
-        redis = (after[0] - redis_before[0], after[1] - redis_before[1])
     worker, total = targets.peak_rss_mb(t.pids)
     settle(t)
+    redis = None
+    if t.redis and redis_before:
+        # Read once the gateway is idle again: wrk stops with up to ``conc`` requests admitted but not
+        # counted as done, and the gateway admits and releases them after wrk left; the probe waits for them.
+        after = t.redis.counts()
+        admitted = w.conc if w.kind == "chat" and chat_client == "wrk" else 0
+        redis = (after[0] - redis_before[0], after[1] - redis_before[1], admitted)
     return Cell(sample, cpu, worker, total, redis)
 
 
