@@ -65,12 +65,14 @@ class Listeners:
         readiness: Readiness,
         drain_s: float = 0.0,
         grace_s: float = 30.0,
+        worker: int = 0,
     ) -> None:
         self.services = services
         self.sites = list(sites)
         self.readiness = readiness
         self.drain_s = drain_s
         self.grace_s = grace_s
+        self.worker = worker  # for the logs: which of ``--workers N`` this is
         self._closing = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
 
@@ -90,28 +92,31 @@ class Listeners:
     async def run(self) -> None:
         """Start the services and every site, serve until a signal, then drain and close."""
         loop = asyncio.get_running_loop()
-        await self.services.start()  # before any site accepts its first call
+        for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a SIGTERM while starting drains too
+            loop.add_signal_handler(sig, self.stop, sig)
+        try:
+            await self.services.start()  # before any site accepts its first call
+            await self._serve()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _serve(self) -> None:
         started: list[Site] = []
         try:
             for site in self.sites:
                 where = await site.start()
                 started.append(site)
-                log.info("listening", extra=where)
+                log.info("listening", extra={**where, "worker": self.worker})
             settle_heap()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop, sig)
             await self._closing.wait()
         finally:
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
             self.readiness.drain()
             log.info("draining: no new connections; in-flight requests may finish")
-            try:
-                await asyncio.gather(*(site.drain(self.grace_s) for site in started))
-                await self.services.aclose()
-            finally:  # a signal during the drain is ignored (``stop``) until here
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+            await asyncio.gather(*(site.drain(self.grace_s) for site in started))
+            await self.services.aclose()
 
 
 class Lifespan:

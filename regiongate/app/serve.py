@@ -75,10 +75,10 @@ async def serve_async(cfg: Config, opts: ServeOptions, worker: int = 0) -> None:
     """Compose this process: the services once, every listener given only what it uses, one runner."""
     runtime = build_runtime(cfg, dict(os.environ), replica=Replica(worker, max(opts.workers, 1)))
     install_sighup(runtime, opts.config_path)
-    await compose(runtime, cfg, opts).run()
+    await compose(runtime, cfg, opts, worker).run()
 
 
-def compose(runtime: Runtime, cfg: Config, opts: ServeOptions) -> Listeners:
+def compose(runtime: Runtime, cfg: Config, opts: ServeOptions, worker: int = 0) -> Listeners:
     """The sites ``opts`` asks for, over one ``runtime``: REST (with its region ports), or REST and gRPC on
     one port; gRPC on a port of its own; the admin listener."""
     reuse = opts.workers > 1
@@ -108,7 +108,7 @@ def compose(runtime: Runtime, cfg: Config, opts: ServeOptions) -> Listeners:
             socks += pinned
         sites.append(WebSite("rest", uvicorn_config(_traced(runtime, asgi), cfg, tls), socks))
     gateway = cfg.gateway
-    return Listeners(runtime, sites, readiness, gateway.drain_s, gateway.shutdown_grace_s)
+    return Listeners(runtime, sites, readiness, gateway.drain_s, gateway.shutdown_grace_s, worker)
 
 
 def _traced(runtime: Runtime, app: ASGIApp) -> ASGIApp:
