@@ -70,6 +70,12 @@ def _grants_text(grants: Any) -> str:
     return ", ".join(g.model + (f"@{g.region}" if g.region else "") for g in grants)
 
 
+def _tiers_text(tiers: Any) -> str:
+    if tiers is None:
+        return "every tier"
+    return ", ".join(tiers) or "none"
+
+
 def _when(at: float | None) -> str:
     return "" if at is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(at))
 
@@ -99,12 +105,15 @@ def cmd_teams(args: argparse.Namespace) -> int:
             return 0
         if action == "create":
             grants = None if not args.grant else tuple(ops.offer.grant_spec(s) for s in args.grant)
-            team = await ops.create_team(args.name, grants)
-            print(f"created team '{team.name}' ({_grants_text(team.grants)})")
+            team = await ops.create_team(args.name, grants, args.service_tier)
+            print(
+                f"created team '{team.name}' ({_grants_text(team.grants)}; {_tiers_text(team.service_tiers)})"
+            )
             return 0
         if action == "show":
             team = await ops.team(args.name)
             print(f"team    {team.name}\ngrants  {_grants_text(team.grants)}")
+            print(f"tiers   {_tiers_text(team.service_tiers)}")
             try:
                 keys = await ops.list_keys(team.name)
             except NotFound:
@@ -119,6 +128,13 @@ def cmd_teams(args: argparse.Namespace) -> int:
             grants = None if args.all else tuple(ops.offer.grant_spec(s) for s in args.grant)
             team = await ops.set_grants(args.name, grants)
             print(f"team '{team.name}' may now use: {_grants_text(team.grants)}")
+            return 0
+        if action == "tiers":
+            if args.all == bool(args.service_tier):
+                print("regiongate: give either --all or one or more --service-tier TIER", file=sys.stderr)
+                return 2
+            team = await ops.set_service_tiers(args.name, None if args.all else args.service_tier)
+            print(f"team '{team.name}' may now use: {_tiers_text(team.service_tiers)}")
             return 0
         if action == "delete":
             await ops.delete_team(args.name)
@@ -138,13 +154,16 @@ def _print_keys(keys: Sequence[Any]) -> None:
             k.name,
             k.hint + "…",
             k.zone or "any",
+            k.service_tier,
             "" if k.spill_budget_ms is None else f"{k.spill_budget_ms:g} ms",
             "active" if k.active else f"revoked {_when(k.revoked_at)}",
             _when(k.created_at),
         )
         for k in keys
     ]
-    print(table(["ID", "TEAM", "NAME", "KEY", "ZONE", "SPILL BUDGET", "STATUS", "CREATED (UTC)"], rows))
+    print(
+        table(["ID", "TEAM", "NAME", "KEY", "ZONE", "TIER", "SPILL BUDGET", "STATUS", "CREATED (UTC)"], rows)
+    )
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -152,7 +171,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
         action = args.keys_command
         if action == "create":
             key, secret = await ops.create_key(
-                args.team, args.name, args.zone, args.spill_budget_ms, not args.no_continuation, args.ttft_budget_ms
+                args.team,
+                args.name,
+                args.zone,
+                args.spill_budget_ms,
+                not args.no_continuation,
+                args.ttft_budget_ms,
+                args.service_tier,
             )
             if args.json:
                 print(json.dumps(dict(key.to_json(), key=secret), indent=2))
@@ -320,6 +345,9 @@ def register(sub: Any) -> None:
     p = tsub.add_parser("create", help="create a team (all models unless --grant is given)")
     p.add_argument("name")
     p.add_argument("--grant", action="append", metavar="MODEL[@REGION]", help="allow a model (repeatable)")
+    p.add_argument(
+        "--service-tier", action="append", metavar="TIER", help="allow a service tier (repeatable)"
+    )
     _common(p)
     p = tsub.add_parser("show", help="a team's grants and keys")
     p.add_argument("name")
@@ -328,6 +356,13 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--all", action="store_true", help="every model in every region")
     p.add_argument("--grant", action="append", metavar="MODEL[@REGION]", help="allow a model (repeatable)")
+    _common(p)
+    p = tsub.add_parser("tiers", help="replace a team's allowed service tiers")
+    p.add_argument("name")
+    p.add_argument("--all", action="store_true", help="every tier")
+    p.add_argument(
+        "--service-tier", action="append", metavar="TIER", help="allow a service tier (repeatable)"
+    )
     _common(p)
     p = tsub.add_parser("delete", help="delete a team and its keys (usage records stay)")
     p.add_argument("name")
@@ -341,8 +376,13 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="a label for the key")
     p.add_argument("--zone", help="serve this key only inside one data zone (e.g. eu)")
     p.add_argument("--spill-budget-ms", type=float, help="global spillover only within this latency budget")
-    p.add_argument("--no-continuation", action="store_true", help="never continue its broken streams elsewhere")
+    p.add_argument(
+        "--no-continuation", action="store_true", help="never continue its broken streams elsewhere"
+    )
     p.add_argument("--ttft-budget-ms", type=float, help="cap every first-byte wait of its streams")
+    p.add_argument(
+        "--service-tier", metavar="TIER", help="the tier of its requests that ask for none (default)"
+    )
     p.add_argument("--json", action="store_true")
     _common(p)
     p = ksub.add_parser("list", help="list keys (never the secret)")

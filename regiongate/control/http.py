@@ -5,13 +5,15 @@ Both are ASGI apps mounted on the REST listener. The admin API is a thin layer o
 call one operation, render JSON. Errors use the OpenAI error body like the rest of the gateway.
 
     GET    /admin/teams                          teams (store and config)
-    POST   /admin/teams                          {"name", "grants"?}          -> 201 team
+    POST   /admin/teams                          {"name", "grants"?, "service_tiers"?} -> 201 team
     GET    /admin/teams/{team}                   team with its keys
     DELETE /admin/teams/{team}                   delete the team and its keys
     PUT    /admin/teams/{team}/grants            {"grants": null | [{"model", "region"?}]}
+    PUT    /admin/teams/{team}/service_tiers     {"service_tiers": null | ["default", "flex", "priority"]}
     GET    /admin/teams/{team}/models?region=R   the models x regions matrix
     GET    /admin/teams/{team}/usage?days=N      usage by day, model and region
-    POST   /admin/teams/{team}/keys              {"name"?, "zone"?, "spill_budget_ms"?, "continuation"?, "ttft_budget_ms"?} -> 201, key shown once
+    POST   /admin/teams/{team}/keys              {"name"?, "zone"?, "spill_budget_ms"?, "continuation"?, "ttft_budget_ms"?,
+                                                  "service_tier"?} -> 201, key shown once
     GET    /admin/keys?team=T                    keys (never the secret)
     DELETE /admin/keys/{id}                      revoke
 """
@@ -103,6 +105,7 @@ class AdminApi:
             ("GET", re.compile(rf"^/admin/teams/{t}/?$"), self.get_team),
             ("DELETE", re.compile(rf"^/admin/teams/{t}/?$"), self.delete_team),
             ("PUT", re.compile(rf"^/admin/teams/{t}/grants/?$"), self.set_grants),
+            ("PUT", re.compile(rf"^/admin/teams/{t}/service_tiers/?$"), self.set_service_tiers),
             ("GET", re.compile(rf"^/admin/teams/{t}/models/?$"), self.models),
             ("GET", re.compile(rf"^/admin/teams/{t}/usage/?$"), self.usage),
             ("POST", re.compile(rf"^/admin/teams/{t}/keys/?$"), self.create_key),
@@ -166,11 +169,11 @@ class AdminApi:
         return 200, {"object": "list", "data": teams}
 
     async def create_team(self, call: Call) -> tuple[int, Any]:
-        body = await call.json({"name", "grants"})
+        body = await call.json({"name", "grants", "service_tiers"})
         if "name" not in body:
             raise Invalid("Field 'name' is required.", param="name")
         grants = self.ops.offer.grants(body.get("grants"))
-        team = await self.ops.create_team(body["name"], grants)
+        team = await self.ops.create_team(body["name"], grants, body.get("service_tiers"))
         return 201, team.to_json()
 
     async def get_team(self, call: Call) -> tuple[int, Any]:
@@ -192,6 +195,16 @@ class AdminApi:
         team = await self.ops.set_grants(call.params["team"], self.ops.offer.grants(body["grants"]))
         return 200, team.to_json()
 
+    async def set_service_tiers(self, call: Call) -> tuple[int, Any]:
+        body = await call.json({"service_tiers"})
+        if "service_tiers" not in body:
+            raise Invalid(
+                "Field 'service_tiers' is required: null (every tier) or a list of tiers.",
+                param="service_tiers",
+            )
+        team = await self.ops.set_service_tiers(call.params["team"], body["service_tiers"])
+        return 200, team.to_json()
+
     async def models(self, call: Call) -> tuple[int, Any]:
         return 200, await self.ops.matrix(call.params["team"], call.query.get("region"))
 
@@ -204,7 +217,9 @@ class AdminApi:
 
     # --- keys ----------------------------------------------------------------------------------------
     async def create_key(self, call: Call) -> tuple[int, Any]:
-        body = await call.json({"name", "zone", "spill_budget_ms", "continuation", "ttft_budget_ms"})
+        body = await call.json(
+            {"name", "zone", "spill_budget_ms", "continuation", "ttft_budget_ms", "service_tier"}
+        )
         key, secret = await self.ops.create_key(
             call.params["team"],
             body.get("name"),
@@ -212,6 +227,7 @@ class AdminApi:
             body.get("spill_budget_ms"),
             body.get("continuation", True),
             body.get("ttft_budget_ms"),
+            body.get("service_tier"),
         )
         return 201, dict(key.to_json(), key=secret)
 

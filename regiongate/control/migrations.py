@@ -105,6 +105,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE api_keys ADD COLUMN ttft_budget_ms {float}",
         ),
     ),
+    Migration(
+        7,
+        "service tiers: a key's default tier, a team's allow-list (NULL: every tier; else comma-separated)",
+        (
+            "ALTER TABLE api_keys ADD COLUMN service_tier TEXT NOT NULL DEFAULT 'default'",
+            "ALTER TABLE teams ADD COLUMN service_tiers TEXT",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

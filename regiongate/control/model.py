@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from regiongate.core import Grant
 from regiongate.core.errors import Invalid
+from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal
 
 # Team names appear in URLs, CLI arguments and receipts: keep them to a safe, readable alphabet.
@@ -30,6 +31,23 @@ def check_name(name: object, what: str = "team") -> str:
     return name
 
 
+def check_tier(value: object, param: str = "service_tier") -> Tier:
+    """A tier a key may default to or a team may be allowed: ``default``, ``flex`` or ``priority``."""
+    if isinstance(value, str) and value in {t.value for t in Tier}:
+        return Tier(value)
+    shown = repr(value) if not isinstance(value, str) else repr(value[:40])
+    raise Invalid(f"Unknown service tier {shown}; tiers: {', '.join(Tier)}.", param=param)
+
+
+def check_tiers(value: object) -> tuple[Tier, ...] | None:
+    """A team's allow-list: null (every tier) or a list of tiers, de-duplicated in order."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise Invalid("'service_tiers' must be null (every tier) or a list of tiers.", param="service_tiers")
+    return tuple(dict.fromkeys(check_tier(v, "service_tiers") for v in value))
+
+
 def check_label(label: object) -> str:
     if label is None:
         return ""
@@ -43,11 +61,13 @@ class Team:
     name: str
     grants: tuple[Grant, ...] | None  # None: every model in every region
     created_at: float
+    service_tiers: tuple[Tier, ...] | None = None  # the tiers its keys may use; None: every tier
 
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "grants": grants_json(self.grants),
+            "service_tiers": None if self.service_tiers is None else [t.value for t in self.service_tiers],
             "created_at": round(self.created_at, 3),
         }
 
@@ -66,6 +86,7 @@ class ApiKey:
     revoked_at: float | None = None
     continuation: bool = True  # its streams broken mid-answer may be continued elsewhere in scope
     ttft_budget_ms: float | None = None  # caps every first-byte wait of its streams
+    service_tier: Tier = Tier.DEFAULT  # the tier of its requests that ask for none (or ``auto``)
 
     @property
     def active(self) -> bool:
@@ -81,6 +102,7 @@ class ApiKey:
             "spill_budget_ms": self.spill_budget_ms,
             "continuation": self.continuation,
             "ttft_budget_ms": self.ttft_budget_ms,
+            "service_tier": self.service_tier.value,
             "created_at": round(self.created_at, 3),
             "revoked_at": round(self.revoked_at, 3) if self.revoked_at is not None else None,
             "active": self.active,
@@ -99,6 +121,7 @@ class NewKey:
     spill_budget_ms: float | None = None
     continuation: bool = True
     ttft_budget_ms: float | None = None
+    service_tier: Tier = Tier.DEFAULT
 
 
 @dataclass(frozen=True, slots=True)

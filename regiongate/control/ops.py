@@ -10,10 +10,20 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from regiongate.config import Config
 from regiongate.control.catalog import Offer
-from regiongate.control.model import ApiKey, NewKey, Team, UsageRow, check_label, check_name
+from regiongate.control.model import (
+    ApiKey,
+    NewKey,
+    Team,
+    UsageRow,
+    check_label,
+    check_name,
+    check_tier,
+    check_tiers,
+)
 from regiongate.control.store import ControlStore
 from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, Invalid, NotFound
+from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import hash_key, new_key
 
 log = logging.getLogger("regiongate.control")
@@ -24,7 +34,8 @@ def config_team(cfg: Config, name: str) -> Team | None:
     for t in cfg.teams:
         if t.name == name:
             grants = None if t.grants is None else tuple(Grant(g.model, g.region) for g in t.grants)
-            return Team(t.name, grants, 0.0)
+            tiers = None if t.service_tiers is None else tuple(Tier(x) for x in t.service_tiers)
+            return Team(t.name, grants, 0.0, tiers)
     return None
 
 
@@ -52,13 +63,16 @@ class Operations:
         except Exception as e:  # the change is stored; the periodic refresh will pick it up
             log.warning("refresh after a control change failed", extra={"error": str(e)[:200]})
 
-    async def create_team(self, name: object, grants: Sequence[Grant] | None = None) -> Team:
+    async def create_team(
+        self, name: object, grants: Sequence[Grant] | None = None, service_tiers: object = None
+    ) -> Team:
         name = check_name(name)
+        tiers = check_tiers(service_tiers)
         if config_team(self.cfg, name) is not None:
             raise Conflict(
                 f"Team '{name}' is declared in the config file; choose another name.", param="name"
             )
-        team = await self.store.create_team(name, grants)
+        team = await self.store.create_team(name, grants, tiers)
         await self._after_change()
         return team
 
@@ -77,6 +91,25 @@ class Operations:
         await self._after_change()
         return team
 
+    async def set_service_tiers(self, name: object, service_tiers: object) -> Team:
+        """Replace a team's allow-list; refused while one of its active keys defaults to a tier it drops
+        (as the config file refuses such a key), so no key is left whose every plain request is a 403."""
+        name = check_name(name)
+        tiers = check_tiers(service_tiers)
+        if tiers is not None:
+            stranded = [
+                k.id for k in await self.store.list_keys(name) if k.active and k.service_tier not in tiers
+            ]
+            if stranded:
+                raise Conflict(
+                    f"Active keys of team '{name}' default to a tier this list leaves out: "
+                    f"{', '.join(stranded)}; revoke them or keep their tier.",
+                    param="service_tiers",
+                )
+        team = await self.store.set_service_tiers(name, tiers)
+        await self._after_change()
+        return team
+
     async def delete_team(self, name: object) -> None:
         await self.store.delete_team(check_name(name))
         await self._after_change()
@@ -89,6 +122,7 @@ class Operations:
         spill_budget_ms: object = None,
         continuation: object = True,
         ttft_budget_ms: object = None,
+        service_tier: object = None,
     ) -> tuple[ApiKey, str]:
         """A new key for ``team``: the secret is returned once and only its hash is stored."""
         team_name = check_name(team)
@@ -99,9 +133,25 @@ class Operations:
         if not isinstance(continuation, bool):
             raise Invalid("'continuation' must be true or false.", param="continuation")
         ttft = self.offer.ttft_budget(ttft_budget_ms)
+        tier = Tier.DEFAULT if service_tier is None else check_tier(service_tier)
+        allowed = (await self.store.get_team(team_name)).service_tiers
+        if allowed is not None and tier not in allowed:
+            raise Invalid(
+                f"Service tier '{tier}' is not among the tiers team '{team_name}' may use "
+                f"({', '.join(allowed) or 'none'}).",
+                param="service_tier",
+            )
         secret = new_key()
         new = NewKey(
-            "key_" + secrets.token_hex(6), hash_key(secret), secret[:7], label, z, budget, continuation, ttft
+            "key_" + secrets.token_hex(6),
+            hash_key(secret),
+            secret[:7],
+            label,
+            z,
+            budget,
+            continuation,
+            ttft,
+            tier,
         )
         key = await self.store.add_key(team_name, new)
         await self._after_change()

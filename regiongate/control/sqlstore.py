@@ -21,6 +21,7 @@ from regiongate.control.migrations import MIGRATIONS, MIGRATIONS_TABLE
 from regiongate.control.model import AccessSnapshot, ApiKey, NewKey, Team, UsageRow, check_name
 from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, NotFound, StoreUnavailable
+from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.usage import UsageRecord
 
@@ -58,8 +59,17 @@ class Dialect(Protocol):
 
 _KEY_COLUMNS = (
     "k.id, t.name, k.name, k.hint, k.zone, k.spill_budget_ms, k.created_at, k.revoked_at, k.continuation, "
-    "k.ttft_budget_ms"
+    "k.ttft_budget_ms, k.service_tier"
 )
+
+
+def _tiers_column(tiers: Sequence[Tier] | None) -> str | None:
+    """A team's allow-list as stored: NULL for every tier, else the tiers comma-separated ('' for none)."""
+    return None if tiers is None else ",".join(t.value for t in dict.fromkeys(tiers))
+
+
+def _tiers(column: str | None) -> tuple[Tier, ...] | None:
+    return None if column is None else tuple(Tier(t) for t in column.split(",") if t)
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
@@ -74,6 +84,7 @@ def _key(row: Sequence[Any]) -> ApiKey:
         None if row[7] is None else float(row[7]),
         bool(row[8]),
         None if row[9] is None else float(row[9]),
+        Tier(row[10]),
     )
 
 
@@ -160,10 +171,12 @@ class SqlStore(SqlWorker):
         return tuple(Grant(m, r or None) for m, r in rows)
 
     def _team(self, name: str) -> Team:
-        row = self._q("SELECT id, restricted, created_at FROM teams WHERE name = ?", (name,)).fetchone()
+        row = self._q(
+            "SELECT id, restricted, created_at, service_tiers FROM teams WHERE name = ?", (name,)
+        ).fetchone()
         if row is None:
             raise NotFound(f"Unknown team '{name}'.", param="team")
-        return Team(name, self._grants(int(row[0])) if row[1] else None, float(row[2]))
+        return Team(name, self._grants(int(row[0])) if row[1] else None, float(row[2]), _tiers(row[3]))
 
     def _put_grants(self, team_id: int, grants: Sequence[Grant] | None) -> None:
         self._q("DELETE FROM grants WHERE team_id = ?", (team_id,))
@@ -211,21 +224,25 @@ class SqlStore(SqlWorker):
         return await self._run(lambda: int(self._q("SELECT rev FROM revision WHERE id = 1").fetchone()[0]))
 
     # --- teams ---------------------------------------------------------------------------------------
-    def _create_team(self, name: str, grants: Sequence[Grant] | None) -> Team:
+    def _create_team(
+        self, name: str, grants: Sequence[Grant] | None, service_tiers: Sequence[Tier] | None
+    ) -> Team:
         check_name(name)
         try:
             with self._tx(bump=True):
                 self._q(
-                    "INSERT INTO teams (name, restricted, created_at) VALUES (?, ?, ?)",
-                    (name, grants is not None, time.time()),
+                    "INSERT INTO teams (name, restricted, created_at, service_tiers) VALUES (?, ?, ?, ?)",
+                    (name, grants is not None, time.time(), _tiers_column(service_tiers)),
                 )
                 self._put_grants(self._team_id(name), grants)
         except self.dialect.integrity_errors:
             raise Conflict(f"A team named '{name}' already exists.", param="name") from None
         return self._team(name)
 
-    async def create_team(self, name: str, grants: Sequence[Grant] | None = None) -> Team:
-        return await self._run(self._create_team, name, grants)
+    async def create_team(
+        self, name: str, grants: Sequence[Grant] | None = None, service_tiers: Sequence[Tier] | None = None
+    ) -> Team:
+        return await self._run(self._create_team, name, grants, service_tiers)
 
     async def get_team(self, name: str) -> Team:
         return await self._run(self._team, name)
@@ -241,6 +258,17 @@ class SqlStore(SqlWorker):
         def run() -> Team:
             with self._tx(bump=True):
                 self._put_grants(self._team_id(name), grants)
+            return self._team(name)
+
+        return await self._run(run)
+
+    async def set_service_tiers(self, name: str, service_tiers: Sequence[Tier] | None) -> Team:
+        def run() -> Team:
+            with self._tx(bump=True):
+                team_id = self._team_id(name)
+                self._q(
+                    "UPDATE teams SET service_tiers = ? WHERE id = ?", (_tiers_column(service_tiers), team_id)
+                )
             return self._team(name)
 
         return await self._run(run)
@@ -272,7 +300,8 @@ class SqlStore(SqlWorker):
                 with self._tx(bump=True):
                     self._q(
                         "INSERT INTO api_keys (id, team_id, name, key_hash, hint, zone, spill_budget_ms, "
-                        "created_at, continuation, ttft_budget_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "created_at, continuation, ttft_budget_ms, service_tier) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             key.id,
                             self._team_id(team),
@@ -284,6 +313,7 @@ class SqlStore(SqlWorker):
                             time.time(),
                             key.continuation,
                             key.ttft_budget_ms,
+                            key.service_tier.value,
                         ),
                     )
             except self.dialect.integrity_errors:
@@ -325,15 +355,25 @@ class SqlStore(SqlWorker):
                 grants.setdefault(int(team_id), []).append(Grant(model, region or None))
             rows = self._q(
                 "SELECT k.key_hash, k.id, k.zone, k.spill_budget_ms, t.id, t.name, t.restricted, "
-                "k.continuation, k.ttft_budget_ms "
+                "k.continuation, k.ttft_budget_ms, k.service_tier, t.service_tiers "
                 "FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.revoked_at IS NULL"
             ).fetchall()
             signing = self._q("SELECT jwk FROM signing_keys ORDER BY created_at").fetchall()
         by_hash: dict[str, Principal] = {}
-        for key_hash, key_id, zone, budget, team_id, team, restricted, cont, ttft in rows:
+        for key_hash, key_id, zone, budget, team_id, team, restricted, cont, ttft, tier, tiers in rows:
             team_grants = tuple(grants.get(int(team_id), ())) if restricted else None
-            access = Access(team, team_grants, zone, None if budget is None else float(budget))
-            by_hash[key_hash] = Principal(team, key_id, access, bool(cont), None if ttft is None else float(ttft))
+            allowed = _tiers(tiers)
+            access = Access(
+                team,
+                team_grants,
+                zone,
+                None if budget is None else float(budget),
+                Tier(tier),
+                None if allowed is None else frozenset(allowed),
+            )
+            by_hash[key_hash] = Principal(
+                team, key_id, access, bool(cont), None if ttft is None else float(ttft)
+            )
         return AccessSnapshot(rev, by_hash, tuple(json.loads(r[0]) for r in signing))
 
     async def load_access(self) -> AccessSnapshot:

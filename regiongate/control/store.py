@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from regiongate.control.model import AccessSnapshot, ApiKey, NewKey, Team, UsageRow, redact
 from regiongate.core import Grant
 from regiongate.core.errors import Invalid
+from regiongate.core.tiers import Tier
 from regiongate.pipeline.usage import UsageRecord
 
 
@@ -32,13 +33,18 @@ class ControlStore(Protocol):
 
     async def revision(self) -> int: ...
 
-    async def create_team(self, name: str, grants: Sequence[Grant] | None = None) -> Team: ...
+    async def create_team(
+        self, name: str, grants: Sequence[Grant] | None = None, service_tiers: Sequence[Tier] | None = None
+    ) -> Team:
+        """A new team; ``service_tiers`` None: its keys may use every tier."""
 
     async def get_team(self, name: str) -> Team: ...
 
     async def list_teams(self) -> list[Team]: ...
 
     async def set_grants(self, name: str, grants: Sequence[Grant] | None) -> Team: ...
+
+    async def set_service_tiers(self, name: str, service_tiers: Sequence[Tier] | None) -> Team: ...
 
     async def delete_team(self, name: str) -> None: ...
 

@@ -153,3 +153,26 @@ def test_console_script(store: str) -> None:
         timeout=60,
     )
     assert done.returncode == 0 and "created team 'script-team'" in done.stdout
+
+
+def test_service_tiers_of_teams_and_keys(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    args = ("teams", "create", "batch", "--service-tier", "flex", "--service-tier", "default")
+    code, out, _ = run(capsys, store, *args)
+    assert code == 0 and "flex, default" in out
+    code, _, err = run(capsys, store, "teams", "create", "bad", "--service-tier", "turbo")
+    assert code == 1 and "Unknown service tier 'turbo'; tiers: default, flex, priority." in err
+    code, _, err = run(capsys, store, "keys", "create", "--team", "batch", "--service-tier", "priority")
+    assert code == 1 and "'priority' is not among the tiers team 'batch' may use" in err
+    code, out, _ = run(capsys, store, "keys", "create", "--team", "batch", "--service-tier", "flex", "--json")
+    nightly = json.loads(out)
+    assert code == 0 and nightly["service_tier"] == "flex"
+    code, out, _ = run(capsys, store, "keys", "list", "--team", "batch")
+    assert code == 0 and "TIER" in out.splitlines()[0] and "flex" in out.splitlines()[1]
+    code, _, err = run(capsys, store, "teams", "tiers", "batch", "--service-tier", "priority")
+    assert code == 1 and nightly["id"] in err
+    code, _, err = run(capsys, store, "teams", "tiers", "batch")
+    assert code == 2 and "--all" in err
+    code, out, _ = run(capsys, store, "teams", "tiers", "batch", "--all")
+    assert code == 0 and "every tier" in out
+    code, out, _ = run(capsys, store, "teams", "show", "batch")
+    assert code == 0 and "tiers   every tier" in out

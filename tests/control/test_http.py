@@ -221,6 +221,36 @@ def test_bad_admin_input_gets_clear_errors_and_changes_nothing(start_gateway: An
             "non-negative",
         ),
         ("POST", "/admin/teams/acme/keys", {"name": "x" * 200}, None, 400, "invalid_value", "at most 128"),
+        (
+            "POST",
+            "/admin/teams",
+            {"name": "b", "service_tiers": ["turbo"]},
+            None,
+            400,
+            "invalid_value",
+            "'turbo'",
+        ),
+        (
+            "POST",
+            "/admin/teams",
+            {"name": "b", "service_tiers": "flex"},
+            None,
+            400,
+            "invalid_value",
+            "a list",
+        ),
+        ("POST", "/admin/teams/acme/keys", {"service_tier": "auto"}, None, 400, "invalid_value", "'auto'"),
+        ("POST", "/admin/teams/acme/keys", {"service_tier": ["flex"]}, None, 400, "invalid_value", "Unknown"),
+        (
+            "PUT",
+            "/admin/teams/acme/service_tiers",
+            {},
+            None,
+            400,
+            "invalid_value",
+            "'service_tiers' is required",
+        ),
+        ("PUT", "/admin/teams/ghost/service_tiers", {"service_tiers": None}, None, 404, "not_found", "ghost"),
         ("GET", "/admin/teams/ghost", None, None, 404, "not_found", "Unknown team 'ghost'"),
         ("GET", "/admin/teams/acme/models?region=mars-1", None, None, 400, "invalid_value", "Unknown region"),
         ("GET", "/admin/teams/acme/usage?days=abc", None, None, 400, "invalid_value", "whole number"),
@@ -383,6 +413,37 @@ def test_spillover_budget_is_bound_to_the_key(start_gateway: Any) -> None:
         r = chat(gw, loose, "m")
         assert r.status_code == 200 and r.headers["x-regiongate-route"] == "spillover"
         assert r.headers["x-regiongate-region"] == "us-west-2"
+
+
+def test_a_store_keys_tier_and_its_teams_allow_list_apply_to_requests(start_gateway: Any) -> None:
+    gw = start_gateway(control_config(refresh_s=0.3), env=ENV)
+    r = admin(gw, "POST", "/admin/teams", {"name": "batch", "service_tiers": ["flex", "default"]})
+    assert r.status_code == 201 and r.json()["service_tiers"] == ["flex", "default"]
+    r = admin(gw, "POST", "/admin/teams/batch/keys", {"service_tier": "priority"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "service_tier", r.text
+    nightly = new_key(gw, "batch", service_tier="flex")
+    r = chat(gw, nightly, "grok-4")  # asks for no tier: the key's
+    assert r.status_code == 200 and r.headers["x-regiongate-service-tier"] == "flex"
+    assert chat(gw, nightly, "grok-4", service_tier="auto").headers["x-regiongate-service-tier"] == "flex"
+    assert (
+        chat(gw, nightly, "grok-4", service_tier="default").headers["x-regiongate-service-tier"] == "default"
+    )
+    r = chat(gw, nightly, "grok-4", service_tier="priority")
+    assert r.status_code == 403 and code(r) == "service_tier_not_allowed", r.text
+
+    # Narrowing the list past the key's own tier is refused; widening it applies within the refresh.
+    keys = admin(gw, "GET", "/admin/keys?team=batch").json()["data"]
+    assert [k["service_tier"] for k in keys] == ["flex"]
+    r = admin(gw, "PUT", "/admin/teams/batch/service_tiers", {"service_tiers": ["default"]})
+    assert r.status_code == 409 and keys[0]["id"] in r.json()["error"]["message"]
+    r = admin(gw, "PUT", "/admin/teams/batch/service_tiers", {"service_tiers": None})
+    assert r.status_code == 200 and r.json()["service_tiers"] is None
+
+    def as_priority() -> str | None:
+        r = chat(gw, nightly, "grok-4", service_tier="priority")
+        return r.headers["x-regiongate-service-tier"] if r.status_code == 200 else None
+
+    assert poll(as_priority, timeout=10)[0] == "priority"
 
 
 async def test_admin_api_is_off_without_an_admin_key() -> None:

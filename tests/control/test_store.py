@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from regiongate.config import load_config
 from regiongate.control.keys import CachedKeys
 from regiongate.control.metering import BatchUsageWriter
 from regiongate.control.migrations import LATEST, MIGRATIONS
 from regiongate.control.model import AccessSnapshot, NewKey
+from regiongate.control.ops import Operations
 from regiongate.control.store import ControlStore, open_store, redact, split_pg_url
 from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, Invalid, NotFound, StoreUnavailable
+from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal, hash_key
 from regiongate.pipeline.usage import UsageRecord
 from tests.support.control import drop_schema, new_schema, pg_url, require_pg
@@ -200,7 +204,9 @@ async def test_usage_is_aggregated_by_day_model_and_region(store: ControlStore) 
 async def test_a_keys_stream_settings_reach_its_principal(store: ControlStore) -> None:
     await store.create_team("acme")
     plain = await store.add_key("acme", key(1))
-    strict = await store.add_key("acme", dataclasses.replace(key(2), continuation=False, ttft_budget_ms=300.0))
+    strict = await store.add_key(
+        "acme", dataclasses.replace(key(2), continuation=False, ttft_budget_ms=300.0)
+    )
     assert (plain.continuation, plain.ttft_budget_ms) == (True, None)
     assert (strict.continuation, strict.ttft_budget_ms) == (False, 300.0)
     assert strict.to_json()["continuation"] is False and strict.to_json()["ttft_budget_ms"] == 300.0
@@ -210,8 +216,73 @@ async def test_a_keys_stream_settings_reach_its_principal(store: ControlStore) -
     assert (p2.continuation, p2.ttft_budget_ms) == (False, 300.0)
 
 
+async def test_a_keys_tier_and_its_teams_allowed_tiers_reach_its_principal(store: ControlStore) -> None:
+    everything = await store.create_team("acme")
+    batch = await store.create_team("batch", None, (Tier.FLEX, Tier.DEFAULT, Tier.FLEX))
+    assert everything.service_tiers is None and everything.to_json()["service_tiers"] is None
+    assert batch.service_tiers == (Tier.FLEX, Tier.DEFAULT)  # de-duplicated, order kept
+    assert (await store.get_team("batch")).to_json()["service_tiers"] == ["flex", "default"]
+    plain = await store.add_key("acme", key(1))
+    nightly = await store.add_key("batch", dataclasses.replace(key(2), service_tier=Tier.FLEX))
+    assert (plain.service_tier, nightly.service_tier) == (Tier.DEFAULT, Tier.FLEX)
+    assert nightly.to_json()["service_tier"] == "flex"
+    snap = await store.load_access()
+    a1, a2 = snap.by_hash[hash_key("rg-secret-1")].access, snap.by_hash[hash_key("rg-secret-2")].access
+    assert (a1.tier, a1.tiers) == (Tier.DEFAULT, None)
+    assert (a2.tier, a2.tiers) == (Tier.FLEX, frozenset({Tier.FLEX, Tier.DEFAULT}))
+
+    # Replacing the list bumps the revision (caches reload) and reaches the snapshot; [] is "none", not "all".
+    rev = await store.revision()
+    assert (await store.set_service_tiers("batch", (Tier.PRIORITY,))).service_tiers == (Tier.PRIORITY,)
+    assert await store.revision() > rev
+    assert (await store.load_access()).by_hash[hash_key("rg-secret-2")].access.tiers == {Tier.PRIORITY}
+    assert (await store.set_service_tiers("batch", ())).service_tiers == ()
+    assert (await store.load_access()).by_hash[hash_key("rg-secret-2")].access.tiers == frozenset()
+    assert (await store.set_service_tiers("batch", None)).service_tiers is None
+    with pytest.raises(NotFound, match="Unknown team 'nope'"):
+        await store.set_service_tiers("nope", None)
+
+
+async def test_operations_validate_tiers_against_the_team(store: ControlStore) -> None:
+    ops = Operations(store, load_config(None))
+    with pytest.raises(Invalid, match="Unknown service tier 'turbo'") as e:
+        await ops.create_team("bad", None, ["flex", "turbo"])
+    assert e.value.param == "service_tiers"
+    with pytest.raises(Invalid, match=r"null \(every tier\) or a list"):
+        await ops.create_team("bad", None, "flex")
+    assert [t.name for t in await store.list_teams()] == []
+    await ops.create_team("batch", None, ["flex", "default"])
+
+    with pytest.raises(
+        Invalid, match=re.escape("'priority' is not among the tiers team 'batch' may use (flex, default).")
+    ) as e:
+        await ops.create_key("batch", service_tier="priority")
+    assert e.value.param == "service_tier"
+    with pytest.raises(
+        Invalid, match="Unknown service tier 'auto'"
+    ):  # auto is a request's word, not a default
+        await ops.create_key("batch", service_tier="auto")
+    with pytest.raises(Invalid, match="Unknown service tier 7"):
+        await ops.create_key("batch", service_tier=7)
+    assert await store.list_keys("batch") == []
+    flex, _ = await ops.create_key("batch", service_tier="flex")
+    assert flex.service_tier is Tier.FLEX
+
+    # Dropping the tier an active key defaults to is refused, naming the key; once it is revoked, allowed.
+    with pytest.raises(Conflict, match=f"default to a tier this list leaves out: {flex.id}"):
+        await ops.set_service_tiers("batch", ["default"])
+    assert (await store.get_team("batch")).service_tiers == (Tier.FLEX, Tier.DEFAULT)
+    await ops.revoke_key(flex.id)
+    assert (await ops.set_service_tiers("batch", ["default"])).service_tiers == (Tier.DEFAULT,)
+    # A config team's allow-list shows as the config file says.
+    assert (await ops.team("demo")).to_json()["service_tiers"] is None
+
+
 async def test_usage_records_keep_a_continued_streams_hops(store: ControlStore) -> None:
-    hops = ("us-east-1 us-east-1/grok-4/0 (first)", "us-west-2 us-west-2/grok-4/0 (the backend in us-east-1 went silent)")
+    hops = (
+        "us-east-1 us-east-1/grok-4/0 (first)",
+        "us-west-2 us-west-2/grok-4/0 (the backend in us-east-1 went silent)",
+    )
     continued = dataclasses.replace(record("acme", 1000.0), request_id="req_continued", hops=hops)
     await store.write_usage([continued, record("acme", 1001.0)])
     assert await store.hops_of("req_continued") == list(hops)
