@@ -19,6 +19,7 @@ from regiongate.core import Access, Grant, Location, Region, Tier
 from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
+from regiongate.objects.completions import StoredCompletions
 from regiongate.objects.deferred import Deferred
 from regiongate.objects.responses import StoredResponses
 from regiongate.objects.service import ObjectState
@@ -67,6 +68,9 @@ class Runtime:
     objects: ObjectState | None = None  # stored objects per region (regiongate.objects); None: [state] off
     deferred: Deferred | None = None  # deferred completions over those stores
     tracing: Tracing | None = None  # OpenTelemetry, when [tracing] is set (regiongate.pipeline.tracing)
+    completions: StoredCompletions = field(  # xAI chat's stored completions over the same stores
+        default_factory=lambda: StoredCompletions(None, lambda: None)
+    )
 
     @property
     def config(self) -> Config:
@@ -272,11 +276,13 @@ def build_runtime(
     receipts = lambda: control.receipts if control else None  # noqa: E731
     objects = deferred = None
     responses = StoredResponses(None, receipts)
+    completions = StoredCompletions(None, receipts)
     if cfg.state.store != "none":
         data_dir = resolve_control(cfg.control, env).data_dir
         objects = ObjectState(cfg, str(data_dir), lambda e, a, r: in_endpoint(live.now.fleet, e, a, r))
         deferred = Deferred(objects, lambda: gateway, receipts)
         responses = StoredResponses(objects, receipts)
+        completions = StoredCompletions(objects, receipts)
     shared.prober = Prober(now_fleet, lambda: live.now.config.health)
     metrics.registry.register(HealthCollector(now_fleet, shared.link))
     load = LoadScraper(now_fleet, lambda: live.now.config)
@@ -296,4 +302,5 @@ def build_runtime(
         objects,
         deferred,
         tracing,
+        completions,
     )

@@ -8,6 +8,7 @@ Every other method of every service xai-sdk ships answers UNIMPLEMENTED naming w
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
 from regiongate.grpc.services import MoreServices, model_message
 from regiongate.grpc.status import abort, metadata_of, upstream_error
+from regiongate.objects.completions import Assembled, PreparedChat
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.affinity import CONVERSATION_HEADERS
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_request_id
@@ -33,7 +35,8 @@ from regiongate.pipeline.tiering import TIER_HEADER
 from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 SERVED = (
-    "xai_api.Chat/GetCompletion, GetCompletionChunk, StartDeferredCompletion, GetDeferredCompletion; "
+    "xai_api.Chat/GetCompletion, GetCompletionChunk, StartDeferredCompletion, GetDeferredCompletion, "
+    "GetStoredCompletion, DeleteStoredCompletion; "
     "xai_api.Models/*; xai_api.Tokenize/TokenizeText; xai_api.Embedder/Embed; xai_api.Image/GenerateImage; "
     "xai_api.Video/GenerateVideo, ExtendVideo, GetDeferredVideo; "
     "xai_api.Auth/get_api_key_info"
@@ -42,6 +45,14 @@ SERVED = (
 
 class _BadEvent(Exception):
     pass
+
+
+@dataclass(slots=True)
+class Stored:
+    """A chat call that stores its completion or continues a stored one (objects.completions)."""
+
+    prep: PreparedChat
+    inbound: Inbound
 
 
 class XaiServices:
@@ -119,20 +130,30 @@ class XaiServices:
 
     async def _route(
         self, request: chat_pb2.GetCompletionsRequest, context: Any, stream: bool
-    ) -> tuple[Routed, str, str | None]:
+    ) -> tuple[Routed, str, str | None, Stored | None]:
         md = metadata_of(context)
         rid = self._request_id()
         client_rid = client_request_id(md.get("x-request-id"))
         try:
             payload = translate.chat_payload(request, stream)
             check_n(payload.get("n", 1))
-            routed = await self.rt.gateway.dispatch(
-                self.inbound(context, md, rid, "/chat/completions", payload, stream)
-            )
+            inbound = self.inbound(context, md, rid, "/chat/completions", payload, stream)
+            stored: Stored | None = None
+            previous = request.previous_response_id if request.HasField("previous_response_id") else None
+            if request.store_messages or previous is not None:
+                p = inbound.principal
+                prep = await self.rt.completions.prepare(
+                    payload, request.store_messages, previous, inbound.endpoint, p
+                )
+                inbound.endpoint, inbound.body = prep.endpoint, orjson.dumps(prep.payload)
+                stored = Stored(prep, inbound)
+            routed = await self.rt.gateway.dispatch(inbound)
+            if stored is not None:
+                self.rt.completions.name(stored.prep, inbound, routed)
         except RouteError as e:
             await abort(context, e, rid)
             raise  # unreachable: abort raises
-        return routed, rid, client_rid
+        return routed, rid, client_rid, stored
 
     async def route_json(
         self, context: Any, path: str, payload: dict[str, Any]
@@ -174,12 +195,15 @@ class XaiServices:
     async def get_completion(
         self, request: chat_pb2.GetCompletionsRequest, context: Any
     ) -> chat_pb2.GetChatCompletionResponse:
-        routed, rid, client_rid = await self._route(request, context, stream=False)
+        routed, rid, client_rid, stored = await self._route(request, context, stream=False)
         try:
             await context.send_initial_metadata(self._initial(routed, rid, client_rid))
             if routed.status != 200 or routed.chunks is not None:
                 await abort(context, upstream_error(routed.status, routed.body), rid)
             obj = await _json_object(context, routed, rid)
+            if stored is not None and stored.prep.store:
+                obj["id"] = stored.prep.oid  # the response id the SDK fetches, deletes and continues from
+                await self._keep(context, stored, routed, obj, rid)
             return translate.completion_response(obj, request.model)
         finally:
             await routed.aclose()
@@ -187,7 +211,9 @@ class XaiServices:
     async def get_completion_chunk(
         self, request: chat_pb2.GetCompletionsRequest, context: Any
     ) -> AsyncIterator[chat_pb2.GetChatCompletionChunk]:
-        routed, rid, client_rid = await self._route(request, context, stream=True)
+        routed, rid, client_rid, stored = await self._route(request, context, stream=True)
+        keeping = stored if stored is not None and stored.prep.store else None
+        assembled = Assembled()
         try:  # from here on the stream owns a capacity lease: aclose() frees it on every exit path
             await context.send_initial_metadata(self._initial(routed, rid, client_rid))
             if routed.chunks is None:  # the backend refused with a plain (error) answer
@@ -203,11 +229,21 @@ class XaiServices:
                 events, buf = buf[: cut + 2], buf[cut + 2 :]
                 for obj in self._events(events, routed.region):
                     if "error" in obj:
-                        await abort(context, upstream_error(502, orjson.dumps(obj)), rid, self._trailers(routed))
+                        await abort(
+                            context, upstream_error(502, orjson.dumps(obj)), rid, self._trailers(routed)
+                        )
+                    if keeping is not None:
+                        obj["id"] = keeping.prep.oid
+                        assembled.add(obj)
                     yield translate.completion_chunk(obj, meta)
             if buf.strip():  # a last event without its blank line
                 for obj in self._events(buf + b"\n\n", routed.region):
+                    if keeping is not None:
+                        obj["id"] = keeping.prep.oid
+                        assembled.add(obj)
                     yield translate.completion_chunk(obj, meta)
+            if keeping is not None:  # stored before the client sees the end
+                await self._keep(context, keeping, routed, assembled.completion(keeping.prep.oid), rid)
             context.set_trailing_metadata(self._trailers(routed))
         except _BadEvent as e:
             await abort(context, upstream_error(502, orjson.dumps({"error": str(e)})), rid)
@@ -226,6 +262,44 @@ class XaiServices:
             return list(iter_json_events(raw))
         except orjson.JSONDecodeError:
             raise _BadEvent(f"The backend in {region} sent a stream event that is not JSON.") from None
+
+    async def _keep(
+        self, context: Any, stored: Stored, routed: Routed, obj: dict[str, Any], rid: str
+    ) -> None:
+        try:
+            await self.rt.completions.keep(stored.prep, stored.inbound, routed, obj)
+        except RouteError as e:  # a store that is down: say so rather than hand out an id that is not kept
+            await abort(context, e, rid)
+
+    async def get_stored_completion(
+        self, request: chat_pb2.GetStoredCompletionRequest, context: Any
+    ) -> chat_pb2.GetChatCompletionResponse:
+        md = metadata_of(context)
+        oid = request.response_id[:128]
+        try:
+            c = self._caller(context, md)
+            doc, obj = await self.rt.completions.retrieve(request.response_id, c.endpoint, c.principal)
+        except RouteError as e:
+            await abort(context, e, oid)
+            raise
+        out = [("x-request-id", oid), ("x-regiongate-region", obj.processed_region)]
+        if doc.get("receipt"):
+            out.append(("x-regiongate-receipt", doc["receipt"]))
+        await context.send_initial_metadata(tuple(out))
+        completion = doc["completion"]
+        return translate.completion_response(completion, str(completion.get("model", "")))
+
+    async def delete_stored_completion(
+        self, request: chat_pb2.DeleteStoredCompletionRequest, context: Any
+    ) -> chat_pb2.DeleteStoredCompletionResponse:
+        md = metadata_of(context)
+        try:
+            c = self._caller(context, md)
+            await self.rt.completions.delete(request.response_id, c.endpoint, c.principal)
+        except RouteError as e:
+            await abort(context, e, request.response_id[:128])
+            raise
+        return chat_pb2.DeleteStoredCompletionResponse(response_id=request.response_id)
 
     # --- xai_api.Models ----------------------------------------------------------------------------
     def _language_model(self, m: Any) -> models_pb2.LanguageModel:
@@ -284,6 +358,8 @@ class XaiServices:
             **MoreServices(self).implemented(),
             "/xai_api.Chat/GetCompletion": self.get_completion,
             "/xai_api.Chat/GetCompletionChunk": self.get_completion_chunk,
+            "/xai_api.Chat/GetStoredCompletion": self.get_stored_completion,
+            "/xai_api.Chat/DeleteStoredCompletion": self.delete_stored_completion,
             "/xai_api.Models/ListLanguageModels": self.list_language_models,
             "/xai_api.Models/GetLanguageModel": self.get_language_model,
             "/xai_api.Auth/get_api_key_info": self.get_api_key_info,
@@ -297,9 +373,6 @@ WHY_NOT = {
     "xai_api.Documents": "document search runs over xAI's collections",
     "xai_api.BatchMgmt": "batches run inside xAI's service; use deferred completions (chat.defer) instead",
     "xai_api.Sample": "legacy text sampling; use xai_api.Chat",
-    "xai_api.Chat/GetStoredCompletion": "stored xAI chat completions are not kept; the Responses API over REST "
-    "(store, previous_response_id) is",
-    "xai_api.Chat/DeleteStoredCompletion": "stored xAI chat completions are not kept",
     "xai_api.Chat/CompactContext": "context compaction runs inside xAI's service",
 }
 

@@ -59,6 +59,7 @@ class Core(Protocol):
 
     def _request_id(self) -> str: ...
 
+
 _DEFERRED_STATUS = {
     "pending": deferred_pb2.PENDING,
     "done": deferred_pb2.DONE,
@@ -306,6 +307,11 @@ class MoreServices:
         self, request: chat_pb2.GetCompletionsRequest, context: Any
     ) -> deferred_pb2.StartDeferredResponse:
         try:
+            if request.HasField("previous_response_id") or request.store_messages:
+                raise _unsupported(
+                    "Deferred completions are stored as deferred results, not as stored completions: send "
+                    "store_messages / previous_response_id with chat.sample or chat.stream."
+                )
             payload = translate.chat_payload(request, False)
         except RouteError as e:
             await abort(context, e, "")
@@ -355,7 +361,9 @@ class MoreServices:
         refs = [i.image_url for i in request.reference_images if i.image_url]
         if refs:
             payload["reference_image_urls"] = refs
-        if len(refs) != len(request.reference_images) or (request.HasField("image") and request.image.file_id):
+        if len(refs) != len(request.reference_images) or (
+            request.HasField("image") and request.image.file_id
+        ):
             await abort(context, _unsupported("Images by file id need xAI's Files API; send image URLs."), "")
         oid = await self._start(context, "/videos/generations", payload, VIDEO)
         return deferred_pb2.StartDeferredResponse(request_id=oid)

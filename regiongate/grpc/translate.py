@@ -170,8 +170,7 @@ def chat_payload(req: chat_pb2.GetCompletionsRequest, stream: bool) -> dict[str,
         raise _invalid("Field 'messages' must not be empty.", "messages")
     if req.HasField("search_parameters"):
         raise _unsupported("Live search (search_parameters)")
-    if req.HasField("previous_response_id"):
-        raise _unsupported("Continuing a stored response (previous_response_id)")
+    # store_messages / previous_response_id are regiongate's own (objects.completions), not the backend's
     p: dict[str, Any] = {"model": req.model, "messages": [_message(m, i) for i, m in enumerate(req.messages)]}
     for name in ("n", "max_tokens"):
         if req.HasField(name):
@@ -371,7 +370,9 @@ def tier_proto(tier: object) -> usage_pb2.ServiceTier:
     x-regiongate-service-tier metadata carries the exact one)."""
     if tier == "priority":
         return usage_pb2.ServiceTier.SERVICE_TIER_PRIORITY
-    return usage_pb2.ServiceTier.SERVICE_TIER_DEFAULT if tier else usage_pb2.ServiceTier.SERVICE_TIER_UNSPECIFIED
+    return (
+        usage_pb2.ServiceTier.SERVICE_TIER_DEFAULT if tier else usage_pb2.ServiceTier.SERVICE_TIER_UNSPECIFIED
+    )
 
 
 def completion_chunk(obj: dict[str, Any], meta: Meta) -> chat_pb2.GetChatCompletionChunk:

@@ -12,20 +12,20 @@ not exist. The backend always gets ``store: false`` and the full input, so no ba
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from regiongate.core import Endpoint, EndpointKind, RouteError
-from regiongate.core.errors import ClientError, GatewayError
+from regiongate.core.errors import ClientError
 from regiongate.objects.ids import new_id, region_of
-from regiongate.objects.service import ObjectState
-from regiongate.objects.store import StoredObject, not_found
+from regiongate.objects.kept import KeptObjects
+from regiongate.objects.store import StoredObject
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.failover import Inbound, Routed
-from regiongate.pipeline.receipts import HEADER, ReceiptHook
+from regiongate.pipeline.receipts import HEADER
 from regiongate.pipeline.sse import data_of, event
 
 PREFIX = "resp"
@@ -55,26 +55,8 @@ class Prepared:
     echo: dict[str, Any]  # request fields the response echoes as the client sent them
 
 
-class StoredResponses:
-    def __init__(self, state: ObjectState | None, receipts: Callable[[], ReceiptHook | None]) -> None:
-        self.state = state
-        self._receipts = receipts
-
-    def _state(self) -> ObjectState:
-        if self.state is None:
-            raise GatewayError(
-                'Stored responses need a state store; this gateway runs with [state] store = "none".',
-                code="state_disabled",
-                status=501,
-            )
-        return self.state
-
-    async def _load(self, oid: str, endpoint: Endpoint, p: Principal) -> StoredObject:
-        store = self._state().stores.locate(oid, region_of(oid, PREFIX), endpoint, p.access, WHAT)
-        obj = await store.get(oid, KIND, p.team)
-        if obj is None:
-            raise not_found(WHAT, oid)
-        return obj
+class StoredResponses(KeptObjects):
+    PREFIX, KIND, WHAT = PREFIX, KIND, WHAT
 
     async def prepare(self, payload: dict[str, Any], endpoint: Endpoint, p: Principal) -> Prepared:
         store = payload.get("store", True)  # the OpenAI API stores unless told not to
@@ -198,11 +180,6 @@ class StoredResponses:
         obj = await self._load(oid, endpoint, p)
         doc = orjson.loads(obj.body)
         return doc, obj
-
-    async def delete(self, oid: str, endpoint: Endpoint, p: Principal) -> None:
-        store = self._state().stores.locate(oid, region_of(oid, PREFIX), endpoint, p.access, WHAT)
-        if not await store.delete(oid, KIND, p.team):
-            raise not_found(WHAT, oid)
 
 
 def input_item_list(doc: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from regiongate.objects.completions import StoredCompletions
 from regiongate.objects.deferred import Deferred
 from regiongate.objects.responses import StoredResponses
 from regiongate.pipeline.services import Services
@@ -22,4 +23,9 @@ class StatefulServices(Services, Protocol):
     @property
     def deferred(self) -> Deferred | None:
         """Deferred chat completions and videos; None with [state] store = "none"."""
+        ...
+
+    @property
+    def completions(self) -> StoredCompletions:
+        """xAI chat's stored completions (store_messages, previous_response_id, get / delete)."""
         ...

@@ -297,8 +297,11 @@ def test_errors_map_to_grpc_status_codes(gw: Gateway) -> None:
     try:
         with pytest.raises(grpc.RpcError) as err:
             client.chat.get_stored_completion("resp_1")
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND and "'resp_1'" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            client.chat.compact_context(model="grok-4", messages=[user("hi")])
         assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-        assert "GetStoredCompletion" in err.value.details() and "GetCompletionChunk" in err.value.details()
+        assert "CompactContext" in err.value.details() and "GetStoredCompletion" in err.value.details()
     finally:
         client.close()
 

@@ -286,3 +286,101 @@ def test_a_chat_deferred_id_is_not_a_video_id(gw: Gw) -> None:
         req = video_pb2.GetDeferredVideoRequest(request_id=oid)
         code, _ = code_of(lambda: stub.GetDeferredVideo(req, metadata=auth()))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+# --- stored xAI chat completions (store_messages, previous_response_id) -----------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("authority", "region"), [(None, "us-east-1"), ("eu-west-1.localhost", "eu-west-1")])
+def test_stored_completion_get_continue_delete(
+    gw: Gw, authority: str | None, region: str, stream: bool
+) -> None:
+    with gw.client(authority) as c:
+        chat = c.chat.create(model="grok-4", store_messages=True)
+        chat.append(user("Tell me about the sea."))
+        first = list(chat.stream())[-1][0] if stream else chat.sample()
+        assert first.id.startswith(f"chat_{region}_") and f"in {region} " in first.content
+        [got] = c.chat.get_stored_completion(first.id)
+        assert (got.id, got.content, got.finish_reason) == (first.id, first.content, "REASON_STOP")
+        # The follow-up is sent with the stored conversation: its prompt holds the first answer too.
+        follow = c.chat.create(model="grok-4", previous_response_id=first.id, store_messages=True)
+        follow.append(user("And the mountains?"))
+        second = follow.sample()
+        assert second.id.startswith(f"chat_{region}_") and second.id != first.id
+        assert second.usage.prompt_tokens > first.usage.prompt_tokens + len(first.content) // 8
+        assert c.chat.delete_stored_completion(first.id) == first.id
+        for call in (
+            lambda: c.chat.get_stored_completion(first.id),
+            lambda: c.chat.delete_stored_completion(first.id),
+        ):
+            code, details = code_of(call)
+            assert code == grpc.StatusCode.NOT_FOUND and first.id in details
+        again = c.chat.create(model="grok-4", previous_response_id=first.id)
+        again.append(user("hi"))
+        assert code_of(again.sample)[0] == grpc.StatusCode.NOT_FOUND
+        # Without store_messages nothing is kept: the id is the backend's, not a stored one.
+        plain = c.chat.create(model="grok-4")
+        plain.append(user("hi"))
+        assert not plain.sample().id.startswith("chat_")
+
+
+def test_stored_completion_residency_and_receipt(gw: Gw) -> None:
+    req = chat_pb2.GetCompletionsRequest(
+        model="grok-4",
+        messages=[chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[chat_pb2.Content(text="hi")])],
+        store_messages=True,
+    )
+    with gw.channel("eu-west-1.localhost") as ch:
+        resp, call = chat_pb2_grpc.ChatStub(ch).GetCompletion.with_call(req, metadata=auth())
+    oid = resp.id
+    assert oid.startswith("chat_eu-west-1_")
+    claims = unverified_claims(dict(call.initial_metadata())["x-regiongate-receipt"])
+    assert (claims["object"], claims["region"], claims["stored"], claims["stored_zone"]) == (
+        oid,
+        "eu-west-1",
+        "eu-west-1",
+        "eu",
+    )
+    with gw.client() as c:  # the global endpoint finds it by the region its id names
+        assert c.chat.get_stored_completion(oid)[0].id == oid
+        # A follow-up on the global endpoint runs where the conversation is stored.
+        follow = c.chat.create(model="grok-4", previous_response_id=oid, store_messages=True)
+        follow.append(user("more"))
+        nxt = follow.sample()
+        assert nxt.id.startswith("chat_eu-west-1_") and "in eu-west-1 " in nxt.content
+    with gw.client("us-east-1.localhost") as c:  # another region's endpoint: not found, nothing read there
+        for call_ in (
+            lambda: c.chat.get_stored_completion(oid),
+            lambda: c.chat.delete_stored_completion(oid),
+        ):
+            code, details = code_of(call_)
+            assert code == grpc.StatusCode.NOT_FOUND and "outside this endpoint's scope" in details
+        cross = c.chat.create(model="grok-4", previous_response_id=oid)
+        cross.append(user("hi"))
+        assert code_of(cross.sample)[0] == grpc.StatusCode.NOT_FOUND
+    with gw.client("us-east-1.localhost") as c:  # a US object is not readable with an EU-fenced key
+        us = c.chat.create(model="grok-4", store_messages=True)
+        us.append(user("hi"))
+        us_id = us.sample().id
+    with gw.client(key=EU_KEY) as c:
+        assert code_of(lambda: c.chat.get_stored_completion(us_id))[0] == grpc.StatusCode.NOT_FOUND
+        for bad in (
+            "",
+            "x",
+            "chat_nowhere_00",
+            oid.replace("chat_", "defer_"),
+            "chat_us-east-1_" + "zz" * 12,
+        ):
+            assert code_of(lambda b=bad: c.chat.get_stored_completion(b))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_stored_completion_survives_a_gateway_restart(gw: Gw) -> None:
+    with gw.client() as c:
+        chat = c.chat.create(model="grok-4", store_messages=True)
+        chat.append(user("hi"))
+        first = chat.sample()
+    gw.stop()
+    gw.start()
+    with gw.client() as c:
+        assert c.chat.get_stored_completion(first.id)[0].content == first.content
