@@ -113,6 +113,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE teams ADD COLUMN service_tiers TEXT",
         ),
     ),
+    Migration(
+        8,
+        "usage records say the service tier each request ran at",
+        ("ALTER TABLE usage_records ADD COLUMN tier TEXT NOT NULL DEFAULT 'default'",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -16,6 +16,7 @@ from regiongate.core import Grant
 from regiongate.core.errors import Invalid
 from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.usage import UsageTotals
 
 # Team names appear in URLs, CLI arguments and receipts: keep them to a safe, readable alphabet.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -136,6 +137,7 @@ class UsageRow:
     avg_ttft_ms: float | None
     avg_total_ms: float | None
     estimated_requests: int = 0  # requests whose backend reported no usage (tokens estimated)
+    by_tier: dict[str, UsageTotals] = field(default_factory=dict)  # the same, per service tier
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -149,6 +151,7 @@ class UsageRow:
             "avg_ttft_ms": None if self.avg_ttft_ms is None else round(self.avg_ttft_ms, 1),
             "avg_total_ms": None if self.avg_total_ms is None else round(self.avg_total_ms, 1),
             "estimated_requests": self.estimated_requests,
+            "by_tier": {tier: t.to_json() for tier, t in self.by_tier.items()},
         }
 
 

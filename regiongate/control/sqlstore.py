@@ -23,7 +23,7 @@ from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, NotFound, StoreUnavailable
 from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.usage import UsageRecord
+from regiongate.pipeline.usage import UsageRecord, UsageTotals
 
 T = TypeVar("T")
 
@@ -399,6 +399,7 @@ class SqlStore(SqlWorker):
                 r.total_ms,
                 r.estimated,
                 "; ".join(r.hops),
+                r.tier,
             )
             for r in records
         ]
@@ -408,8 +409,8 @@ class SqlStore(SqlWorker):
                 self.dialect.executemany(
                     self._c(),
                     "INSERT INTO usage_records (at, day, request_id, team, key_id, model, endpoint, region, "
-                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated, hops) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated, hops, tier) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
@@ -425,28 +426,39 @@ class SqlStore(SqlWorker):
 
     async def usage(self, team: str, since_day: str | None = None) -> list[UsageRow]:
         def run() -> list[UsageRow]:
+            # Grouped by tier too, then folded per (day, model, region): sums and counts, not averages, so
+            # that the row's averages weigh each tier by its requests.
             rows = self._q(
-                "SELECT day, model, region, COUNT(*), "
+                "SELECT day, model, region, tier, COUNT(*), "
                 "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), SUM(prompt_tokens), "
-                "SUM(completion_tokens), AVG(ttft_ms), AVG(total_ms), "
+                "SUM(completion_tokens), SUM(ttft_ms), COUNT(ttft_ms), SUM(total_ms), "
                 "SUM(CASE WHEN estimated THEN 1 ELSE 0 END) FROM usage_records "
-                "WHERE team = ? AND day >= ? GROUP BY day, model, region ORDER BY day, model, region",
+                "WHERE team = ? AND day >= ? GROUP BY day, model, region, tier "
+                "ORDER BY day, model, region, tier",
                 (team, since_day or ""),
             ).fetchall()
+            folded: dict[tuple[str, str, str], list[Any]] = {}
+            for d, m, r, tier, n, e, p, c, ttft, timed, tot, est in rows:
+                acc = folded.setdefault((d, m, r), [0, 0, 0, 0, 0.0, 0, 0.0, 0, {}])
+                share = UsageTotals(int(n), int(e or 0), int(p or 0), int(c or 0), int(est or 0))
+                for i, v in enumerate((n, e, p, c, ttft, timed, tot, est)):
+                    acc[i] += v or 0
+                acc[8][tier] = share
             return [
                 UsageRow(
                     d,
                     m,
                     r,
                     int(n),
-                    int(e or 0),
-                    int(p or 0),
-                    int(c or 0),
-                    None if t is None else float(t),
-                    None if tot is None else float(tot),
-                    int(est or 0),
+                    int(e),
+                    int(p),
+                    int(c),
+                    float(ttft) / timed if timed else None,
+                    float(tot) / n,
+                    int(est),
+                    by_tier,
                 )
-                for d, m, r, n, e, p, c, t, tot, est in rows
+                for (d, m, r), (n, e, p, c, ttft, timed, tot, est, by_tier) in folded.items()
             ]
 
         return await self._run(run)

@@ -46,6 +46,15 @@ class UsageTotals:
     completion_tokens: int = 0
     estimated: int = 0  # requests whose tokens are the gateway's estimate
 
+    def to_json(self) -> dict[str, int]:
+        """One tier's share of a usage row (``by_tier``), the same in process and in the store."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
 
 class UsageSink(Protocol):
     def record(self, rec: UsageRecord) -> None:
@@ -57,12 +66,13 @@ class UsageSink(Protocol):
 
 class MemoryUsage:
     def __init__(self) -> None:
-        self.totals: dict[tuple[str, str, str, str], UsageTotals] = defaultdict(UsageTotals)
+        # (team, day, model, region, tier): rows are folded per tier when read, as the store does
+        self.totals: dict[tuple[str, str, str, str, str], UsageTotals] = defaultdict(UsageTotals)
         self.count = 0
 
     def record(self, rec: UsageRecord) -> None:
         day = _day(int(rec.at // 86400))
-        t = self.totals[(rec.team, day, rec.model, rec.region)]
+        t = self.totals[(rec.team, day, rec.model, rec.region, rec.tier)]
         t.requests += 1
         t.errors += rec.status >= 400
         t.prompt_tokens += rec.prompt_tokens
@@ -71,22 +81,31 @@ class MemoryUsage:
         self.count += 1
 
     def for_team(self, team: str) -> list[dict[str, object]]:
-        rows = []
-        for (t, day, model, region), v in sorted(self.totals.items()):
-            if t == team:
-                rows.append(
-                    {
-                        "day": day,
-                        "model": model,
-                        "region": region,
-                        "requests": v.requests,
-                        "errors": v.errors,
-                        "prompt_tokens": v.prompt_tokens,
-                        "completion_tokens": v.completion_tokens,
-                        "estimated_requests": v.estimated,
-                    }
-                )
-        return rows
+        rows: dict[tuple[str, str, str], tuple[UsageTotals, dict[str, UsageTotals]]] = {}
+        for (t, day, model, region, tier), v in sorted(self.totals.items()):
+            if t != team:
+                continue
+            row, by_tier = rows.setdefault((day, model, region), (UsageTotals(), {}))
+            row.requests += v.requests
+            row.errors += v.errors
+            row.prompt_tokens += v.prompt_tokens
+            row.completion_tokens += v.completion_tokens
+            row.estimated += v.estimated
+            by_tier[tier] = v
+        return [
+            {
+                "day": day,
+                "model": model,
+                "region": region,
+                "requests": v.requests,
+                "errors": v.errors,
+                "prompt_tokens": v.prompt_tokens,
+                "completion_tokens": v.completion_tokens,
+                "estimated_requests": v.estimated,
+                "by_tier": {tier: t.to_json() for tier, t in by_tier.items()},
+            }
+            for (day, model, region), (v, by_tier) in rows.items()
+        ]
 
     async def aclose(self) -> None:
         return None

@@ -324,7 +324,7 @@ DOCUMENT: dict[str, Any] = {
             **_get("One model, with the regions that serve it", MODEL),
         },
         "/v1/regions": _get("Regions with their models, health, capacity and latency", _list(REGION)),
-        "/v1/usage": _get("The team's usage by day, model and region", _list({"type": "object"})),
+        "/v1/usage": _get("The team's usage by day, model and region, each split by service tier (by_tier)", _list({"type": "object"})),
         "/healthz": _get("Liveness", {"type": "object"}, auth=False),
         "/readyz": _get("Readiness (503 while draining)", {"type": "object"}, auth=False),
         "/metrics": _get("Prometheus metrics", {"type": "string"}, "text/plain", auth=False),

@@ -23,7 +23,7 @@ from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, Invalid, NotFound, StoreUnavailable
 from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal, hash_key
-from regiongate.pipeline.usage import UsageRecord
+from regiongate.pipeline.usage import MemoryUsage, UsageRecord
 from tests.support.control import drop_schema, new_schema, pg_url, require_pg
 
 DAY = 86400.0
@@ -199,6 +199,36 @@ async def test_usage_is_aggregated_by_day_model_and_region(store: ControlStore) 
     assert rows[2].avg_ttft_ms == pytest.approx(80.0) and rows[1].avg_ttft_ms is None
     assert [r.day for r in await store.usage("acme", since_day=day)] == [day, day, day]
     assert await store.usage("nobody") == []
+
+
+async def test_usage_is_broken_down_by_service_tier(store: ControlStore) -> None:
+    now = time.time()
+    prio = dataclasses.replace(record("acme", now), request_id="req_p", tier="priority", ttft_ms=20.0)
+    flex = dataclasses.replace(record("acme", now, status=503), request_id="req_f", tier="flex")
+    await store.write_usage([record("acme", now), prio, flex, dataclasses.replace(prio, request_id="req_p2")])
+    (row,) = await store.usage("acme")
+    assert (row.requests, row.errors, row.prompt_tokens) == (4, 1, 40)
+    # the row's averages weigh every timed request once, whatever its tier: (80 + 20 + 20) / 3
+    assert row.avg_ttft_ms == pytest.approx(40.0) and row.avg_total_ms == pytest.approx(120.0)
+    assert row.to_json()["by_tier"] == {
+        "default": {"requests": 1, "errors": 0, "prompt_tokens": 10, "completion_tokens": 5},
+        "flex": {"requests": 1, "errors": 1, "prompt_tokens": 10, "completion_tokens": 5},
+        "priority": {"requests": 2, "errors": 0, "prompt_tokens": 20, "completion_tokens": 10},
+    }
+
+
+def test_memory_usage_is_broken_down_by_service_tier_like_the_store() -> None:
+    usage = MemoryUsage()
+    now = time.time()
+    for rec in (record("acme", now), dataclasses.replace(record("acme", now, status=500), tier="flex")):
+        usage.record(rec)
+    usage.record(record("other", now))
+    (row,) = usage.for_team("acme")
+    assert (row["requests"], row["errors"]) == (2, 1)
+    assert row["by_tier"] == {
+        "default": {"requests": 1, "errors": 0, "prompt_tokens": 10, "completion_tokens": 5},
+        "flex": {"requests": 1, "errors": 1, "prompt_tokens": 10, "completion_tokens": 5},
+    }
 
 
 async def test_a_keys_stream_settings_reach_its_principal(store: ControlStore) -> None:

@@ -14,6 +14,7 @@ import pytest
 from regiongate.pipeline.auth import hash_key
 from regiongate.pipeline.receipts import unverified_claims
 from tests.support.clients import MSG, client
+from tests.support.control import poll
 from tests.support.procs import DEMO_KEY, Proc
 from tests.support.worlds import world
 
@@ -138,6 +139,17 @@ def test_tier_in_body_header_and_receipt_and_key_defaults(start_gateway: Callabl
     )
     chunks = list(stream)
     assert len(chunks) > 1 and {c.service_tier for c in chunks} == {"priority"}
+
+    # /v1/usage breaks the team's requests down by the tier each ran at (2 flex, 2 priority, 1 default)
+    def by_tier() -> dict[str, int] | None:
+        rows = httpx.get(gw.url + "/v1/usage", headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()["data"]
+        counts: dict[str, int] = {}
+        for row in rows:
+            for tier, share in row["by_tier"].items():
+                counts[tier] = counts.get(tier, 0) + share["requests"]
+        return counts if sum(counts.values()) == 5 else None
+
+    assert poll(by_tier, timeout=10)[0] == {"default": 1, "flex": 2, "priority": 2}
 
 
 BAD = ["scale", "PRIORITY", 3, True, ["flex"], {"tier": "flex"}, ""]
