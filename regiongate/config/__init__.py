@@ -219,6 +219,17 @@ class GatewayConfig(_Model):
         return v
 
 
+class HedgingConfig(_Model):
+    """Hedging a slow first byte (``regiongate.pipeline.hedge``): once a stream has waited
+    clamp(after_factor x p95 of the deployment's TTFTs, floor_s, its budget) without a first byte, the next
+    candidate in scope is started beside it and the first to answer is kept. Off by default: each hedge is
+    one more upstream request."""
+
+    enabled: bool = False
+    after_factor: float = Field(1.0, gt=0)
+    floor_s: float = Field(0.25, ge=0)
+
+
 class EdgeConfig(_Model):
     """Limits and timeouts of the public listeners (``regiongate.front.edge``, ``regiongate.grpc.server``),
     per worker process. Read at start; a reload keeps the running values."""
@@ -314,6 +325,7 @@ class Config(_Model):
     edge: EdgeConfig = EdgeConfig()
     state: StateConfig = StateConfig()
     affinity: AffinityConfig = AffinityConfig()
+    hedging: HedgingConfig = HedgingConfig()
     tracing: TracingConfig | None = None  # OpenTelemetry traces: off unless the section is present
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_
 from regiongate.pipeline.catalog import find_model, visible_models
 from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
 from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.hedge import HEDGE_HEADER, opted_out
 from regiongate.pipeline.routes import not_offered
 from regiongate.pipeline.sse import iter_json_events
 from regiongate.pipeline.tiering import TIER_HEADER
@@ -123,6 +124,7 @@ class XaiServices:
             caller.location,
             explain=md.get("x-regiongate-explain") == "1",
             continuation=md.get(OPT_OUT_HEADER, "").lower() != "off",
+            hedge=not opted_out(md.get(HEDGE_HEADER)),
             conversation=next((md[h] for h in CONVERSATION_HEADERS if md.get(h)), None),
             ttft_budget_ms=_budget(md),
             client_request_id=client_request_id(md.get("x-request-id")),

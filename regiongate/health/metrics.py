@@ -97,6 +97,13 @@ class Metrics:
             ["region"],
             registry=self.registry,
         )
+        self._hedges = Counter(
+            "regiongate_hedges",
+            "Hedged first-byte waits ([hedging]) by the region that was slow and how the hedge did: won (its "
+            "answer kept, the slow attempt cancelled), lost (the slow one answered first), failed (no answer)",
+            ["region", "outcome"],
+            registry=self.registry,
+        )
         self._fleet = _FleetCollector()
         self.registry.register(self._fleet)
         self._children: dict[tuple[str, str, str, int, str], tuple[Counter, Counter]] = {}
@@ -126,6 +133,9 @@ class Metrics:
 
     def ttft(self, region: str, ms: float) -> None:
         self._ttft.labels(region).observe(ms / 1000.0)
+
+    def hedge(self, region: str, outcome: str) -> None:
+        self._hedges.labels(region, outcome).inc()
 
     def malformed(self, region: str, count: int) -> None:
         self._malformed.labels(region).inc(count)

@@ -35,7 +35,7 @@ from regiongate.core.labels import Route
 from regiongate.core.latency import prompt_tokens_estimate
 from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
-from regiongate.pipeline import tokens
+from regiongate.pipeline import hedge, tokens
 from regiongate.pipeline.affinity import prefix_key
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.blame import Blame, exhausted
@@ -75,6 +75,7 @@ class Inbound:
     client_location: Location | None = None
     explain: bool = False  # the caller asked for the x-regiongate-explain response header
     continuation: bool = True  # a stream broken mid-answer may be continued elsewhere in scope
+    hedge: bool = True  # a slow first byte may be hedged, when [hedging] is on (x-regiongate-hedge: off)
     ttft_budget_ms: float | None = None  # the caller's own first-byte budget (x-regiongate-ttft-budget-ms)
     client_request_id: str | None = None  # the client's x-request-id, echoed; never used as ours
     tier: Tier = Tier.DEFAULT  # its service tier, resolved by ``Gateway.dispatch`` (pipeline.tiering)
@@ -140,6 +141,7 @@ class _Open:
     resp: UpstreamResponse
     first: bytes | None
     ttft_ms: float
+    hedge: hedge.Outcome | None = None  # how a hedge of its wait went (pipeline.hedge)
 
     @property
     def status(self) -> int:
@@ -197,6 +199,27 @@ class _Stream:
         self.hops.append(Hop(nxt.attempt.deployment.region, nxt.attempt.backend.id, self.failure or ""))
         self.attempt, self.resp, self.relay, self._open = nxt.attempt, nxt.resp, relay, True
         self.hop_ttft_ms = nxt.ttft_ms
+
+
+@dataclass(slots=True)
+class _Note:
+    """Records what a failure before the first byte says (the walk's failures, the backend's health)."""
+
+    gateway: Gateway
+    fleet: Fleet
+    region: str
+    backend: Backend
+    failures: list[str]
+    blame: Blame | None
+    failed: set[str] | None
+
+    def __call__(self, e: Exception) -> None:
+        if not isinstance(e, UpstreamFailure):
+            raise e
+        self.failures.append(f"{self.region}/{e}")
+        self.gateway._failed(self.fleet, self.region, self.backend, e, self.blame)
+        if self.failed is not None:
+            self.failed.add(self.backend.id)
 
 
 class Hook(Protocol):
@@ -262,6 +285,7 @@ class Gateway:
         self._rng = random.Random()
         self.tracing: Tracer | None = None  # spans around leases and attempts
         self.affinity: AffinityStore | None = None  # where prompt prefixes were served ([affinity])
+        self.hedging: hedge.HedgePolicy | None = None  # [hedging]; None: off
 
     @property
     def fleet(self) -> Fleet:
@@ -286,6 +310,8 @@ class Gateway:
         key = inbound.principal
         if not key.continuation:  # the key's stream settings: either side may only tighten
             inbound.continuation = False
+        if not inbound.continuation:  # one generation at a time: neither continued nor hedged
+            inbound.hedge = False
         if key.ttft_budget_ms is not None:
             asked = inbound.ttft_budget_ms
             inbound.ttft_budget_ms = key.ttft_budget_ms if asked is None else min(asked, key.ttft_budget_ms)
@@ -347,6 +373,8 @@ class Gateway:
         else:  # the stream now owns the lease
             routed = self._stream(fleet, opened, failed)
         routed.plan = plan
+        if opened.hedge is not None:
+            routed.headers.append((hedge.HEDGE_HEADER, opened.hedge))
         return routed
 
     async def _walk(
@@ -361,13 +389,17 @@ class Gateway:
         blame: Blame | None = None,
         continues: str | None = None,
         failed: set[str] | None = None,
+        hedges: bool = True,
     ) -> _Open | None:
         """Walk the plan until a backend answers: the first byte of a stream, or a whole answer. What
         failed is appended to ``failures``. ``payload_for`` replaces the request's body per backend (a
         continuation of a hop broken by ``continues``; None: that backend cannot take it), ``skip`` names
         backends not to try, the ids of those that failed are added to ``failed``; ``blame`` holds the 5xx
-        answers to judge by the outcome (``pipeline.blame``; None: they count at once)."""
+        answers to judge by the outcome (``pipeline.blame``; None: they count at once). ``hedges``: a slow
+        first byte may be hedged with the rest of this walk (``pipeline.hedge``), once."""
         moved = bool(failures) or continues is not None  # a continuation moved because a hop broke
+        hedges = hedges and self.hedging is not None and inbound.stream and inbound.hedge and payload_for is None
+        tried: set[str] = set(skip)
         capacity = fleet.capacity
         tracing = self.tracing
         for ci, cand in enumerate(plan):  # later candidates are worked out only if the earlier ones fail
@@ -392,6 +424,7 @@ class Gateway:
                 for bi, bid in enumerate(cand.backends):
                     if bid in skip:
                         continue
+                    tried.add(bid)
                     backend = fleet.backends[bid]
                     payload = inbound.payload if payload_for is None else payload_for(backend)
                     if payload is None:
@@ -411,18 +444,29 @@ class Gateway:
                             attempt = _Attempt(
                                 inbound, dep, backend, lease, route, started, dep.queue_depth, more, continues
                             )
-                            if tracing is None:
-                                opened = await self._try(attempt, call)
-                            else:
-                                tried = self._try(attempt, call)
-                                opened = await tracing.attempt(tried, dep, backend.id, route, continues)
-                            break
+                            trial = self._try(attempt, call)
+                            if tracing is not None:
+                                trial = tracing.attempt(trial, dep, backend.id, route, continues)
+                            mark = None
+                            if hedges and more and self.hedging is not None:
+                                mark = self.hedging.mark_s(dep.first_byte, call.first_byte_s or 0.0)
+                            if mark is None:
+                                opened = await trial
+                                break
+                            note = _Note(self, fleet, cand.region, backend, failures, blame, failed)
+                            raced = await self._hedged(trial, mark, note, inbound, plan, started, frozenset(tried), lease)
+                            if not isinstance(raced, hedge.Raced):
+                                opened = raced  # answered before the mark: as if never hedged
+                                break
+                            opened = raced.answer
+                            if opened is not None:
+                                opened.hedge = raced.outcome
+                            owned = opened is not None and opened.first is not None and opened.attempt.lease is lease
+                            self.metrics.hedge(cand.region, raced.outcome)
+                            return opened  # the hedge walked the rest of the plan: nothing is left to try
                         except UpstreamFailure as e:
-                            failures.append(f"{cand.region}/{e}")
                             moved = True
-                            self._failed(fleet, cand.region, backend, e, blame)
-                            if failed is not None:
-                                failed.add(bid)
+                            _Note(self, fleet, cand.region, backend, failures, blame, failed)(e)
                             # A transient failure is tried once more on the same backend when the request
                             # may use no other (a regional endpoint with one backend): never more.
                             if again or not e.transient or not _only_backend(plan):
@@ -439,6 +483,39 @@ class Gateway:
                 if not owned:
                     await capacity.release(lease)
         return None
+
+    async def _hedged(
+        self,
+        trial: Awaitable[_Open],
+        mark_s: float,
+        note: _Note,
+        inbound: Inbound,
+        plan: Plan,
+        started: float,
+        tried: frozenset[str],
+        lease: Lease,
+    ) -> _Open | hedge.Raced[_Open]:
+        """``trial`` hedged after ``mark_s`` with the rest of the plan (the backends in ``tried`` skipped;
+        that walk does not hedge again); ``note`` records a failure of the trial. ``lease`` is the trial's,
+        freed by its walk."""
+        fleet = note.fleet
+
+        async def rest() -> _Open | None:
+            return await self._walk(
+                fleet, inbound, plan, note.failures, started, None, tried, note.blame, None, note.failed, hedges=False
+            )
+
+        async def discard(loser: _Open) -> None:  # an answer that came second: closed, its lease freed
+            loser.attempt.backend.in_flight -= 1
+            await loser.resp.aclose()
+            if loser.first is not None and loser.attempt.lease is not lease:
+                await fleet.capacity.release(loser.attempt.lease)
+
+        raced = await hedge.race(trial, mark_s, rest, note, discard)
+        won = raced.answer if isinstance(raced, hedge.Raced) and raced.outcome is hedge.Outcome.WON else None
+        if won is not None and won.attempt.route in (Route.NEAREST, Route.SPILLOVER):
+            won.attempt.route = Route.FAILOVER  # it left the first choice, as a failover does
+        return raced
 
     @staticmethod
     def _first_byte_s(inbound: Inbound, dep: Deployment, backend: Backend, more: bool) -> float:
@@ -543,6 +620,7 @@ class Gateway:
         backend.in_flight += 1
         self.fleet.record_attempt(backend)  # after an ejection, this is its one trial
         sent = time.monotonic()
+        resp: UpstreamResponse | None = None
         try:
             resp = await backend.upstream.send(call)
             if call.path != a.inbound.path:  # a translated Responses request: answer as the Responses API
@@ -570,9 +648,11 @@ class Gateway:
         except UpstreamFailure:
             backend.in_flight -= 1
             raise
-        except BaseException:  # cancelled: the client left before the first byte
+        except BaseException:  # cancelled: the client left before the first byte, or a hedge won
             backend.in_flight -= 1
             backend.outlier.abandon()
+            if resp is not None:
+                await resp.aclose()
             raise
         ttft_ms = (time.monotonic() - sent) * 1000.0
         if self.tracing is not None:

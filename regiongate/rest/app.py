@@ -287,6 +287,7 @@ class RestApp:
             self._client_location(scope, headers),
             explain=headers.get(b"x-regiongate-explain") == b"1",
             continuation=headers.get(b"x-regiongate-continue", b"").lower() != b"off",
+            hedge=headers.get(b"x-regiongate-hedge", b"").lower() != b"off",
             conversation=next((v.decode("latin-1") for h in CONVERSATION_HEADERS_RAW if (v := headers.get(h))), None),
             ttft_budget_ms=budget,
             client_request_id=client_rid,

@@ -14,7 +14,8 @@ Faults (``Fault.kind``): ``ok``, ``cut`` (connection closed after ``at`` tokens)
 head), ``status`` (``status`` with an OpenAI error body, optional ``retry_after`` / ``retry_after_ms``
 headers), ``reset`` (TCP reset before any response byte), ``never`` (reads the request, never answers),
 ``hold_close`` (reads it, is silent for ``seconds``, then closes), ``refuse_prefill`` (400 to a prefill,
-else ``ok``), ``error_event`` (an in-band error event after ``at`` tokens, then [DONE]).
+else ``ok``), ``error_event`` (an in-band error event after ``at`` tokens, then [DONE]), ``gate`` (reads
+it, answers ``ok`` once the test sets ``gate``, a ``threading.Event``: a slow first token without a clock).
 ``flap(seconds)`` answers 503 to everything for that long.
 """
 
@@ -50,6 +51,7 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     retry_after_ms: str | None = None
+    gate: threading.Event | None = None  # for ``gate``
 
 
 @dataclass
@@ -184,6 +186,10 @@ class FaultServer:
         kind = fault.kind
         if kind == "slow_first":
             await asyncio.sleep(fault.seconds)
+        elif kind == "gate":
+            assert fault.gate is not None
+            while not fault.gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test)
+                await asyncio.sleep(0.005)
         elif kind == "never":
             await asyncio.Event().wait()
         elif kind == "hold_close":
