@@ -145,7 +145,7 @@ def _tiers(args: argparse.Namespace) -> int:
 
     from regiongate.config import ConfigError, load_config
     from regiongate.simulate.scenario import ScenarioError, load_scenario
-    from regiongate.simulate.sessions import Mix, affinity_table, run_sessions, tier_table
+    from regiongate.simulate.sessions import Mix, affinity_table, affinity_target, run_sessions, tier_table
 
     try:
         scenario = load_scenario(args.scenario)
@@ -158,7 +158,8 @@ def _tiers(args: argparse.Namespace) -> int:
     mix = Mix()
     res = run_sessions(cfg, scenario, mix, args.requests or TIERS_REQUESTS, args.seed)
     text = [
-        f"# Service tiers and prompt-cache affinity ({res.requests:,} requests, {res.wall_s:.0f} s)",
+        f"# Service tiers and prompt-cache affinity ({res.requests:,} requests, seed {res.seed}, "
+        f"{res.wall_s:.0f} s)",
         "",
         f"Mix: {mix.priority:.0%} priority, {mix.flex:.0%} flex; reserve {mix.reserve:.0%}, flex below "
         f"{mix.flex_below:.0%}; {mix.sessions:.0%} of requests are conversation turns (system prompt "
@@ -167,6 +168,8 @@ def _tiers(args: argparse.Namespace) -> int:
         *tier_table(res),
         "",
         *affinity_table(res),
+        "",
+        affinity_target(res),
         "",
     ]
     out = Path(args.out)

@@ -42,7 +42,7 @@ class Hook(Protocol):
 
     def first(self, tag: Any, ttft_ms: float) -> None: ...
 
-    def rejected(self, tag: Any, code: str) -> None: ...
+    def rejected(self, t: float, ctx: Context, tag: Any, code: str) -> None: ...
 
 
 class Dep:
@@ -379,7 +379,7 @@ class Engine:
             plan = self.policy(snap, req)
             if isinstance(plan, RouteError):
                 if hook is not None:
-                    hook.rejected(tag, plan.code)
+                    hook.rejected(t, ctx, tag, plan.code)
                 st.rejected[cell] += 1
                 st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
                 return
@@ -393,7 +393,7 @@ class Engine:
                         break
                 else:  # counted, never hidden
                     if hook is not None:
-                        hook.rejected(tag, "stale_plan")
+                        hook.rejected(t, ctx, tag, "stale_plan")
                     st.rejected[cell] += 1
                     st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
                     return

@@ -34,7 +34,7 @@ from typing import Any
 from regiongate.config import Config
 from regiongate.core import Affinity, RouteRequest, Tier
 from regiongate.simulate.engine import Dep, Engine
-from regiongate.simulate.fleet import build_world
+from regiongate.simulate.fleet import Context, build_world
 from regiongate.simulate.policies import make_policy
 from regiongate.simulate.scenario import Scenario
 from regiongate.simulate.stats import HIST_BINS, hist_bin, percentile
@@ -74,11 +74,17 @@ class TierStats:
     requests: list[int] = field(default_factory=lambda: [0] * len(TIERS))
     rejected: list[int] = field(default_factory=lambda: [0] * len(TIERS))
     later_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)  # conversation turns 2+
+    hit_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)  # turns 2+ that hit, alone
+    miss_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)  # turns 2+ that missed, alone
     later: int = 0
     later_hits: int = 0  # turns 2+ served where their prefix was cached
     saved_tokens: int = 0
+    saved_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)  # prefill ms each hit saved
     affinity_used: int = 0  # decisions that had an affinity entry to consider
     codes: list[dict[str, int]] = field(default_factory=lambda: [{} for _ in TIERS])  # refusals by code
+    # priority refusals made while a region in the request's scope still had a free slot (its reserve
+    # included, which only priority may take), by refusal code: the target says there are none
+    priority_with_room: dict[str, int] = field(default_factory=dict)
 
 
 class Observer:
@@ -91,6 +97,9 @@ class Observer:
         self.caches: dict[tuple[str, str, int], dict[int, float]] = {}  # backend -> conversation -> served at
         self.rng = random.Random(seed)  # which backend a request without affinity lands on
         self.stats = TierStats()
+        self.by_model: list[list[Dep]] = []  # the engine's deployments, to check a refusal against
+        # turns 2+ placed but not yet answered: did they hit? (tags are shared by the engines: kept here)
+        self.hit: dict[int, bool] = {}
 
     def before(self, t: float, req: RouteRequest, tag: Any) -> RouteRequest:
         turn: Turn = tag
@@ -122,9 +131,11 @@ class Observer:
             self.table[turn.conv] = (d.region, backend, t, prompt)
         if turn.turn > 1:
             self.stats.later += 1
-            if served is not None and t - served < self.mix.ttl_s:
+            hit = self.hit[id(turn)] = served is not None and t - served < self.mix.ttl_s
+            if hit:
                 self.stats.later_hits += 1
                 self.stats.saved_tokens += turn.prefix
+                self.stats.saved_hist[hist_bin(turn.prefix * d.prefill_s * 1000.0)] += 1
                 return prompt - turn.prefix  # only the new suffix is prefilled
         return prompt
 
@@ -134,11 +145,17 @@ class Observer:
         self.stats.hist[turn.tier][i] += 1
         if turn.turn > 1:
             self.stats.later_hist[i] += 1
+            (self.stats.hit_hist if self.hit.pop(id(turn), False) else self.stats.miss_hist)[i] += 1
 
-    def rejected(self, tag: Any, code: str) -> None:
+    def rejected(self, t: float, ctx: Context, tag: Any, code: str) -> None:
         self.stats.rejected[tag.tier] += 1
         codes = self.stats.codes[tag.tier]
         codes[code] = codes.get(code, 0) + 1
+        if TIERS[tag.tier] is Tier.PRIORITY and any(
+            ctx.allowed[d.ri] and not d.outages and d.in_use < d.limit for d in self.by_model[ctx.model]
+        ):
+            room = self.stats.priority_with_room
+            room[code] = room.get(code, 0) + 1
 
 
 @dataclass
@@ -149,6 +166,7 @@ class SessionsResult:
     stats: dict[str, TierStats]
     violations: dict[str, int]
     prefill_ms_per_token: float
+    seed: int = 0
 
 
 @dataclass(slots=True)
@@ -170,6 +188,7 @@ def run_sessions(
     observers = {name: Observer(mix, name != "no-affinity", seed) for name in ENGINES}
     for name, e in engines.items():
         e.hook = observers[name]
+        observers[name].by_model = e.by_model
         for d in e.deps:
             d.reserve, d.flex_below = mix.reserve, mix.flex_below
         e.start(1)
@@ -225,6 +244,7 @@ def run_sessions(
         {n: o.stats for n, o in observers.items()},
         {n: e.stats.violations for n, e in engines.items()},
         spec.prefill_s * 1000.0,
+        seed,
     )
 
 
@@ -235,8 +255,8 @@ def _ms(hist: Sequence[int], q: float) -> str:
 
 def tier_table(res: SessionsResult) -> list[str]:
     rows = [
-        "| tier | run | requests | p50 ms | p99 ms | rejected | refused as |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| tier | run | requests | p50 ms | p99 ms | rejected | refused as | refused with a slot in scope |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for i, tier in enumerate(TIERS):
         for name in ("affinity", "no-flex"):
@@ -245,9 +265,10 @@ def tier_table(res: SessionsResult) -> list[str]:
                 continue
             label = "20/30 mix" if name == "affinity" else "no flex traffic"
             rej = s.rejected[i] / s.requests[i]
+            room = _codes(s.priority_with_room) if s.priority_with_room else "0"
             rows.append(
                 f"| {tier} | {label} | {s.requests[i]:,} | {_ms(s.hist[i], 0.5)} | {_ms(s.hist[i], 0.99)} | "
-                f"{s.rejected[i]:,} ({rej:.2%}) | {_codes(s.codes[i])} |"
+                f"{s.rejected[i]:,} ({rej:.2%}) | {_codes(s.codes[i])} | {room if tier is Tier.PRIORITY else '-'} |"
             )
     return rows
 
@@ -258,9 +279,9 @@ def _codes(codes: dict[str, int]) -> str:
 
 def affinity_table(res: SessionsResult) -> list[str]:
     rows = [
-        "| affinity | turns 2+ | prefix-cache hits | prefill saved per hit ms | turn 2+ TTFT p50 ms | p99 ms "
-        "| residency violations |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| affinity | turns 2+ | prefix-cache hits | prefill saved per hit: mean ms | p50 ms "
+        "| turn 2+ TTFT p50 ms | p99 ms | residency violations |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ("affinity", "no-affinity"):
         s = res.stats[name]
@@ -268,6 +289,32 @@ def affinity_table(res: SessionsResult) -> list[str]:
         saved = s.saved_tokens / s.later_hits * res.prefill_ms_per_token if s.later_hits else 0.0
         rows.append(
             f"| {'on' if name == 'affinity' else 'off'} | {s.later:,} | {hit:.1%} | {saved:,.0f} | "
-            f"{_ms(s.later_hist, 0.5)} | {_ms(s.later_hist, 0.99)} | {res.violations[name]} |"
+            f"{_ms(s.saved_hist, 0.5)} | {_ms(s.later_hist, 0.5)} | {_ms(s.later_hist, 0.99)} | "
+            f"{res.violations[name]} |"
         )
     return rows
+
+
+def affinity_target(res: SessionsResult) -> str:
+    """The issue's target in one line: turn 2+ TTFT p50 drops by at least the median prefill a hit saves."""
+    on, off = res.stats["affinity"], res.stats["no-affinity"]
+    p50_on, p50_off, saved = (
+        percentile(on.later_hist, 0.5),
+        percentile(off.later_hist, 0.5),
+        percentile(on.saved_hist, 0.5),
+    )
+    if p50_on is None or p50_off is None or saved is None:
+        return "Turn 2+ TTFT p50 drop: not measured (no conversation turns 2+ or no hits)."
+    drop = p50_off - p50_on
+    verdict = "met" if drop >= saved else "not met"
+    hit_on, miss_off = percentile(on.hit_hist, 0.5), percentile(off.miss_hist, 0.5)
+    split = (
+        ""
+        if hit_on is None or miss_off is None
+        else f" A hit with affinity (p50 {hit_on:,.0f} ms) against a miss without ({miss_off:,.0f} ms): "
+        f"{miss_off - hit_on:,.0f} ms."
+    )
+    return (
+        f"Turn 2+ TTFT p50 drop with affinity: {drop:,.0f} ms; median prefill a hit saves (affinity on): "
+        f"{saved:,.0f} ms: {verdict}.{split}"
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from regiongate.config import load_config
 from regiongate.core import Tier
 from regiongate.simulate.scenario import load_scenario
-from regiongate.simulate.sessions import TIERS, Mix, affinity_table, run_sessions, tier_table
+from regiongate.simulate.sessions import TIERS, Mix, affinity_table, affinity_target, run_sessions, tier_table
 from regiongate.simulate.stats import percentile
 
 
@@ -19,9 +19,21 @@ def test_tiers_and_affinity_on_one_trace() -> None:
     # flex is the first to be refused; priority never more often than without flex
     assert on.rejected[f] / on.requests[f] >= on.rejected[p] / on.requests[p]
     assert on.rejected[p] <= no_flex.rejected[p]
+    # ... and never while a region in its scope still had a slot (the reserve is priority's): checked at
+    # each refusal against the engine's deployments
+    assert on.priority_with_room == no_flex.priority_with_room == off.priority_with_room == {}
     # affinity: the conversation's backend keeps its prefix; off, a region's backends split it
     assert on.later_hits / on.later > 0.9 > 0.5 > off.later_hits / off.later
     p50_on, p50_off = percentile(on.later_hist, 0.5), percentile(off.later_hist, 0.5)
     assert p50_on is not None and p50_off is not None and p50_on < p50_off
     assert res.violations == {"affinity": 0, "no-affinity": 0, "no-flex": 0}
     assert len(tier_table(res)) == 2 + 5 and len(affinity_table(res)) == 4
+    # the median prefill a hit saves is recorded and reported beside the p50 drop
+    saved = percentile(on.saved_hist, 0.5)
+    assert (
+        saved is not None and saved >= Mix().system_tokens * res.prefill_ms_per_token * 0.95
+    )  # >= the system prompt
+    assert sum(on.hit_hist) + sum(on.miss_hist) == sum(on.later_hist)
+    assert f"{p50_off - p50_on:,.0f} ms" in affinity_target(res) and f"{saved:,.0f} ms" in affinity_target(
+        res
+    )
