@@ -18,8 +18,13 @@ Only the new tokens reach the client: the target's events are rebased onto the f
 restated for the whole answer (``pipeline.sse.SseRelay``). Anthropic Messages streams are continued the same
 way (the prefill is that API's own final assistant message; the target's ``message_start`` and opening
 ``content_block_start`` are dropped, ``message_delta``'s output tokens cover the whole answer). Responses
-API streams are not continued: they end with their ``error`` event naming the original failure. When nothing can continue, the stream ends with
-the protocol's in-band error naming the original failure, never a refused prefill.
+API streams too: a native backend gets the original request with ``{"role": "assistant", "content":
+<delivered>}`` last in ``input``; a backend that takes it as chat completions (``responses = "chat"``) gets
+the translated request with that final assistant message marked as for chat (``chat_prefill``). Either way
+the target's Responses events are rebased onto the first stream's (one ``response.created``, its response
+and item ids, positions, one run of ``sequence_number``; ``*.done`` and ``response.completed`` carry the
+whole text and usage). When nothing can continue, the stream ends with the protocol's in-band error naming
+the original failure, never a refused prefill.
 """
 
 from __future__ import annotations
@@ -55,8 +60,11 @@ def render_hops(hops: list[Hop]) -> str:
 def _request_refusal(payload: dict[str, Any], kind: StreamKind, opted_out: bool) -> str | None:
     if opted_out:
         return f"continuation is off ({OPT_OUT_HEADER} or the key's setting)"
-    if kind is StreamKind.RESPONSES or not isinstance(payload.get("messages"), list):
-        return "Responses API streams are not continued"
+    if kind is StreamKind.RESPONSES:
+        if not isinstance(payload.get("input"), (str, list)):
+            return "a Responses request without input cannot be continued"
+    elif not isinstance(payload.get("messages"), list):
+        return "a request without messages cannot be continued"
     n = payload.get("n")
     if isinstance(n, int) and n > 1:
         return "streams of several choices are not continued"
@@ -85,19 +93,39 @@ def prefill_payload(
 ) -> dict[str, Any] | None:
     """The original request continued after ``delivered`` (``tokens`` of it), for a target of ``style``;
     None when that target cannot continue. An Anthropic Messages request is continued the way that API
-    defines prefill, a final assistant message, whatever the style (unless ``none``)."""
+    defines prefill, a final assistant message, whatever the style (unless ``none``); a Responses request
+    with that message last in its ``input`` (a chat backend's marks come with ``chat_prefill``)."""
     if style not in ("vllm", "llama.cpp", "prefix"):
         return None
-    message: dict[str, Any] = {"role": "assistant", "content": delivered}
-    if style == "prefix" and kind is StreamKind.CHAT:
-        message["prefix"] = True
     out = dict(payload)
+    if kind is StreamKind.RESPONSES:
+        raw = payload["input"]
+        items = [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw)
+        out["input"] = [*items, {"role": "assistant", "content": delivered}] if delivered else items
+        limit = payload.get("max_output_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            out["max_output_tokens"] = max(1, limit - tokens)
+        return out
+    message: dict[str, Any] = {"role": "assistant", "content": delivered}
     out["messages"] = [*payload["messages"], message] if delivered or kind is StreamKind.CHAT else payload["messages"]
-    if style == "vllm" and kind is StreamKind.CHAT:
-        out["continue_final_message"] = True
-        out["add_generation_prompt"] = False
+    if kind is StreamKind.CHAT:
+        out = chat_prefill(out, style)
     for name in ("max_tokens", "max_completion_tokens"):  # the whole answer keeps the client's limit
         limit = payload.get(name)
         if isinstance(limit, int) and not isinstance(limit, bool):
             out[name] = max(1, limit - tokens)
+    return out
+
+
+def chat_prefill(chat: dict[str, Any], style: str) -> dict[str, Any]:
+    """A chat completions request whose final assistant message is a prefill, marked for ``style``."""
+    msgs = chat.get("messages")
+    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+        return chat  # nothing delivered yet: the request as it was
+    out = dict(chat)
+    if style == "prefix":
+        out["messages"] = [*msgs[:-1], {**msgs[-1], "prefix": True}]
+    elif style == "vllm":
+        out["continue_final_message"] = True
+        out["add_generation_prompt"] = False
     return out

@@ -42,6 +42,7 @@ from regiongate.pipeline.blame import Blame, exhausted
 from regiongate.pipeline.continuation import (
     HOPS_HEADER,
     Hop,
+    chat_prefill,
     may_continue,
     prefill_payload,
     refusal,
@@ -596,6 +597,8 @@ class Gateway:
         rename = backend.upstream_model is not None and backend.upstream_model != inbound.model
         if inbound.path == "/responses" and backend.responses_via_chat:
             chat = chat_request(payload)
+            if payload is not inbound.payload:  # a continuation: its final assistant message is the prefill
+                chat = chat_prefill(chat, backend.prefill)
             if rename:
                 chat["model"] = backend.upstream_model
             return UpstreamCall("/chat/completions", orjson.dumps(chat), chat, inbound.stream, inbound.request_id)

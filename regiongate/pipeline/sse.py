@@ -7,7 +7,7 @@
 | Responses (``/responses``) | ``response.completed`` / ``.incomplete`` / ``.failed`` | ``event: error`` ``{"type": "error", ...}`` |
 | Anthropic (``/messages``) | ``message_stop``                                     | ``event: error`` ``{"type": "error", ...}``  |
 
-Chat and Anthropic streams can be continued on another backend (``pipeline.continuation``): the relay
+Every protocol's streams can be continued on another backend (``pipeline.continuation``): the relay
 notes the text delivered and rebases a continuation's events onto the first stream.
 
 ``SseRelay`` passes upstream events through as the same bytes, while it checks that each ``data`` payload is
@@ -187,6 +187,10 @@ class SseRelay:
         self._finished: set[int] = set()
         self._named: set[tuple[Any, Any]] = set()  # chat: (choice, tool call) whose name was relayed
         self._indexes = ResponsesIndexes()
+        # Responses: the message item whose text is delivered (the client's id, output and content index);
+        # in a continuation, the target's ids that stand for the first stream's.
+        self._item: tuple[Any, Any, Any] | None = None
+        self._ids: dict[Any, Any] = {}
         self._buf = b""
         self._crlf = False
 
@@ -200,6 +204,8 @@ class SseRelay:
         self._base = before._base or before.first
         self.first = self._base
         self._echo = self.prior
+        self._item = before._item
+        self.sequence = before.sequence
 
     @property
     def delivered(self) -> str:
@@ -257,11 +263,18 @@ class SseRelay:
             ev = self._message(ev, obj)
             if not ev:
                 return ev
-        elif "type" not in obj and isinstance(obj.get("error"), dict):
-            # llama-server ends a Responses stream that fails midway with a chat-completions error event
-            # (``data: {"error": {...}}``): restated as the Responses error event, with its message.
-            obj = _responses_error(obj["error"], self.sequence)
-            ev = named_event("error", obj)
+        else:
+            if "type" not in obj and isinstance(obj.get("error"), dict):
+                # llama-server ends a Responses stream that fails midway with a chat-completions error event
+                # (``data: {"error": {...}}``): restated as the Responses error event, with its message.
+                obj = _responses_error(obj["error"], self.sequence)
+                ev = named_event("error", obj)
+            changed = self._indexes.fill(obj, self.sequence)
+            if not self._response(obj):
+                return b""
+            if self._base is not None:  # a continuation: one run of sequence numbers over every hop
+                obj["sequence_number"] = self.sequence
+                changed = True
         kind = obj.get("type")
         if kind == "error":  # in these two protocols the error event is the stream's last
             self.errored = self.done = True
@@ -273,7 +286,7 @@ class SseRelay:
             if isinstance(piece, str):
                 self.deltas += 1
                 self.chars += len(piece)
-        changed = self.kind is StreamKind.RESPONSES and self._indexes.fill(obj, self.sequence)
+        changed = self.kind is StreamKind.RESPONSES and changed
         seq = obj.get("sequence_number")
         if isinstance(seq, int):
             self.sequence = seq + 1
@@ -371,6 +384,112 @@ class SseRelay:
                 usage["input_tokens"] = max(1, usage["input_tokens"] - self.carried)
             return named_event("message_delta", obj)
         return ev
+
+    def _response(self, obj: dict[str, Any]) -> bool:
+        """Responses: note the text of the answer's one message item delivered (an item of another kind, a
+        second message or a second content part makes the stream one that cannot be continued); in a
+        continuation, rebase the target's events onto the first stream (its ``response.created`` and the
+        opening of the message item the client has are dropped, their ids and positions become the first
+        stream's, an echoed prefill is taken off, ``*.done`` events carry the whole text and the final
+        response its whole usage). False drops the event."""
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            return True
+        cont = self._base is not None
+        if kind in ("response.created", "response.in_progress", "response.queued"):
+            if not cont and kind == "response.created":
+                self.first = obj
+            return not cont
+        item = obj.get("item")
+        iid = item.get("id") if isinstance(item, dict) else obj.get("item_id")
+        opens = kind in ("response.output_item.added", "response.content_part.added", "response.output_text.delta")
+        if cont and opens and not self._ids and self._item is not None and iid is not None:
+            is_message = not isinstance(item, dict) or item.get("type") == "message"
+            if is_message:  # the target's message is the one the client has open (some servers open none)
+                self._ids[iid] = self._item[0]
+        if iid is not None and iid in self._ids:
+            if kind in ("response.output_item.added", "response.content_part.added"):
+                return False  # the client has this item open already
+            self._to_base(obj)
+            iid = self._item[0] if self._item is not None else iid
+        elif kind == "response.output_item.added" and isinstance(item, dict):
+            if item.get("type") == "message" and self._item is None:
+                self._item = (iid, obj.get("output_index"), 0)
+            else:
+                self.tool_calls = True  # another item than the one message: it cannot be joined soundly
+        if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str):
+            if self._item is None:
+                self._item = (iid, obj.get("output_index"), obj.get("content_index"))
+            elif iid != self._item[0] or obj.get("content_index") != self._item[2]:
+                self.tool_calls = True  # text of another item or part: not the answer's one text
+                return True
+            if self._echo:
+                obj["delta"] = self._unecho(obj["delta"])
+                if not obj["delta"]:
+                    return False
+            self.text.append(obj["delta"])
+            self.content_events += 1
+        elif cont and kind in _TERMINAL[StreamKind.RESPONSES] and isinstance(obj.get("response"), dict):
+            obj["response"] = self._whole_response(obj["response"])
+        return True
+
+    def _to_base(self, obj: dict[str, Any]) -> None:
+        """A continuation's event about the message item, as the first stream named it (the whole text in
+        its ``done`` events)."""
+        assert self._item is not None
+        iid, out_i, part_i = self._item
+        whole = self.delivered
+        obj["output_index"] = out_i
+        if "item_id" in obj:
+            obj["item_id"] = iid
+        if "content_index" in obj:
+            obj["content_index"] = part_i
+        if obj.get("type") == "response.output_text.done":
+            obj["text"] = whole
+        part = obj.get("part")
+        if isinstance(part, dict) and part.get("type") == "output_text":
+            obj["part"] = {**part, "text": whole}
+        item = obj.get("item")
+        if isinstance(item, dict):
+            obj["item"] = self._whole_item(item)
+
+    def _whole_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        assert self._item is not None
+        out = {**item, "id": self._item[0]}
+        content = item.get("content")
+        if isinstance(content, list):
+            whole = self.delivered
+            out["content"] = [
+                {**c, "text": whole} if isinstance(c, dict) and c.get("type") == "output_text" else c
+                for c in content
+            ]
+        return out
+
+    def _whole_response(self, resp: dict[str, Any]) -> dict[str, Any]:
+        """A continuation's final response as the first stream's: its id and creation time, the message
+        item with the whole text, the usage of the whole answer."""
+        base = self._base.get("response") if self._base is not None else None
+        out = dict(resp)
+        if isinstance(base, dict):
+            for k in ("id", "created_at"):
+                if k in base:
+                    out[k] = base[k]
+        output = resp.get("output")
+        if isinstance(output, list) and self._item is not None:
+            out["output"] = [
+                self._whole_item(i) if isinstance(i, dict) and (i.get("id") in self._ids or i.get("id") == self._item[0])
+                else i
+                for i in output
+            ]
+        usage = resp.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+            u = dict(usage)
+            u["output_tokens"] += self.carried  # the delivered text was the continuation's prompt
+            if isinstance(u.get("input_tokens"), int):
+                u["input_tokens"] = max(1, u["input_tokens"] - self.carried)
+                u["total_tokens"] = u["input_tokens"] + u["output_tokens"]
+            out["usage"] = u
+        return out
 
     def _rebase(self, obj: dict[str, Any]) -> bool:
         """Make a continuation's chunk look like the next chunk of the first stream; False to drop it

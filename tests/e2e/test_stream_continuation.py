@@ -256,15 +256,106 @@ def test_anthropic_messages_stream_is_continued_in_the_next_region(
     assert cont.payload["max_tokens"] == 80  # the whole answer keeps the client's limit
 
 
-def test_responses_stream_is_not_continued_and_names_the_original_failure(
-    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+def responses_backend(fs: FaultServer, mode: str, prefill: str = "vllm") -> str:
+    """A backend that speaks /v1/responses itself (``native``) or takes it as chat completions (``chat``)."""
+    via = ', responses = "chat"' if mode == "chat" else ""
+    return f'{{ kind = "http", url = "{fs.url}", prefill = "{prefill}"{via}, timeouts = {{ idle_s = 0.5 }} }}'
+
+
+def responses_stream(gw: Proc, host: str | None = None, **kw: Any) -> tuple[list[Any], Any]:
+    """The openai SDK's Responses stream helper (it rebuilds the response from the events, by position)."""
+    with client(gw, host, max_retries=0).responses.stream(model="grok-4", input="hi", **kw) as s:
+        events = list(s)
+        return events, s.get_final_response()
+
+
+@pytest.mark.parametrize("mode", ["native", "chat"])
+@pytest.mark.parametrize("fault", [Fault("cut", at=20), Fault("stall", at=35)])
+def test_responses_stream_broken_mid_answer_is_continued_in_the_next_region(
+    mode: str, fault: Fault, start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
 ) -> None:
-    gw, west = east_cut(start_gateway, fault_servers, at=5)
+    east, west, _ = fault_servers
+    east.default = fault
+    gw = start_gateway(
+        world({"us-east-1": [responses_backend(east, mode)], "us-west-2": [responses_backend(west, mode)]})
+    )
+    started = time.monotonic()
+    events, final = responses_stream(gw, max_output_tokens=100)
+    took = time.monotonic() - started
+    kinds = [e.type for e in events]
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert "".join(e.delta for e in deltas) == WHOLE  # only new text: no repeat of the prefill
+    assert final.output_text == WHOLE and final.status == "completed"
+    assert kinds.count("response.created") == 1 and kinds.count("response.completed") == 1
+    assert kinds.count("response.output_item.added") == 1 and kinds.count("response.content_part.added") == 1
+    assert "error" not in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    created = next(e for e in events if e.type == "response.created")
+    assert final.id == created.response.id and final.created_at == created.response.created_at
+    (item,) = final.output
+    assert {(e.item_id, e.output_index, e.content_index) for e in deltas} == {(item.id, 0, 0)}
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == WHOLE and done.item_id == item.id
+    assert final.usage is not None and final.usage.output_tokens == TOKENS
+    if mode == "native":
+        (cont,) = west.posts("/v1/responses")
+        last = cont.payload["input"][-1]  # the request again, the delivered text its final assistant input
+        assert len(cont.payload["input"]) == 2 and cont.payload["input"][0]["content"] == "hi"
+        assert cont.payload["max_output_tokens"] == 100 - fault.at
+    else:
+        (cont,) = west.posts()
+        last = cont.payload["messages"][-1]
+        assert cont.payload["continue_final_message"] is True and cont.payload["add_generation_prompt"] is False
+        assert cont.payload["max_tokens"] == 100 - fault.at
+    assert last == {"role": "assistant", "content": WHOLE[: len(last["content"])]}
+    assert len(last["content"].split()) == fault.at
+    print(f"\nMEASURED Responses ({mode}) {fault.kind} at {fault.at} on global -> continued in us-west-2 in {took:.2f}s")
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
+
+
+@pytest.mark.parametrize("mode", ["native", "chat"])
+def test_responses_stream_continues_only_inside_a_regional_endpoints_region(
+    mode: str, start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    bad, good, west = fault_servers
+    bad.default = Fault("cut", at=20)
+    spec = [responses_backend(bad, mode), responses_backend(good, mode)]
+    gw = start_gateway(world({"us-east-1": spec, "us-west-2": [responses_backend(west, mode)]}))
+    events, final = responses_stream(gw, "us-east-1.localhost")
+    assert final.output_text == WHOLE and [e.type for e in events].count("response.created") == 1
+    path = "/v1/responses" if mode == "native" else "/v1/chat/completions"
+    assert len(good.posts(path)) == 1 and west.received == []
+    # One backend in the region: nothing may continue it elsewhere, the original failure is named.
+    gw2 = start_gateway(world({"us-east-1": [responses_backend(bad, mode)], "us-west-2": [spec[1]]}))
+    events = list(client(gw2, "us-east-1.localhost").responses.create(model="grok-4", input="hi", stream=True))
+    last = events[-1]
+    assert last.type == "error" and last.code == "stream_interrupted"  # type: ignore[union-attr]
+    assert "us-east-1 dropped the connection mid-answer" in last.message  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize("mode", ["native", "chat"])
+@pytest.mark.parametrize(("target", "prefill"), [(Fault("refuse_prefill"), "vllm"), (Fault(), "none")])
+def test_a_responses_stream_that_cannot_continue_ends_with_the_original_failure(
+    mode: str,
+    target: Fault,
+    prefill: str,
+    start_gateway: Callable[..., Proc],
+    fault_servers: list[FaultServer],
+) -> None:
+    east, west, _ = fault_servers
+    east.default, west.default = Fault("cut", at=5), target
+    gw = start_gateway(
+        world({"us-east-1": [responses_backend(east, mode)], "us-west-2": [responses_backend(west, mode, prefill)]})
+    )
     events = list(client(gw).responses.create(model="grok-4", input="hi", stream=True))
     last = events[-1]
     assert last.type == "error" and last.code == "stream_interrupted"  # type: ignore[union-attr]
     assert "us-east-1 dropped the connection mid-answer" in last.message  # type: ignore[union-attr]
-    assert west.posts("/v1/responses") == []
+    assert "continue" not in last.message  # type: ignore[union-attr]  # never the refused prefill
+    assert [e.type for e in events].count("response.created") == 1
+    assert len(west.received) == (1 if prefill == "vllm" else 0)
+    wait_until(lambda: sum(in_use(gw).values()) == 0)
 
 
 STRICT_KEY = "rg-test-key-that-never-continues"

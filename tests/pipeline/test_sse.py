@@ -159,3 +159,63 @@ def test_a_chat_shaped_error_in_a_responses_stream_becomes_its_error_event() -> 
         "sequence_number": 1,
     }
     assert r.errored and r.complete
+
+
+def _rev(obj: dict[str, object]) -> bytes:
+    return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _decoded(out: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(e.split(b"data: ", 1)[1]) for e in out.split(b"\n\n") if e]
+
+
+def test_a_responses_continuation_is_rebased_onto_the_first_stream() -> None:
+    """The first stream opened msg_a and delivered "Hello wor"; the target (llama-server-like: no item
+    events, no positions, its prefill echoed) goes on under its own ids: the client reads one stream."""
+    first = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
+    where = {"item_id": "msg_a", "output_index": 0, "content_index": 0}
+    first.feed(
+        _rev({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_a", "created_at": 1}})
+        + _rev({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": {"type": "message", "id": "msg_a"}})
+        + _rev({"type": "response.content_part.added", "sequence_number": 2, **where, "part": {"type": "output_text", "text": ""}})
+        + _rev({"type": "response.output_text.delta", "sequence_number": 3, **where, "delta": "Hello"})
+        + _rev({"type": "response.output_text.delta", "sequence_number": 4, **where, "delta": " wor"})
+    )
+    assert first.delivered == "Hello wor" and first.tokens == 2 and not first.tool_calls
+    cont = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
+    cont.continue_from(first)
+    item = {"type": "message", "id": "msg_b", "content": [{"type": "output_text", "text": "Hello world"}]}
+    raw = [
+        {"type": "response.created", "response": {"id": "resp_b", "created_at": 9}},
+        {"type": "response.in_progress", "response": {"id": "resp_b"}},
+        {"type": "response.output_text.delta", "item_id": "msg_b", "delta": "Hello wor"},  # the echo
+        {"type": "response.output_text.delta", "item_id": "msg_b", "delta": "ld"},
+        {"type": "response.output_text.done", "item_id": "msg_b", "text": "Hello world"},
+        {"type": "response.output_item.done", "item": item},
+        {
+            "type": "response.completed",
+            "response": {"id": "resp_b", "created_at": 9, "output": [item], "usage": {"input_tokens": 12, "output_tokens": 1, "total_tokens": 13}},
+        },
+    ]
+    got = _decoded(cont.feed(b"".join(_rev(o) for o in raw)))
+    assert [e["type"] for e in got] == [
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in got] == [5, 6, 7, 8]
+    assert got[0]["delta"] == "ld" and {(e.get("item_id", "msg_a"), e["output_index"]) for e in got[:3]} == {("msg_a", 0)}
+    assert got[0]["content_index"] == 0 and got[1]["text"] == "Hello world"
+    assert got[2]["item"] == {**item, "id": "msg_a"}
+    final = got[3]["response"]
+    assert isinstance(final, dict) and final["id"] == "resp_a" and final["created_at"] == 1
+    assert final["output"] == [{**item, "id": "msg_a"}]
+    assert final["usage"] == {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}
+    assert cont.complete and cont.delivered == "Hello world" and cont.usage == {"prompt_tokens": 10, "completion_tokens": 3}
+
+
+def test_a_responses_stream_with_another_item_than_its_message_cannot_be_continued() -> None:
+    r = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
+    r.feed(_rev({"type": "response.output_item.added", "item": {"type": "function_call", "id": "fc_1"}}))
+    assert r.tool_calls

@@ -3,13 +3,14 @@ chosen per request (a queue of faults consumed in order) or per model, run on it
 thread of the test process, so a test scripts it directly and reads what it received.
 
 Its answer is deterministic: ``t0 t1 ... t59`` (``tokens`` words, one per event), so a test can compare a
-continued answer with the uninterrupted one word for word. A request whose last message is the assistant's
-is a prefill: the server continues the same answer after the words already there (as vLLM with
-``continue_final_message``, llama.cpp with an assistant prefill, or a provider with ``prefix: true`` do),
-unless told to refuse it.
+continued answer with the uninterrupted one word for word. A request whose last message (Responses: last
+input item) is the assistant's is a prefill: the server continues the same answer after the words already
+there (as vLLM with ``continue_final_message``, llama.cpp with an assistant prefill, or a provider with
+``prefix: true`` do), unless told to refuse it. Chat, Responses and Messages streams are served.
 
 Faults (``Fault.kind``): ``ok``, ``cut`` (connection closed after ``at`` tokens), ``stall`` (silent after
-``at`` tokens, connection open; for ``seconds`` when given, then it goes on), ``malformed`` (an event that is not JSON before token ``at``), ``no_done``
+``at`` tokens, connection open; for ``seconds`` when given, then it goes on; these two in chat and Responses streams),
+``malformed`` (an event that is not JSON before token ``at``), ``no_done``
 (finish_reason sent, then the chunked body ends without ``[DONE]``), ``slow_first`` (``seconds`` before the
 head), ``status`` (``status`` with an OpenAI error body, optional ``retry_after`` / ``retry_after_ms``
 headers), ``reset`` (TCP reset before any response byte), ``never`` (reads the request, never answers),
@@ -225,7 +226,12 @@ class FaultServer:
         return await self._chat_stream(payload, fault, start, w)
 
     def _words(self, payload: dict[str, Any], start: int) -> list[str]:
-        limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or self.tokens
+        limit = (
+            payload.get("max_tokens")
+            or payload.get("max_completion_tokens")
+            or payload.get("max_output_tokens")
+            or self.tokens
+        )
         end = min(self.tokens, start + int(limit))
         return [("" if i == 0 else " ") + f"t{i}" for i in range(start, end)]
 
@@ -324,26 +330,28 @@ class FaultServer:
             return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
         await _stream_head(w)
+        # The OpenAI stream's shape: the item and its part opened, text deltas, each closed, the response.
         await _chunk(
             w,
             ev({"type": "response.created", "response": {**response, "status": "in_progress", "output": []}}),
         )
+        item = {**response["output"][0], "status": "in_progress", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+        await _chunk(w, ev({"type": "response.output_item.added", "output_index": 0, "item": item}))
+        await _chunk(w, ev({"type": "response.content_part.added", **where, "part": part}))
         for i, word in enumerate(words):
-            if fault.kind == "cut" and i == fault.at:
-                return False
-            await _chunk(
-                w,
-                ev(
-                    {
-                        "type": "response.output_text.delta",
-                        "item_id": "msg_1",
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": word,
-                        "logprobs": [],
-                    }
-                ),
-            )
+            if fault.kind in ("cut", "stall") and i == fault.at:
+                if fault.kind == "cut":
+                    await _chunk(w, b"event: response.output_text.delta\ndata: {")  # cut mid-event
+                    return False
+                await (asyncio.sleep(fault.seconds) if fault.seconds else asyncio.Event().wait())
+            delta = {"type": "response.output_text.delta", **where, "delta": word, "logprobs": []}
+            await _chunk(w, ev(delta))
+        await _chunk(w, ev({"type": "response.output_text.done", **where, "text": text, "logprobs": []}))
+        await _chunk(w, ev({"type": "response.content_part.done", **where, "part": {**part, "text": text}}))
+        done = response["output"][0]
+        await _chunk(w, ev({"type": "response.output_item.done", "output_index": 0, "item": done}))
         await _chunk(w, ev({"type": "response.completed", "response": response}))
         await _chunk(w, b"")
         return True
@@ -411,6 +419,8 @@ class FaultServer:
 
 def _prefill(payload: dict[str, Any]) -> str | None:
     msgs = payload.get("messages")
+    if isinstance(payload.get("input"), list):  # the Responses API: a final assistant input item
+        msgs = payload["input"]
     if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
         content = msgs[-1].get("content")
         return content if isinstance(content, str) else ""
