@@ -34,13 +34,20 @@ def warm(gw: Proc, host: str | None = None) -> None:
 
 
 def hedges(gw: Proc, region: str, outcome: str) -> float:
-    return metric(gw.url + "/metrics", "regiongate_hedges_total", {"region": region, "outcome": outcome}) or 0.0
+    return (
+        metric(gw.url + "/metrics", "regiongate_hedges_total", {"region": region, "outcome": outcome}) or 0.0
+    )
 
 
 def idle(gw: Proc) -> None:
     """Every lease freed and no backend with a request in flight: the cancelled attempt cleaned up."""
     wait_until(lambda: sum(in_use(gw).values()) == 0, what="leases freed")
-    wait_until(lambda: metric(gw.url + "/metrics", "regiongate_backend_in_flight", {"backend": "us-east-1/grok-4/0"}) == 0)
+    wait_until(
+        lambda: (
+            metric(gw.url + "/metrics", "regiongate_backend_in_flight", {"backend": "us-east-1/grok-4/0"})
+            == 0
+        )
+    )
     assert sum(in_use(gw).values()) == 0
 
 
@@ -91,7 +98,10 @@ def test_the_hedge_is_cancelled_when_the_slow_attempt_answers_first(
     releaser.join(5)
     wait_until(lambda: sum(in_use(gw).values()) == 0, what="the hedge's lease freed")
     wait_until(
-        lambda: metric(gw.url + "/metrics", "regiongate_backend_in_flight", {"backend": "us-west-2/grok-4/0"}) == 0
+        lambda: (
+            metric(gw.url + "/metrics", "regiongate_backend_in_flight", {"backend": "us-west-2/grok-4/0"})
+            == 0
+        )
     )
     assert hedges(gw, "us-east-1", "lost") == 1 and hedges(gw, "us-east-1", "won") == 0
 
