@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=workers_arg,
         default=1,
         help="processes sharing the ports (SO_REUSEPORT), one event loop each; 'auto': one per CPU this "
-        "process may use (the production default; default here: %(default)s)",
+        "process may use, the production default (default: %(default)s)",
     )
     s.add_argument(
         "--region-ports",
