@@ -19,6 +19,7 @@ from regiongate.core import Access, Grant, Location, Region, Tier
 from regiongate.health.load import LoadCollector, LoadScraper
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import HealthCollector, Prober
+from regiongate.objects.background import BackgroundResponses
 from regiongate.objects.completions import StoredCompletions
 from regiongate.objects.deferred import Deferred
 from regiongate.objects.responses import StoredResponses
@@ -72,6 +73,7 @@ class Runtime:
     completions: StoredCompletions = field(  # xAI chat's stored completions over the same stores
         default_factory=lambda: StoredCompletions(None, lambda: None)
     )
+    background: BackgroundResponses | None = None  # Responses with background true; None: [state] off
 
     @property
     def config(self) -> Config:
@@ -277,7 +279,7 @@ def build_runtime(
         gateway.hooks.insert(0, tracing.hook)  # first, so a refused request's span is named too
     mounts = _control_mounts(cfg, control, callers, live) if control is not None else ()
     receipts = lambda: control.receipts if control else None  # noqa: E731
-    objects = deferred = None
+    objects = deferred = background = None
     responses = StoredResponses(None, receipts)
     completions = StoredCompletions(None, receipts)
     if cfg.state.store != "none":
@@ -286,6 +288,7 @@ def build_runtime(
         deferred = Deferred(objects, lambda: gateway, receipts)
         responses = StoredResponses(objects, receipts)
         completions = StoredCompletions(objects, receipts)
+        background = BackgroundResponses(responses, deferred)
     shared.prober = Prober(now_fleet, lambda: live.now.config.health)
     metrics.registry.register(HealthCollector(now_fleet, shared.link))
     load = LoadScraper(now_fleet, lambda: live.now.config)
@@ -306,4 +309,5 @@ def build_runtime(
         deferred,
         tracing,
         completions,
+        background,
     )

@@ -100,7 +100,7 @@ class StoredCompletions(KeptObjects):
     ) -> PreparedChat:
         """The request to route: the previous conversation (read in its own region only) before its messages."""
         if previous is not None:
-            doc = orjson.loads((await self._load(previous, endpoint, p)).body)
+            doc = orjson.loads((await self.load(previous, endpoint, p)).body)
             choices = doc["completion"].get("choices") or [{}]
             answer = {"role": "assistant", **_message_of(choices[0])}
             payload["messages"] = [*doc["messages"], answer, *payload["messages"]]
@@ -127,7 +127,7 @@ class StoredCompletions(KeptObjects):
         self, prep: PreparedChat, inbound: Inbound, routed: Routed, completion: dict[str, Any]
     ) -> None:
         """Store ``completion`` (already carrying ``prep.oid``) in the region its id names."""
-        state = self._state()
+        state = self.required_state()
         region = region_of(prep.oid, PREFIX) or routed.region
         receipt = next((v for k, v in routed.headers if k == HEADER), None)
         doc = {"completion": completion, "messages": prep.payload["messages"], "receipt": receipt}
@@ -149,7 +149,7 @@ class StoredCompletions(KeptObjects):
     async def retrieve(
         self, oid: str, endpoint: Endpoint, p: Principal
     ) -> tuple[dict[str, Any], StoredObject]:
-        obj = await self._load(oid, endpoint, p)
+        obj = await self.load(oid, endpoint, p)
         return orjson.loads(obj.body), obj
 
 

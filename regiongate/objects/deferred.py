@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +79,23 @@ class Deferred:
                 body,
             )
         )
-        task = asyncio.create_task(self._run(inbound, oid, region))
+        self.spawn(self._run(inbound, oid, region))
+        return oid
+
+    @property
+    def gateway(self) -> Gateway:
+        return self._gateway()
+
+    @property
+    def receipts(self) -> ReceiptHook | None:
+        return self._receipts()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in the background; a graceful shutdown waits for it (``drain``)."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return oid
+        return task
 
     async def _run(self, inbound: Inbound, oid: str, stored_in: str) -> None:
         status, region = "failed", ""

@@ -24,7 +24,7 @@ class KeptObjects:
         self.state = state
         self._receipts = receipts
 
-    def _state(self) -> ObjectState:
+    def required_state(self) -> ObjectState:
         if self.state is None:
             raise GatewayError(
                 f'A {self.WHAT} needs a state store; this gateway runs with [state] store = "none".',
@@ -33,16 +33,20 @@ class KeptObjects:
             )
         return self.state
 
-    async def _load(self, oid: str, endpoint: Endpoint, p: Principal) -> StoredObject:
+    async def load(self, oid: str, endpoint: Endpoint, p: Principal) -> StoredObject:
         """The object for this caller, read only in the region its id names and only within scope."""
-        store = self._state().stores.locate(oid, region_of(oid, self.PREFIX), endpoint, p.access, self.WHAT)
+        store = self.required_state().stores.locate(
+            oid, region_of(oid, self.PREFIX), endpoint, p.access, self.WHAT
+        )
         obj = await store.get(oid, self.KIND, p.team)
         if obj is None:
             raise not_found(self.WHAT, oid)
         return obj
 
     async def delete(self, oid: str, endpoint: Endpoint, p: Principal) -> None:
-        store = self._state().stores.locate(oid, region_of(oid, self.PREFIX), endpoint, p.access, self.WHAT)
+        store = self.required_state().stores.locate(
+            oid, region_of(oid, self.PREFIX), endpoint, p.access, self.WHAT
+        )
         if not await store.delete(oid, self.KIND, p.team):
             raise not_found(self.WHAT, oid)
 

@@ -72,7 +72,7 @@ class StoredResponses(KeptObjects):
         items = input_items(payload.get("input"))
         history: list[dict[str, Any]] = []
         if prev is not None:
-            doc = orjson.loads((await self._load(prev, endpoint, p)).body)
+            doc = orjson.loads((await self.load(prev, endpoint, p)).body)
             history = [*doc["input"], *doc["response"].get("output", [])]
             region = region_of(prev, PREFIX)
             if endpoint.kind is not EndpointKind.REGION and region is not None:
@@ -97,7 +97,7 @@ class StoredResponses(KeptObjects):
         return oid
 
     async def _keep(self, prep: Prepared, inbound: Inbound, routed: Routed, resp: dict[str, Any]) -> None:
-        state = self._state()
+        state = self.required_state()
         receipt = next((v for k, v in routed.headers if k == HEADER), None)
         doc = {"response": resp, "input": prep.history, "receipt": receipt}
         now = time.time()
@@ -177,8 +177,12 @@ class StoredResponses(KeptObjects):
     async def retrieve(
         self, oid: str, endpoint: Endpoint, p: Principal
     ) -> tuple[dict[str, Any], StoredObject]:
-        obj = await self._load(oid, endpoint, p)
+        obj = await self.load(oid, endpoint, p)
         doc = orjson.loads(obj.body)
+        timeout = self.required_state().cfg.deferred_timeout_s
+        if obj.status in ("queued", "in_progress") and time.time() - obj.created_at > timeout:
+            # a background run whose gateway process died: it will never finish
+            doc["response"].update(status="failed", error={"code": "expired", "message": "The run was lost."})
         return doc, obj
 
 

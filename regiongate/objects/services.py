@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from regiongate.objects.background import BackgroundResponses
 from regiongate.objects.completions import StoredCompletions
 from regiongate.objects.deferred import Deferred
 from regiongate.objects.responses import StoredResponses
@@ -28,4 +29,9 @@ class StatefulServices(Services, Protocol):
     @property
     def completions(self) -> StoredCompletions:
         """xAI chat's stored completions (store_messages, previous_response_id, get / delete)."""
+        ...
+
+    @property
+    def background(self) -> BackgroundResponses | None:
+        """Responses created with background true (retrieve while running, cancel); None: [state] off."""
         ...

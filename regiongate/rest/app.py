@@ -30,6 +30,7 @@ from regiongate.asgi import (
 )
 from regiongate.core import Endpoint, Location, RouteError
 from regiongate.core.errors import GatewayError
+from regiongate.objects.background import BackgroundResponses
 from regiongate.objects.responses import input_item_list
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.affinity import CONVERSATION_HEADERS_RAW
@@ -195,6 +196,12 @@ class RestApp:
         rid: str,
         client_rid: str | None,
     ) -> int:
+        if method == "POST" and path.startswith("/v1/responses/") and path.endswith("/cancel"):
+            oid = path[len("/v1/responses/") : -len("/cancel")]
+            principal = self._principal(headers)
+            resp = await self._background().cancel(oid, self._endpoint(scope), principal)
+            await send_json(send, 200, resp)
+            return 200
         if method == "POST":
             route = forwarded(path)
             if route is None:
@@ -272,8 +279,15 @@ class RestApp:
         except ValueError as e:
             raise client_error(400, str(e), "invalid_value", BUDGET_HEADER) from None
         prepared = None
+        background = payload.get("background", False)
+        if not isinstance(background, bool):
+            raise client_error(400, "Field 'background' must be a boolean.", "invalid_type", "background")
         if subpath == "/responses":  # the stateful half is ours, whatever the backend (objects.responses)
             prepared = await self.rt.responses.prepare(payload, endpoint, principal)
+            if background:  # ours too: the backend answers in the foreground of our background task
+                prepared.payload.pop("background", None)
+                prepared.body = orjson.dumps(prepared.payload)
+                prepared.echo["background"] = True
             payload, body, endpoint = prepared.payload, prepared.body, prepared.endpoint
         inbound = Inbound(
             subpath,
@@ -292,6 +306,10 @@ class RestApp:
             ttft_budget_ms=budget,
             client_request_id=client_rid,
         )
+        if prepared is not None and background:
+            queued = await self._background().start(prepared, inbound)
+            await send_json(send, 200, queued, [(b"x-request-id", rid.encode())])
+            return 200
         routed = await self.rt.gateway.dispatch(inbound)
         if prepared is not None:
             try:
@@ -310,6 +328,15 @@ class RestApp:
             return routed.status
         await stream_response(receive, send, SSE_HEADERS + extra, routed.chunks, routed.aclose)
         return 200
+
+    def _background(self) -> BackgroundResponses:
+        if self.rt.background is None:
+            raise GatewayError(
+                'Background responses need a state store; this gateway runs with [state] store = "none".',
+                code="state_disabled",
+                status=501,
+            )
+        return self.rt.background
 
     async def _stored_response(
         self, send: Send, method: str, path: str, principal: Principal, endpoint: Endpoint

@@ -236,6 +236,7 @@ def _responses() -> dict[str, Any]:
             "store": {"type": "boolean"},
             "previous_response_id": {"type": "string"},
             "max_output_tokens": POSITIVE_INT,
+            "background": {"type": "boolean"},
         },
     )
     create["post"]["responses"]["200"]["content"][JSON]["schema"] = RESPONSE_OBJECT
@@ -261,8 +262,17 @@ def _responses() -> dict[str, Any]:
             **_NOT_FOUND,
         },
     }
+    cancel = {
+        "summary": "Cancel a running background response (a finished one is answered as it is)",
+        "responses": {
+            "200": {"description": "OK", "content": {JSON: {"schema": RESPONSE_OBJECT}}},
+            "400": COMMON_ERRORS["400"],
+            **_NOT_FOUND,
+        },
+    }
     return {
         "/v1/responses": create,
+        "/v1/responses/{response_id}/cancel": {"parameters": _RESPONSE_ID, "post": cancel},
         "/v1/responses/{response_id}": {"parameters": _RESPONSE_ID, "get": read, "delete": delete},
         "/v1/responses/{response_id}/input_items": {"parameters": _RESPONSE_ID, "get": items},
     }

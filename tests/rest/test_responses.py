@@ -4,6 +4,7 @@ that processed each response, streaming, the residency refusals, a restart betwe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ keys = [{ id = "eu", env = "REGIONGATE_TEST_EU_KEY", zone = "eu" }]
 name = "keeps-nothing"
 retention_s = 0
 keys = [{ id = "short", env = "REGIONGATE_TEST_SHORT_KEY" }]
+
+[[deployments]]
+region = "eu-west-1"
+models = ["slow-model"]
+backends = [{ kind = "simulated", ttft_ms = 5, tokens_per_s = 2 }]
 """
 
 
@@ -393,3 +399,57 @@ def test_native_pass_through_keeps_state_at_the_gateway(native: tuple[Gw, Native
         final.id.startswith("resp_us-east-1_")
         and c.responses.retrieve(final.id).output_text == "native answer"
     )
+
+
+def _poll(c: OpenAI, oid: str) -> Any:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = c.responses.retrieve(oid)
+        if r.status not in ("queued", "in_progress"):
+            return r
+        time.sleep(0.05)
+    raise AssertionError("still running after 60 s")
+
+
+@pytest.mark.parametrize(("region", "served"), [(None, "us-east-1"), ("eu-west-1", "eu-west-1")])
+def test_background_runs_and_is_retrieved(gw: Gw, region: str | None, served: str) -> None:
+    c = gw.client(region)
+    r = c.responses.create(model="grok-4", input="What is the meaning of life?", background=True)
+    assert r.id.startswith(f"resp_{served}_") and r.status == "queued" and r.background is True
+    done = _poll(c, r.id)
+    assert done.status == "completed" and f"in {served} " in done.output_text and done.background is True
+    raw = c.responses.with_raw_response.retrieve(r.id)
+    assert raw.headers["x-regiongate-region"] == served
+    claims = unverified_claims(raw.headers["x-regiongate-receipt"])
+    assert (claims["object"], claims["region"], claims["stored"]) == (r.id, served, served)
+    follow = c.responses.create(model="grok-4", input="and?", previous_response_id=r.id)
+    assert follow.id.split("_")[1] == served
+    # Cancelling a finished one answers it as it is.
+    assert c.responses.cancel(r.id).status == "completed"
+
+
+def test_background_cancel_while_running_and_residency(gw: Gw) -> None:
+    eu = gw.client("eu-west-1")
+    r = eu.responses.create(
+        model="slow-model", input="Tell me a long story.", background=True, max_output_tokens=400
+    )
+    assert r.status == "queued"
+    assert eu.responses.retrieve(r.id).status == "queued"  # retrieved while it runs (2 tokens a second)
+    with pytest.raises(openai.NotFoundError):  # another region's endpoint cannot cancel or read it
+        gw.client("us-east-1").responses.cancel(r.id)
+    cancelled = eu.responses.cancel(r.id)
+    assert cancelled.status == "cancelled"
+    assert gw.client().responses.retrieve(r.id).status == "cancelled"  # the global endpoint finds it
+    # Cancelling what was not created in the background is refused; a foreground one cannot be cancelled.
+    plain = eu.responses.create(model="grok-4", input="hi")
+    with pytest.raises(openai.BadRequestError):
+        eu.responses.cancel(plain.id)
+    with pytest.raises(openai.BadRequestError):
+        eu.responses.create(model="grok-4", input="hi", background=True, store=False)
+    assert gw.proc is not None
+    resp = httpx.post(
+        gw.proc.url + "/v1/responses",
+        json={"model": "grok-4", "input": "hi", "background": "yes"},
+        headers={"Authorization": f"Bearer {DEMO_KEY}"},
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "background"
