@@ -11,8 +11,9 @@ so every engine sees the same ones:
   (its next request starts a new one), so the numbers measure what routing does, not user think time.
 
 The **prefix-cache model**: each deployment runs ``limit / backend_slots`` inference servers (backends),
-each with its own prompt cache. A backend that served a conversation's previous turn within ``ttl_s``
-holds that prefix and prefills only the new prompt; any other backend prefills everything. Without an
+each with its own prompt cache. A backend that served a conversation within ``ttl_s`` holds it as far
+as the turn it served (prompt and answer): for the previous turn, the whole prefix, and it prefills only
+the new prompt; for an earlier one, that much less; any other backend prefills everything. Without an
 affinity entry the gateway sends a request to the least-busy backend of the region it picked, which for
 a conversation is any of them (drawn uniformly); with one, to the backend that served the prefix when
 the policy keeps that region (``core.affinity``: its backend goes first). The gateway's affinity table
@@ -66,6 +67,7 @@ class Turn:
     conv: int = -1
     turn: int = 0
     prefix: int = 0  # tokens of the conversation before this turn's new prompt
+    after: int = 0  # tokens of the conversation once this turn is answered: what its backend then holds
 
 
 @dataclass
@@ -94,7 +96,8 @@ class Observer:
         self.mix = mix
         self.affinity = affinity
         self.table: dict[int, tuple[str, int, float, int]] = {}  # conv -> region, backend, served at, prefix
-        self.caches: dict[tuple[str, str, int], dict[int, float]] = {}  # backend -> conversation -> served at
+        # backend -> conversation -> (served at, tokens of it the backend holds)
+        self.caches: dict[tuple[str, str, int], dict[int, tuple[float, int]]] = {}
         self.rng = random.Random(seed)  # which backend a request without affinity lands on
         self.stats = TierStats()
         self.by_model: list[list[Dep]] = []  # the engine's deployments, to check a refusal against
@@ -126,17 +129,20 @@ class Observer:
             backend = int(self.rng.random() * max(1, round(d.limit / self.mix.backend_slots)))
         cache = self.caches.setdefault((d.model, d.region, backend), {})
         served = cache.get(turn.conv)
-        cache[turn.conv] = t
+        cache[turn.conv] = (t, turn.after)
         if self.affinity:
             self.table[turn.conv] = (d.region, backend, t, prompt)
         if turn.turn > 1:
             self.stats.later += 1
-            hit = self.hit[id(turn)] = served is not None and t - served < self.mix.ttl_s
-            if hit:
+            hit = self.hit[id(turn)] = served is not None and t - served[0] < self.mix.ttl_s
+            if served is not None and hit:
+                # A backend that served an earlier turn than the last holds the conversation only as far
+                # as that turn: it saves that much, and prefills the rest
+                cached = min(served[1], turn.prefix)
                 self.stats.later_hits += 1
-                self.stats.saved_tokens += turn.prefix
-                self.stats.saved_hist[hist_bin(turn.prefix * d.prefill_s * 1000.0)] += 1
-                return prompt - turn.prefix  # only the new suffix is prefilled
+                self.stats.saved_tokens += cached
+                self.stats.saved_hist[hist_bin(cached * d.prefill_s * 1000.0)] += 1
+                return prompt - cached
         return prompt
 
     def first(self, tag: Any, ttft_ms: float) -> None:
@@ -222,7 +228,7 @@ def run_sessions(
             open_convs[c_index] = convs[-8:]  # a bounded set of live conversations per place
             tag = Turn(tier, cv.id, 1 if cv.tokens == mix.system_tokens else 2, cv.tokens)
             p = min(cv.tokens + p, mix.max_prompt)
-            cv.tokens = min(p + c, mix.max_prompt)
+            cv.tokens = tag.after = min(p + c, mix.max_prompt)
             cv.turns_left -= 1
             cv.last = t
         r = ctx.request
