@@ -453,3 +453,11 @@ def test_background_cancel_while_running_and_residency(gw: Gw) -> None:
         headers={"Authorization": f"Bearer {DEMO_KEY}"},
     )
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "background"
+
+
+def test_background_survives_a_graceful_restart(gw: Gw) -> None:
+    r = gw.client().responses.create(model="grok-4", input="hi", background=True)
+    gw.stop()  # graceful: a request still running is finished and stored before the process exits
+    gw.start()
+    done = _poll(gw.client(), r.id)
+    assert done.status == "completed" and "in us-east-1 " in done.output_text
