@@ -241,6 +241,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
                 r.prompt_tokens,
                 r.completion_tokens,
                 "" if r.avg_ttft_ms is None else f"{r.avg_ttft_ms:.0f}",
+                ",".join(f"{tier}:{t.requests}" for tier, t in r.by_tier.items()),
             )
             for r in rows
         ]
@@ -254,6 +255,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
             "PROMPT TOK",
             "COMPLETION TOK",
             "AVG TTFT MS",
+            "REQUESTS BY TIER",
         ]
         print(table(heads, out) if out else "(no usage)")
         return 0

@@ -127,6 +127,7 @@ def test_usage_table(capsys: pytest.CaptureFixture[str], store: str) -> None:
                     90.0,
                     150.0,
                     now,
+                    tier="flex" if i else "priority",
                 )
                 for i in range(3)
             ]
@@ -137,7 +138,8 @@ def test_usage_table(capsys: pytest.CaptureFixture[str], store: str) -> None:
     code, out, _ = run(capsys, store, "usage", "--team", "acme")
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert code == 0
-    assert out.splitlines()[2].split() == [day, "grok-4", "eu-west-1", "3", "0", "30", "60", "90"]
+    row = [day, "grok-4", "eu-west-1", "3", "0", "30", "60", "90", "flex:2,priority:1"]
+    assert out.splitlines()[2].split() == row
     code, out, _ = run(capsys, store, "usage", "--team", "acme", "--json")
     assert json.loads(out)[0]["requests"] == 3
     assert "(no usage)" in run(capsys, store, "usage", "--team", "other")[1]

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from regiongate.config import load_config
+from regiongate.control import sqlstore
 from regiongate.control.keys import CachedKeys
 from regiongate.control.metering import BatchUsageWriter
 from regiongate.control.migrations import LATEST, MIGRATIONS
 from regiongate.control.model import AccessSnapshot, NewKey
 from regiongate.control.ops import Operations
+from regiongate.control.sqlstore import SqlStore
 from regiongate.control.store import ControlStore, open_store, redact, split_pg_url
 from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, Invalid, NotFound, StoreUnavailable
@@ -84,6 +86,56 @@ async def test_migrations_are_versioned_and_idempotent(store_url: str) -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_store_from_before_the_tiers_upgrades_in_place(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlstore, "MIGRATIONS", MIGRATIONS[:6])  # the schema as it shipped before tiers
+    old = open_store(store_url)
+    assert isinstance(old, SqlStore) and await old.migrate() == 6
+
+    def seed() -> None:
+        with old._tx():
+            old._q("INSERT INTO teams (name, restricted, created_at) VALUES (?, ?, ?)", ("acme", False, 1.0))
+            old._q(
+                "INSERT INTO api_keys (id, team_id, key_hash, hint, created_at) "
+                "VALUES (?, (SELECT id FROM teams WHERE name = ?), ?, ?, ?)",
+                ("key_000000000001", "acme", hash_key("rg-secret-1"), "rg-sec", 1.0),
+            )
+
+            old._q(
+                "INSERT INTO usage_records (at, day, request_id, team, key_id, model, endpoint, region, route, "
+                "status, prompt_tokens, completion_tokens, total_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    1.0,
+                    "2026-12-01",
+                    "req_old",
+                    "acme",
+                    "key_x",
+                    "grok-4",
+                    "global",
+                    "us-east-1",
+                    "nearest",
+                    200,
+                    1,
+                    1,
+                    5.0,
+                ),
+            )
+
+    await old._run(seed)
+    await old.aclose()
+    monkeypatch.undo()
+    new = open_store(store_url)
+    try:
+        assert await new.migrate() == LATEST
+        assert (await new.get_team("acme")).service_tiers is None  # every tier, as before
+        assert [k.service_tier for k in await new.list_keys("acme")] == [Tier.DEFAULT]
+        assert (await new.load_access()).by_hash[hash_key("rg-secret-1")].access.tiers is None
+        assert list((await new.usage("acme"))[0].by_tier) == ["default"]  # old rows ran at default
+    finally:
+        await new.aclose()
 
 
 async def test_teams_create_get_list_grants_delete(store: ControlStore) -> None:
