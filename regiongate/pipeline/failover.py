@@ -143,6 +143,7 @@ class _Open:
     first: bytes | None
     ttft_ms: float
     hedge: hedge.Outcome | None = None  # how a hedge of its wait went (pipeline.hedge)
+    why: str = "first"  # its first hop's reason: "first", or the attempt a winning hedge cancelled
 
     @property
     def status(self) -> int:
@@ -514,8 +515,10 @@ class Gateway:
 
         raced = await hedge.race(trial, mark_s, rest, note, discard)
         won = raced.answer if isinstance(raced, hedge.Raced) and raced.outcome is hedge.Outcome.WON else None
-        if won is not None and won.attempt.route in (Route.NEAREST, Route.SPILLOVER):
-            won.attempt.route = Route.FAILOVER  # it left the first choice, as a failover does
+        if won is not None:  # the usage record's hops name the attempt it cancelled
+            won.why = f"hedge: {note.region} {note.backend.id} had no first byte after {mark_s:.2f}s"
+            if won.attempt.route in (Route.NEAREST, Route.SPILLOVER):
+                won.attempt.route = Route.FAILOVER  # it left the first choice, as a failover does
         return raced
 
     @staticmethod
@@ -673,7 +676,7 @@ class Gateway:
         a = opened.attempt
         st = _Stream(fleet, opened, SseRelay(not a.inbound.include_usage, stream_kind(a.inbound.path)))
         st.failed = failed
-        st.hops.append(Hop(a.deployment.region, a.backend.id, "first"))
+        st.hops.append(Hop(a.deployment.region, a.backend.id, opened.why))
 
         async def finish(status: int = 499) -> None:  # 499 unless the stream ran to its end
             if st.done:

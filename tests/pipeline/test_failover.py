@@ -4,6 +4,7 @@ what the client gets, and that every lease comes back. No process, no socket, no
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from regiongate.core.labels import Route
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.failover import Gateway, Inbound, Routed
+from regiongate.pipeline.hedge import HedgePolicy
+from regiongate.state.first_byte import MIN_SAMPLES
 from regiongate.state.fleet import Fleet
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 from tests.support.worlds import http_backend, world
@@ -35,18 +38,28 @@ EVENTS = [
 
 @dataclass
 class Scripted:
-    """An upstream whose answer to each call is a function of the call: ``fail``, ``answer`` or ``stream``."""
+    """An upstream whose answer to each call is a function of the call: ``fail``, ``answer``, ``stream`` or
+    ``stall`` (never answers; counts its cancellations)."""
 
     id: str
     behaviour: str = "answer"
     base_url: str | None = "http://scripted.invalid/v1"
     first_byte_timeout_s: float = 5.0
     idle_timeout_s: float = 5.0
+    first_byte_floor_s: float = 5.0
+    first_byte_factor: float = 4.0
     calls: list[UpstreamCall] = field(default_factory=list)
     closed: int = 0
+    cancelled: int = 0
 
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
         self.calls.append(call)
+        if self.behaviour == "stall":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.behaviour == "fail":
             raise UpstreamFailure(self.id, "connection refused")
         if self.behaviour == "stream":
@@ -176,3 +189,51 @@ async def test_a_stream_the_client_never_reads_still_frees_its_lease(make: Calla
     assert w.held() == 1
     await routed.aclose()  # what the listener does when the client goes away
     assert w.held() == 0 and w.up["us-east-1/0"].closed == 1
+
+
+def _learned(w: World, region: str, ms: float = 1.0) -> None:
+    """The deployment's TTFTs are known (a hedge needs a mark): ``ms`` each."""
+    for _ in range(MIN_SAMPLES):
+        w.fleet.deployments[("grok-4", region)].first_byte.add(ms)
+
+
+async def test_a_hedge_wins_and_the_stalled_attempt_is_cancelled_with_its_lease(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["stall"], "us-west-2": ["stream"]})
+    w.gateway.hedging = HedgePolicy(after_factor=1.0, floor_s=0.0)
+    _learned(w, "us-east-1")
+    routed = await w.gateway.dispatch(w.inbound(stream=True))
+    assert (routed.region, routed.route) == ("us-west-2", Route.FAILOVER)
+    assert ("x-regiongate-hedge", "won") in routed.headers
+    assert w.up["us-east-1/0"].cancelled == 1 and w.held() == 1, "only the winner's lease is held"
+    assert w.fleet.backends[w.up["us-east-1/0"].id].in_flight == 0
+    assert routed.chunks is not None
+    body = b"".join([c async for c in routed.chunks])
+    await routed.aclose()
+    assert body.count(b"data: [DONE]") == 1 and w.held() == 0
+    (record,) = w.gateway.usage.records  # type: ignore[attr-defined]
+    assert record.hops[0].startswith("us-west-2 ") and "hedge: us-east-1 " in record.hops[0]
+    assert w.fleet.backends[w.up["us-east-1/0"].id].outlier.streak == 0, "slower is not unhealthy"
+
+
+async def test_no_hedge_without_a_learned_mark_nor_when_opted_out(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["stream"], "us-west-2": ["stream"]})
+    w.gateway.hedging = HedgePolicy(after_factor=1.0, floor_s=0.0)
+    routed = await w.gateway.dispatch(w.inbound(stream=True))  # nothing learned: no mark
+    assert not any(k == "x-regiongate-hedge" for k, _ in routed.headers)
+    await routed.aclose()
+    w.up["us-east-1/0"].behaviour = "stall"
+    _learned(w, "us-east-1")
+    inbound = w.inbound(stream=True)
+    inbound.hedge = False
+    task = asyncio.ensure_future(w.gateway.dispatch(inbound))
+    for _ in range(100):  # until the stalled attempt has been sent
+        if len(w.up["us-east-1/0"].calls) == 2:
+            break
+        await asyncio.sleep(0)
+    assert len(w.up["us-east-1/0"].calls) == 2
+    await asyncio.sleep(0.05)  # fifty times the mark (1 ms): a hedge would have reached west by now
+    assert not task.done() and w.up["us-west-2/0"].calls == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert w.held() == 0
