@@ -18,8 +18,9 @@ Only the new tokens reach the client: the target's events are rebased onto the f
 restated for the whole answer (``pipeline.sse.SseRelay``). Anthropic Messages streams are continued the same
 way (the prefill is that API's own final assistant message; the target's ``message_start`` and opening
 ``content_block_start`` are dropped, ``message_delta``'s output tokens cover the whole answer). Responses
-API streams too: a native backend gets the original request with ``{"role": "assistant", "content":
-<delivered>}`` last in ``input``; a backend that takes it as chat completions (``responses = "chat"``) gets
+API streams too: a native backend gets the original request with ``{"type": "message", "role":
+"assistant", "content": <delivered>}`` last in ``input`` (llama-server refuses an item without its
+``type``: "Cannot determine type of 'item'"); a backend that takes it as chat completions (``responses = "chat"``) gets
 the translated request with that final assistant message marked as for chat (``chat_prefill``). Either way
 the target's Responses events are rebased onto the first stream's (one ``response.created``, its response
 and item ids, positions, one run of ``sequence_number``; ``*.done`` and ``response.completed`` carry the
@@ -101,7 +102,7 @@ def prefill_payload(
     if kind is StreamKind.RESPONSES:
         raw = payload["input"]
         items = [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw)
-        out["input"] = [*items, {"role": "assistant", "content": delivered}] if delivered else items
+        out["input"] = [*items, {"type": "message", "role": "assistant", "content": delivered}] if delivered else items
         limit = payload.get("max_output_tokens")
         if isinstance(limit, int) and not isinstance(limit, bool):
             out["max_output_tokens"] = max(1, limit - tokens)
