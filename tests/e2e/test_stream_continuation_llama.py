@@ -20,6 +20,22 @@ from tests.support.procs import Proc
 from tests.support.worlds import world
 
 
+def _cut_then_llama(
+    request: pytest.FixtureRequest,
+    start_gateway: Callable[..., Proc],
+    fault_server: FaultServer,
+    settings: str,
+    first_settings: str = "",
+) -> Proc:
+    """A gateway whose us-east-1 backend (the fault server) cuts every stream after 5 tokens and whose
+    us-west-2 backend is llama-server with ``settings``."""
+    server: Proc = request.getfixturevalue("llama_server")
+    fault_server.default = Fault("cut", at=5)
+    cont = f'{{ kind = "http", url = "{server.url}/v1", {settings} }}'
+    first = f'{{ kind = "http", url = "{fault_server.url}"{first_settings} }}'
+    return start_gateway(world({"us-east-1": [first], "us-west-2": [cont]}, model=llama.MODEL))
+
+
 @pytest.mark.parametrize("prefill", ["vllm", "llama.cpp"])
 def test_llama_server_continues_a_stream_cut_in_the_first_region(
     prefill: str,
@@ -27,14 +43,7 @@ def test_llama_server_continues_a_stream_cut_in_the_first_region(
     start_gateway: Callable[..., Proc],
     fault_server: FaultServer,
 ) -> None:
-    server: Proc = request.getfixturevalue("llama_server")
-    fault_server.default = Fault("cut", at=5)
-    cont = f'{{ kind = "http", url = "{server.url}/v1", prefill = "{prefill}" }}'
-    cfg = world(
-        {"us-east-1": [f'{{ kind = "http", url = "{fault_server.url}" }}'], "us-west-2": [cont]},
-        model=llama.MODEL,
-    )
-    gw = start_gateway(cfg)
+    gw = _cut_then_llama(request, start_gateway, fault_server, f'prefill = "{prefill}"')
     chunks = list(
         client(gw, max_retries=0).chat.completions.create(
             model=llama.MODEL, messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=12
@@ -57,12 +66,8 @@ def test_llama_server_continues_a_responses_stream_cut_in_the_first_region(
 ) -> None:
     # native: llama-server's own /v1/responses gets the delivered text as the final assistant input item;
     # chat: the gateway translates, llama-server continues a chat prefill. Either way one Responses stream.
-    server: Proc = request.getfixturevalue("llama_server")
-    fault_server.default = Fault("cut", at=5)
     via = ', responses = "chat"' if mode == "chat" else ""
-    cont = f'{{ kind = "http", url = "{server.url}/v1", prefill = "llama.cpp"{via} }}'
-    first = f'{{ kind = "http", url = "{fault_server.url}"{via} }}'
-    gw = start_gateway(world({"us-east-1": [first], "us-west-2": [cont]}, model=llama.MODEL))
+    gw = _cut_then_llama(request, start_gateway, fault_server, f'prefill = "llama.cpp"{via}', via)
     with client(gw, max_retries=0).responses.stream(model=llama.MODEL, input="hi", max_output_tokens=12) as s:
         events = list(s)
     assert events[-1].type != "error", events[-1]
