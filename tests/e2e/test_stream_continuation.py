@@ -414,3 +414,16 @@ def test_grpc_trailing_metadata_names_every_hop(
     claims = _verified(gw, trailing["x-regiongate-receipt"])
     assert [h["region"] for h in claims["hops"]] == ["us-east-1", "us-west-2"]
     assert "hops" not in receipts.unverified_claims(first_receipt)  # sent before the stream moved
+
+
+def test_a_continued_responses_stream_is_stored_whole(
+    start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
+) -> None:
+    east, west, _ = fault_servers
+    east.default = Fault("cut", at=20)
+    gw = start_gateway(
+        world({"us-east-1": [responses_backend(east, "native")], "us-west-2": [responses_backend(west, "native")]})
+    )
+    _, final = responses_stream(gw, store=True)
+    kept = client(gw).responses.retrieve(final.id)  # under the id the client read, the whole answer
+    assert kept.output_text == WHOLE and kept.usage is not None and kept.usage.output_tokens == TOKENS
