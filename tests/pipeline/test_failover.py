@@ -237,3 +237,15 @@ async def test_no_hedge_without_a_learned_mark_nor_when_opted_out(make: Callable
     with pytest.raises(asyncio.CancelledError):
         await task
     assert w.held() == 0
+
+
+
+async def test_a_zone_endpoints_hedge_stays_in_its_zone(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["stall"], "eu-west-1": ["stream"], "us-west-2": ["stream"]})
+    w.gateway.hedging = HedgePolicy(after_factor=1.0, floor_s=0.0)
+    _learned(w, "us-east-1")
+    routed = await w.gateway.dispatch(w.inbound(Endpoint(EndpointKind.ZONE, "us"), stream=True))
+    assert ("x-regiongate-hedge", "won") in routed.headers and routed.region == "us-west-2"
+    assert w.up["eu-west-1/0"].calls == [] and w.up["us-east-1/0"].cancelled == 1
+    await routed.aclose()
+    assert w.held() == 0
