@@ -23,7 +23,6 @@ it, answers ``ok`` once the test sets ``gate``, a ``threading.Event``: a slow fi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
 import threading
@@ -39,6 +38,7 @@ from xai_sdk import Client
 from xai_sdk.chat import user
 
 from tests.support.procs import DEMO_KEY, Proc, free_port
+from tests.support.threaded import start_in_thread, stop_thread
 
 TOKENS = 60
 WHOLE = "".join(("" if i == 0 else " ") + f"t{i}" for i in range(TOKENS))  # the uninterrupted answer
@@ -108,43 +108,11 @@ class FaultServer:
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> FaultServer:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-
-            async def main() -> None:
-                self._server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-                self.port = self._server.sockets[0].getsockname()[1]
-                ready.set()
-                async with self._server:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._server.serve_forever()
-
-            try:
-                loop.run_until_complete(main())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"fault-server-{self.region}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fault server did not start")
+        start_in_thread(self, f"the fault server of {self.region}")
         return self
 
     def stop(self) -> None:
-        loop, server = self._loop, self._server
-        if loop is not None and server is not None and not loop.is_closed():
-
-            def shut() -> None:
-                server.close()
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-
-            loop.call_soon_threadsafe(shut)
-        if self._thread is not None:
-            self._thread.join(10)
+        stop_thread(self)
 
     # --- HTTP/1.1 ---------------------------------------------------------------------------------
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import struct
 import threading
 import time
@@ -65,6 +64,8 @@ from typing import Any, Literal
 
 import orjson
 import pytest
+
+from tests.support.threaded import start_in_thread, stop_thread
 
 Kind = Literal["vllm", "sglang", "llama-cpp-python"]
 KINDS: tuple[Kind, ...] = ("vllm", "sglang", "llama-cpp-python")
@@ -138,47 +139,17 @@ class Standin:
             self._busy.clear()
 
     # --- lifecycle --------------------------------------------------------------------------------
+    def _make_idle(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
     def start(self) -> Standin:
         assert self.kind in KINDS, self.kind
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-
-            async def main() -> None:
-                self._idle = asyncio.Event()
-                self._idle.set()
-                self._server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-                self.port = self._server.sockets[0].getsockname()[1]
-                ready.set()
-                async with self._server:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._server.serve_forever()
-
-            try:
-                loop.run_until_complete(main())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"standin-{self.kind}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the stand-in did not start")
+        start_in_thread(self, f"the {self.kind} stand-in", setup=self._make_idle)
         return self
 
     def stop(self) -> None:
-        loop, server = self._loop, self._server
-        if loop is not None and server is not None and not loop.is_closed():
-
-            def shut() -> None:
-                server.close()
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-
-            loop.call_soon_threadsafe(shut)
-        if self._thread is not None:
-            self._thread.join(10)
+        stop_thread(self)
 
     # --- HTTP/1.1 ---------------------------------------------------------------------------------
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
