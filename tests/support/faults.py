@@ -38,7 +38,7 @@ from xai_sdk import Client
 from xai_sdk.chat import user
 
 from tests.support.procs import DEMO_KEY, Proc, free_port
-from tests.support.threaded import start_in_thread, stop_thread
+from tests.support.threaded import read_request, start_in_thread, stop_thread
 
 TOKENS = 60
 WHOLE = "".join(("" if i == 0 else " ") + f"t{i}" for i in range(TOKENS))  # the uninterrupted answer
@@ -118,17 +118,8 @@ class FaultServer:
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {
-                    k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)
-                }
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
+            while (req := await read_request(reader)) is not None:
+                method, path, _headers, body = req
                 if not await self._request(method, path, body, writer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):

@@ -65,7 +65,7 @@ from typing import Any, Literal
 import orjson
 import pytest
 
-from tests.support.threaded import start_in_thread, stop_thread
+from tests.support.threaded import read_request, start_in_thread, stop_thread
 
 Kind = Literal["vllm", "sglang", "llama-cpp-python"]
 KINDS: tuple[Kind, ...] = ("vllm", "sglang", "llama-cpp-python")
@@ -154,17 +154,8 @@ class Standin:
     # --- HTTP/1.1 ---------------------------------------------------------------------------------
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {
-                    k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)
-                }
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
+            while (req := await read_request(reader)) is not None:
+                method, path, headers, body = req
                 await self._request(method, path, headers, body, _Out(writer))
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass

@@ -49,6 +49,20 @@ def start_in_thread(s: LoopServer, name: str, setup: Callable[[], None] | None =
         raise RuntimeError(f"{name} did not start")
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+    """One HTTP/1.1 request off a keep-alive connection: method, path, headers (lower-case names), body;
+    None when the client closed the connection between requests."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return method, path, headers, body
+
+
 def stop_thread(s: LoopServer) -> None:
     """Close the server, cancel what runs on its loop and wait for the thread."""
     loop, server = s._loop, s._server
