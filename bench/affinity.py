@@ -31,6 +31,7 @@ import httpx
 
 from tests.support import llama
 from tests.support.procs import DEMO_KEY, Proc, free_port, spawn_gateway, wait_http
+from tests.support.worlds import region_lines
 
 KANSAS = "38.0,-98.9"
 REGIONS = {"us-east-1": ("Ashburn", 39.04, -77.49, "us"), "us-west-2": ("Oregon", 45.84, -119.70, "us")}
@@ -39,16 +40,7 @@ REGIONS = {"us-east-1": ("Ashburn", 39.04, -77.49, "us"), "us-west-2": ("Oregon"
 def config(urls: dict[str, str], affinity: bool) -> str:
     out = ["[gateway]", "lat = 39.04", "lon = -77.49", "", "[health]", "probe_interval_s = 0", ""]
     out += ["[load]", "scrape_interval_s = 0", "", "[affinity]", f"enabled = {str(affinity).lower()}", ""]
-    for rid, (name, lat, lon, zone) in REGIONS.items():
-        out += [
-            "[[regions]]",
-            f'id = "{rid}"',
-            f'name = "{name}"',
-            f"lat = {lat}",
-            f"lon = {lon}",
-            f'zone = "{zone}"',
-            "",
-        ]
+    out += region_lines(REGIONS)
     for rid, url in urls.items():
         out += [
             "[[deployments]]",

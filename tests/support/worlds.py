@@ -22,6 +22,14 @@ def http_backend(url: str, **timeouts: float) -> str:
     return f'{{ kind = "http", url = "{url}"{t} }}'
 
 
+def region_lines(regions: dict[str, tuple[str, float, float, str]]) -> list[str]:
+    """``[[regions]]`` tables for {id: (name, lat, lon, zone)}."""
+    out: list[str] = []
+    for rid, (name, lat, lon, zone) in regions.items():
+        out += ["[[regions]]", f'id = "{rid}"', f'name = "{name}"', f"lat = {lat}", f"lon = {lon}", f'zone = "{zone}"', ""]
+    return out
+
+
 def world(
     backends: dict[str, list[str]],
     *,
@@ -41,16 +49,7 @@ def world(
     out = ["[gateway]", "lat = 39.04", "lon = -77.49", gateway, ""]
     if not probes:
         out += ["[health]", "probe_interval_s = 0", ""]
-    for rid, (name, lat, lon, zone) in regions.items():
-        out += [
-            "[[regions]]",
-            f'id = "{rid}"',
-            f'name = "{name}"',
-            f"lat = {lat}",
-            f"lon = {lon}",
-            f'zone = "{zone}"',
-            "",
-        ]
+    out += region_lines(regions)
     for rid, specs in backends.items():
         out += [
             "[[deployments]]",
