@@ -5,10 +5,28 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from regiongate.control.sqlstore import Conn, SqlStore
+
+BUSY_S = 10.0  # how long a writer waits for another
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    # Two processes opening a fresh file at once both switch it to WAL; SQLite answers one of them
+    # SQLITE_BUSY at once, without calling the busy handler, so `timeout` does not cover it. WAL is
+    # persistent: retrying until the other connection's switch is done succeeds (or finds WAL already on).
+    deadline = time.monotonic() + BUSY_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 class SqliteDialect:
@@ -28,8 +46,8 @@ class SqliteDialect:
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_S, check_same_thread=False)
+        _enter_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn

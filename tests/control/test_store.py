@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from regiongate.control.metering import BatchUsageWriter
 from regiongate.control.migrations import LATEST, MIGRATIONS
 from regiongate.control.model import AccessSnapshot, NewKey
 from regiongate.control.ops import Operations
+from regiongate.control.sqlite import SqliteDialect
 from regiongate.control.sqlstore import SqlStore
 from regiongate.control.store import ControlStore, open_store, redact, split_pg_url
 from regiongate.core import Access, Grant
@@ -86,6 +89,28 @@ async def test_migrations_are_versioned_and_idempotent(store_url: str) -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def test_workers_opening_a_fresh_sqlite_file_together_all_get_in(tmp_path: Path) -> None:
+    # Switching a new file to WAL is refused at once (no busy wait) to all but one of the connections
+    # racing to do it; on a gateway with --workers 4 that was a worker failing to start.
+    errors: list[sqlite3.OperationalError] = []
+
+    def open_one(path: str, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            SqliteDialect(path).connect().close()
+        except sqlite3.OperationalError as e:
+            errors.append(e)
+
+    for i in range(40):
+        start = threading.Barrier(4)
+        threads = [threading.Thread(target=open_one, args=(str(tmp_path / f"{i}.db"), start)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
 
 
 async def test_a_store_from_before_the_tiers_upgrades_in_place(
