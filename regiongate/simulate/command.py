@@ -145,7 +145,14 @@ def _tiers(args: argparse.Namespace) -> int:
 
     from regiongate.config import ConfigError, load_config
     from regiongate.simulate.scenario import ScenarioError, load_scenario
-    from regiongate.simulate.sessions import Mix, affinity_table, affinity_target, run_sessions, tier_table
+    from regiongate.simulate.sessions import (
+        Mix,
+        affinity_table,
+        affinity_target,
+        paired_table,
+        run_sessions,
+        tier_table,
+    )
 
     try:
         scenario = load_scenario(args.scenario)
@@ -168,6 +175,8 @@ def _tiers(args: argparse.Namespace) -> int:
         *tier_table(res),
         "",
         *affinity_table(res),
+        "",
+        *paired_table(res),
         "",
         affinity_target(res),
         "",

@@ -40,7 +40,7 @@ class Hook(Protocol):
 
     def placed(self, t: float, d: Dep, tag: Any, prompt: int) -> int: ...
 
-    def first(self, tag: Any, ttft_ms: float) -> None: ...
+    def first(self, t: float, d: Dep, ctx: Context, tag: Any, ttft_ms: float, wait_s: float) -> None: ...
 
     def rejected(self, t: float, ctx: Context, tag: Any, code: str) -> None: ...
 
@@ -456,7 +456,7 @@ class Engine:
                 st.failed[ctx.cell] += 1
                 return
             if self.hook is not None:
-                self.hook.first(tag, ttft_ms)
+                self.hook.first(t, d, ctx, tag, ttft_ms, wait)
             if self.learns:
                 d.ttft.add(sample[0], t, None, sample[1], sample[2])
                 self.typical[d.mi] = None

@@ -7,8 +7,10 @@ so every engine sees the same ones:
   ``reserve`` of its limit for priority and admits flex only below ``flex_below`` of it (``core.tiers``);
 - a **conversation**: a share of the requests are turns of multi-turn conversations, each with a
   ``system_tokens`` long system prompt; turn k's prompt is the system prompt plus every earlier turn's
-  prompt and answer plus its own new prompt. A conversation idle longer than the cache TTL is closed
-  (its next request starts a new one), so the numbers measure what routing does, not user think time.
+  prompt and answer plus its own new prompt. A conversation's next turn comes only once its previous
+  turn is answered in every engine that served it (its prompt holds that answer); one idle longer than
+  the cache TTL is closed, and one whose next prompt would pass ``max_prompt`` ends (no truncation,
+  which would break the prefix), so the numbers measure what routing does, not user think time.
 
 The **prefix-cache model**: each deployment runs ``limit / backend_slots`` inference servers (backends),
 each with its own prompt cache. A backend that served a conversation within ``ttl_s`` holds it as far
@@ -21,12 +23,15 @@ remembers where each conversation was served, as the real one does.
 
 Three engines run the real ``decide`` in lockstep on the trace: ``affinity`` (the gateway as shipped),
 ``no-affinity`` (the same without the table) and ``no-flex`` (the same trace with every flex request left
-out: the baseline the priority tier must not be worse than).
+out: the baseline the priority tier must not be worse than). Every turn 2+ answered by both
+``affinity`` and ``no-affinity`` is compared with itself (``Paired``): its TTFT drop against the prefill
+its backend saved with affinity beyond what it saved without, and the rest of the drop taken apart.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -68,6 +73,11 @@ class Turn:
     turn: int = 0
     prefix: int = 0  # tokens of the conversation before this turn's new prompt
     after: int = 0  # tokens of the conversation once this turn is answered: what its backend then holds
+    n: int = 0  # the arrival's index: pairs one turn across the engines
+    completion: int = 0
+    waiting: int = 0  # engines yet to answer or refuse it: the next turn waits for them
+    ready_at: float = 0.0  # when the last engine that answered it finished its answer
+    placed_at: float = 0.0
 
 
 @dataclass
@@ -101,8 +111,10 @@ class Observer:
         self.rng = random.Random(seed)  # which backend a request without affinity lands on
         self.stats = TierStats()
         self.by_model: list[list[Dep]] = []  # the engine's deployments, to check a refusal against
-        # turns 2+ placed but not yet answered: did they hit? (tags are shared by the engines: kept here)
-        self.hit: dict[int, bool] = {}
+        # turns 2+ placed, not yet answered: the prefill ms their backend's cache saved (0: a miss)
+        self.saved: dict[int, float] = {}
+        # turns 2+ answered, by arrival index: TTFT, network RTT, queueing, prefill saved (ms)
+        self.turns: dict[int, tuple[float, float, float, float]] = {}
 
     def before(self, t: float, req: RouteRequest, tag: Any) -> RouteRequest:
         turn: Turn = tag
@@ -134,26 +146,35 @@ class Observer:
             self.table[turn.conv] = (d.region, backend, t, prompt)
         if turn.turn > 1:
             self.stats.later += 1
-            hit = self.hit[id(turn)] = served is not None and t - served[0] < self.mix.ttl_s
-            if served is not None and hit:
+            self.saved[turn.n] = 0.0
+            if served is not None and t - served[0] < self.mix.ttl_s:
                 # A backend that served an earlier turn than the last holds the conversation only as far
                 # as that turn: it saves that much, and prefills the rest
                 cached = min(served[1], turn.prefix)
                 self.stats.later_hits += 1
                 self.stats.saved_tokens += cached
-                self.stats.saved_hist[hist_bin(cached * d.prefill_s * 1000.0)] += 1
+                saved_ms = self.saved[turn.n] = cached * d.prefill_s * 1000.0
+                self.stats.saved_hist[hist_bin(saved_ms)] += 1
                 return prompt - cached
         return prompt
 
-    def first(self, tag: Any, ttft_ms: float) -> None:
+    def first(self, t: float, d: Dep, ctx: Context, tag: Any, ttft_ms: float, wait_s: float) -> None:
         turn: Turn = tag
         i = hist_bin(ttft_ms)
         self.stats.hist[turn.tier][i] += 1
+        if turn.conv < 0:
+            return
+        turn.waiting -= 1
+        turn.ready_at = max(turn.ready_at, t + turn.completion * d.token_s)
         if turn.turn > 1:
+            saved = self.saved.pop(turn.n)
             self.stats.later_hist[i] += 1
-            (self.stats.hit_hist if self.hit.pop(id(turn), False) else self.stats.miss_hist)[i] += 1
+            (self.stats.hit_hist if saved > 0.0 else self.stats.miss_hist)[i] += 1
+            self.turns[turn.n] = (ttft_ms, ctx.rtt_s[d.ri] * 1000.0, wait_s * 1000.0, saved)
 
     def rejected(self, t: float, ctx: Context, tag: Any, code: str) -> None:
+        if tag.conv >= 0:
+            tag.waiting -= 1
         self.stats.rejected[tag.tier] += 1
         codes = self.stats.codes[tag.tier]
         codes[code] = codes.get(code, 0) + 1
@@ -173,6 +194,92 @@ class SessionsResult:
     violations: dict[str, int]
     prefill_ms_per_token: float
     seed: int = 0
+    paired: list[Paired] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Turns 2+ answered by both runs, each against itself: off (no affinity) and on.
+
+    Per turn, ``drop`` is its TTFT off less its TTFT on, and ``saved`` the prefill its backend's cache
+    saved on less what it saved off (0 when both hit the same prefix, or both missed). ``drop`` is
+    exactly ``saved`` + ``rtt`` (network round trip off less on: negative when affinity kept it on a
+    farther region) + ``queue`` (queueing off less on) + ``server`` (the rest: the regions' fixed
+    first-token time and per-token prefill differ); the columns are medians of each, which do not add
+    up, so the means are kept too."""
+
+    group: str
+    turns: int
+    hits_off: int
+    hits_on: int
+    p50_off: float
+    p50_on: float
+    drop: float
+    saved: float
+    gap: float  # median of drop - saved
+    rtt: float
+    queue: float
+    server: float
+    covered: float  # share of turns whose drop is at least their saved prefill (to 0.5 ms)
+    farther: float  # share of turns answered from a farther region with affinity (RTT up by over 0.5 ms)
+    farther_rtt: float  # their median extra round trip, ms
+    means: tuple[float, float, float, float, float]  # drop, saved, rtt, queue, server
+
+
+def pair_turns(
+    off: dict[int, tuple[float, float, float, float]], on: dict[int, tuple[float, float, float, float]]
+) -> list[Paired]:
+    """The paired comparison (``Paired``): all turns, then by what the cache did off and on."""
+    groups: dict[str, list[tuple[tuple[float, float, float, float], tuple[float, float, float, float]]]] = {
+        "all": [],
+        "off missed, on hit": [],
+        "both hit": [],
+        "both missed": [],
+        "off hit, on missed": [],
+    }
+    for n, a in off.items():
+        b = on.get(n)
+        if b is None:
+            continue
+        groups["all"].append((a, b))
+        hit_off, hit_on = a[3] > 0, b[3] > 0
+        if hit_off == hit_on:
+            groups["both hit" if hit_on else "both missed"].append((a, b))
+        else:
+            groups["off missed, on hit" if hit_on else "off hit, on missed"].append((a, b))
+    out = []
+    med = statistics.median
+    for group, pairs in groups.items():
+        if not pairs:
+            continue
+        drop = [a[0] - b[0] for a, b in pairs]
+        saved = [b[3] - a[3] for a, b in pairs]
+        rtt = [a[1] - b[1] for a, b in pairs]
+        queue = [a[2] - b[2] for a, b in pairs]
+        server = [dr - sv - rt - qu for dr, sv, rt, qu in zip(drop, saved, rtt, queue, strict=True)]
+        k = len(pairs)
+        extra = [-rt for rt in rtt if rt < -0.5]
+        out.append(
+            Paired(
+                group,
+                k,
+                sum(a[3] > 0 for a, _ in pairs),
+                sum(b[3] > 0 for _, b in pairs),
+                med(a[0] for a, _ in pairs),
+                med(b[0] for _, b in pairs),
+                med(drop),
+                med(saved),
+                med(dr - sv for dr, sv in zip(drop, saved, strict=True)),
+                med(rtt),
+                med(queue),
+                med(server),
+                sum(dr >= sv - 0.5 for dr, sv in zip(drop, saved, strict=True)) / k,
+                len(extra) / k,
+                med(extra) if extra else 0.0,
+                (sum(drop) / k, sum(saved) / k, sum(rtt) / k, sum(queue) / k, sum(server) / k),
+            )
+        )
+    return out
 
 
 @dataclass(slots=True)
@@ -180,7 +287,7 @@ class _Conv:
     id: int
     turns_left: int
     tokens: int
-    last: float
+    last: Turn  # its latest turn: the next one waits for its answer
 
 
 def run_sessions(
@@ -216,21 +323,32 @@ def run_sessions(
         tier = 0 if u < mix.priority else flex_i if u < mix.priority + mix.flex else 1
         tag = Turn(tier)
         if tags.random() < mix.sessions:
-            convs = [
-                cv for cv in open_convs.get(c_index, ()) if t - cv.last < mix.ttl_s and cv.turns_left > 0
+            # live: answered and idle less than the TTL, or still in flight (for less than the TTL)
+            live = [
+                cv
+                for cv in open_convs.get(c_index, ())
+                if cv.turns_left > 0
+                and t - (cv.last.ready_at if cv.last.waiting <= 0 else cv.last.placed_at) < mix.ttl_s
             ]
-            if convs and tags.random() >= 1.0 / mix.mean_turns:
-                cv = convs[int(tags.random() * len(convs))]
+            ready = [
+                cv
+                for cv in live
+                if cv.last.waiting <= 0 and cv.last.ready_at <= t and cv.tokens + p <= mix.max_prompt
+            ]
+            if ready and tags.random() >= 1.0 / mix.mean_turns:
+                cv = ready[int(tags.random() * len(ready))]
             else:
                 ids += 1
-                cv = _Conv(ids, 1 + int(tags.expovariate(1.0 / (mix.mean_turns - 1))), mix.system_tokens, t)
-                convs.append(cv)
-            open_convs[c_index] = convs[-8:]  # a bounded set of live conversations per place
-            tag = Turn(tier, cv.id, 1 if cv.tokens == mix.system_tokens else 2, cv.tokens)
-            p = min(cv.tokens + p, mix.max_prompt)
-            cv.tokens = tag.after = min(p + c, mix.max_prompt)
+                cv = _Conv(ids, 1 + int(tags.expovariate(1.0 / (mix.mean_turns - 1))), mix.system_tokens, tag)
+                live.append(cv)
+            open_convs[c_index] = live[-8:]  # a bounded set of live conversations per place
+            tag = Turn(tier, cv.id, 1 if cv.tokens == mix.system_tokens else 2, cv.tokens, n=done)
+            p = cv.tokens + p
+            cv.tokens = tag.after = p + c
+            tag.completion, tag.placed_at = c, t
+            tag.waiting = len(engines) - (tier == flex_i)  # no-flex leaves flex out
             cv.turns_left -= 1
-            cv.last = t
+            cv.last = tag
         r = ctx.request
         req = RouteRequest(
             r.model, r.endpoint, r.client_location, r.access, p, (done * 0x9E3779B1) & 0xFFFFFFFF
@@ -251,6 +369,7 @@ def run_sessions(
         {n: e.stats.violations for n, e in engines.items()},
         spec.prefill_s * 1000.0,
         seed,
+        pair_turns(observers["no-affinity"].turns, observers["affinity"].turns),
     )
 
 
@@ -301,26 +420,36 @@ def affinity_table(res: SessionsResult) -> list[str]:
     return rows
 
 
+def paired_table(res: SessionsResult) -> list[str]:
+    """Each turn 2+ answered in both runs against itself, by what the prefix cache did off and on."""
+    rows = [
+        "| turns 2+ answered in both runs | turns | hits off | hits on | TTFT p50 off ms | p50 on ms "
+        "| paired drop p50 ms | saved prefill p50 ms | drop - saved p50 ms | RTT off - on p50 ms "
+        "| queueing off - on p50 ms | drop >= saved |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for g in res.paired:
+        rows.append(
+            f"| {g.group} | {g.turns:,} | {g.hits_off / g.turns:.1%} | {g.hits_on / g.turns:.1%} | "
+            f"{g.p50_off:,.0f} | {g.p50_on:,.0f} | {g.drop:,.0f} | {g.saved:,.0f} | {g.gap:,.0f} | "
+            f"{g.rtt:,.0f} | {g.queue:,.0f} | {g.covered:.1%} |"
+        )
+    return rows
+
+
 def affinity_target(res: SessionsResult) -> str:
-    """The issue's target in one line: turn 2+ TTFT p50 drops by at least the median prefill a hit saves."""
-    on, off = res.stats["affinity"], res.stats["no-affinity"]
-    p50_on, p50_off, saved = (
-        percentile(on.later_hist, 0.5),
-        percentile(off.later_hist, 0.5),
-        percentile(on.saved_hist, 0.5),
-    )
-    if p50_on is None or p50_off is None or saved is None:
-        return "Turn 2+ TTFT p50 drop: not measured (no conversation turns 2+ or no hits)."
-    drop = p50_off - p50_on
-    verdict = "met" if drop >= saved else "not met"
-    hit_on, miss_off = percentile(on.hit_hist, 0.5), percentile(off.miss_hist, 0.5)
-    split = (
-        ""
-        if hit_on is None or miss_off is None
-        else f" A hit with affinity (p50 {hit_on:,.0f} ms) against a miss without ({miss_off:,.0f} ms): "
-        f"{miss_off - hit_on:,.0f} ms."
-    )
+    """The issue's target, paired: each turn 2+'s TTFT drop against the prefill its hit saved relative to
+    the same turn without affinity, medians over every turn 2+ answered in both runs."""
+    if not res.paired:
+        return "Paired turn 2+ TTFT drop: not measured (no conversation turn 2+ answered in both runs)."
+    g = res.paired[0]
+    verdict = "met" if g.drop >= g.saved else "not met"
+    drop, saved, rtt, queue, server = g.means
     return (
-        f"Turn 2+ TTFT p50 drop with affinity: {drop:,.0f} ms; median prefill a hit saves (affinity on): "
-        f"{saved:,.0f} ms: {verdict}.{split}"
+        f"Paired over the {g.turns:,} turns 2+ answered in both runs: median TTFT drop {g.drop:,.0f} ms "
+        f"(p50 {g.p50_off:,.0f} -> {g.p50_on:,.0f} ms) against a median saved prefill of {g.saved:,.0f} ms "
+        f"(the prefill each turn's backend saved with affinity less what it saved without): {verdict}. "
+        f"{g.covered:.1%} of the turns dropped by at least their own saving; {g.farther:.1%} were answered "
+        f"from a farther region with affinity (median {g.farther_rtt:,.0f} ms more round trip). Mean drop {drop:,.0f} ms = "
+        f"saved prefill {saved:,.0f} + RTT {rtt:+,.0f} + queueing {queue:+,.0f} + server {server:+,.0f} ms."
     )

@@ -3,10 +3,23 @@ real policy (the full-size numbers are in docs/tiers.md)."""
 
 from __future__ import annotations
 
+import pytest
+
 from regiongate.config import load_config
 from regiongate.core import Tier
+from regiongate.simulate.engine import Dep
 from regiongate.simulate.scenario import load_scenario
-from regiongate.simulate.sessions import TIERS, Mix, affinity_table, affinity_target, run_sessions, tier_table
+from regiongate.simulate.sessions import (
+    TIERS,
+    Mix,
+    Observer,
+    Turn,
+    affinity_table,
+    affinity_target,
+    paired_table,
+    run_sessions,
+    tier_table,
+)
 from regiongate.simulate.stats import percentile
 
 
@@ -34,6 +47,38 @@ def test_tiers_and_affinity_on_one_trace() -> None:
         saved is not None and saved >= Mix().system_tokens * res.prefill_ms_per_token * 0.95
     )  # >= the system prompt
     assert sum(on.hit_hist) + sum(on.miss_hist) == sum(on.later_hist)
-    assert f"{p50_off - p50_on:,.0f} ms" in affinity_target(res) and f"{saved:,.0f} ms" in affinity_target(
+    paired = res.paired[0]
+    assert f"{paired.drop:,.0f} ms" in affinity_target(res) and f"{paired.saved:,.0f} ms" in affinity_target(
         res
     )
+
+
+def test_paired_turns_and_the_prefix_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation's next turn is sent only once its previous turn is answered (its prompt holds that
+    answer), and the paired comparison's decomposition is exact: drop = saved + RTT + queueing + server."""
+    last: dict[int, Turn] = {}
+    early: list[int] = []
+    placed = Observer.placed
+
+    def check(self: Observer, t: float, d: Dep, tag: Turn, prompt: int) -> int:
+        prev = last.get(tag.conv)
+        if prev is not None and prev is not tag and (prev.waiting > 0 or prev.ready_at > t):
+            early.append(tag.n)
+        assert tag.prefix < prompt  # every turn sends something new after its prefix
+        last[tag.conv] = tag
+        return placed(self, t, d, tag, prompt)
+
+    monkeypatch.setattr(Observer, "placed", check)
+    res = run_sessions(load_config(None), load_scenario(None), Mix(), requests=8_000, seed=5)
+    assert early == [] and len(last) > 100
+    groups = {g.group: g for g in res.paired}
+    every = groups["all"]
+    assert every is res.paired[0] and every.turns >= 0.95 * res.stats["affinity"].later
+    assert sum(g.turns for g in res.paired) == 2 * every.turns
+    drop, saved, rtt, queue, server = every.means
+    assert abs(drop - (saved + rtt + queue + server)) < 1e-6
+    # a turn both runs missed saved nothing; one only affinity hit saved its whole prefill
+    assert groups["both missed"].saved == 0.0 and groups["off missed, on hit"].saved > 0.0
+    assert groups["off missed, on hit"].hits_on == groups["off missed, on hit"].turns
+    assert f"median TTFT drop {every.drop:,.0f} ms" in affinity_target(res)
+    assert len(paired_table(res)) == 2 + len(res.paired)
