@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis
 
 from regiongate.config.scale import SharedConfig
 from regiongate.core import Affinity
@@ -106,3 +107,56 @@ def test_entries_written_by_others_are_parsed_strictly() -> None:
     assert decode(encode(HERE)) == HERE
     for bad in (b"", b"a\nb", b"a\nb\nc", b"a\nb\n-1", b"\xff\n\n1\n"):
         assert decode(bad) is None
+
+
+def _sets(port: int) -> int:
+    r = redis.Redis(port=port)
+    try:
+        return int(r.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+    finally:
+        r.close()
+
+
+async def test_a_turn_that_changes_nothing_writes_nothing(private_redis: RedisServer) -> None:
+    """One SET when the (region, backend) changes or the shared copy is past half its TTL, none per turn
+    otherwise; the local entry still lives the TTL from the last turn, the shared one at least half."""
+    clock = Clock()
+    a = await _redis(private_redis.url, unique_prefix(), clock, ttl_s=300.0)
+    b = await _redis(private_redis.url, a.link.prefix, clock, ttl_s=300.0)
+    key = a.link.key("aff", "conv")
+    try:
+        before = _sets(private_redis.port)
+        for turn in range(10):  # a conversation that stays put, its prompt growing: one write
+            a.put("conv", Affinity(HERE.region, HERE.backend, 1200 + 100 * turn))
+            await _settle(a)
+            clock.t += 10.0
+        assert _sets(private_redis.port) - before == 1
+        assert a.local.peek("conv") == Affinity(HERE.region, HERE.backend, 2100)  # the local copy is current
+        # the local entry expires the TTL after the last turn, not after the write
+        clock.t += 300.0 - 10.0 - 0.001
+        assert a.local.peek("conv") is not None
+        clock.t += 0.002
+        assert a.local.peek("conv") is None
+        # near expiry (less than half the TTL left on the shared copy): refreshed
+        clock.t = 2000.0
+        a.put("conv", HERE)
+        await _settle(a)
+        clock.t += 151.0
+        a.put("conv", HERE)
+        await _settle(a)
+        assert _sets(private_redis.port) - before == 3  # expired locally: written; then refreshed
+        assert int(await a.link.client.execute("PTTL", key)) > 290_000
+        # a move to another backend is written at once
+        moved = Affinity(HERE.region, "us-east-1/grok-4/1", 1300)
+        a.put("conv", moved)
+        await _settle(a)
+        assert _sets(private_redis.port) - before == 4
+        # another replica that read the entry and serves it where it is writes nothing either
+        assert await b.get("conv") == moved
+        b.put("conv", Affinity(moved.region, moved.backend, 1400))
+        await _settle(b)
+        assert _sets(private_redis.port) - before == 4
+    finally:
+        for s in (a, b):
+            await s.aclose()
+            await s.link.aclose()
