@@ -16,7 +16,8 @@ head), ``status`` (``status`` with an OpenAI error body, optional ``retry_after`
 headers), ``reset`` (TCP reset before any response byte), ``never`` (reads the request, never answers),
 ``hold_close`` (reads it, is silent for ``seconds``, then closes), ``refuse_prefill`` (400 to a prefill,
 else ``ok``), ``error_event`` (an in-band error event after ``at`` tokens, then [DONE]), ``gate`` (reads
-it, answers ``ok`` once the test sets ``gate``, a ``threading.Event``: a slow first token without a clock).
+it, answers ``ok`` once the test sets ``gate``, a ``threading.Event``: a slow first token without a clock),
+``hold`` (a chat stream that stops after ``at`` tokens until ``gate`` is set: a long stream without a clock).
 ``flap(seconds)`` answers 503 to everything for that long.
 """
 
@@ -216,7 +217,11 @@ class FaultServer:
 
         await _stream_head(w)
         for i, word in enumerate(words):
-            if fault.kind in ("cut", "stall", "malformed", "error_event") and i == fault.at:
+            if fault.kind in ("cut", "stall", "malformed", "error_event", "hold") and i == fault.at:
+                if fault.kind == "hold":
+                    assert fault.gate is not None
+                    while not fault.gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test)
+                        await asyncio.sleep(0.005)
                 if fault.kind == "cut":
                     await _chunk(w, b'data: {"id": "' + cid.encode())  # cut mid-event, no end of body
                     return False
