@@ -118,7 +118,7 @@ class FrontProtocol(asyncio.Protocol):
         app: ASGIApp = base if sni is None else SniGuard(base, sni)
         proto: asyncio.Protocol
         if h2:
-            proto = H2Server(self.env, app, sni, self.server_state, self.app_state)
+            proto = H2Server(self.env, self.limits, app, sni, self.server_state, self.app_state)
         else:
             h1 = self.h1(
                 config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop

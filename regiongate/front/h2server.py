@@ -4,6 +4,11 @@
 (``grpc_relay``); every other stream is a request to the REST app (``rest_stream``). A stream whose
 ``:authority`` differs from the TLS server name is refused before it reaches either. Draining sends GOAWAY:
 streams already open finish, newer ones are refused, and the connection closes once the last one is done.
+
+The ``[edge]`` limits HTTP/1.1 has apply here too: the header list is capped at ``max_header_bytes`` (the
+SETTINGS value h2 enforces), and a connection over ``max_connections`` gets its first request answered
+``too_many_connections`` (503 / gRPC UNAVAILABLE, as HTTP/1.1 answers it) with a GOAWAY naming that stream,
+so the client opens no more on it and the connection closes once that answer is out.
 """
 
 from __future__ import annotations
@@ -27,18 +32,21 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
-from regiongate.asgi import ASGIApp
+from regiongate.asgi import REFUSED, ASGIApp
+from regiongate.front.edge import EdgeLimits
 from regiongate.front.goaway import DrainableH2Connection, h2_config
 from regiongate.front.grpc_relay import GrpcRelay
 from regiongate.front.h2side import Headers, Side
 from regiongate.front.hosts import misdirected, refusal_message
 from regiongate.front.rest_stream import RestStream, scope_for
 from regiongate.grpc.front import Connections, ConnInfo
+from regiongate.rest.app import too_many_connections
 
 log = logging.getLogger("regiongate.front")
 STREAM_WINDOW = 256 * 1024
 CONN_WINDOW = 1 << 21
 MAX_STREAMS = 256
+LINGER_S = 2.0  # after our last frame, how long late client frames are read and dropped before closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +64,18 @@ def is_grpc(content_type: bytes | None) -> bool:
 
 class H2Server(asyncio.Protocol):
     def __init__(
-        self, env: FrontEnv, app: ASGIApp, sni: str | None, server_state: Any, app_state: Any
+        self,
+        env: FrontEnv,
+        limits: EdgeLimits,
+        app: ASGIApp,
+        sni: str | None,
+        server_state: Any,
+        app_state: Any,
     ) -> None:
         self.env = env
+        self.limits = limits
+        self.refused = False  # over [edge].max_connections: its first request is answered, then GOAWAY
+        self.lingering = False  # half-closed: reading only to drop what still arrives
         self.app = app
         self.sni = sni
         self.server_state = server_state
@@ -87,15 +104,19 @@ class H2Server(asyncio.Protocol):
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_header_bytes,
             },
         )
         conn.initiate_connection()
         conn.increment_flow_control_window(CONN_WINDOW)
         self.side.write()
-        self.server_state.connections.add(self)
+        connections = self.server_state.connections
+        self.refused = len(connections) >= self.limits.max_connections
+        connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         side = self.side
         try:
             events = side.conn.receive_data(data)
@@ -170,12 +191,20 @@ class H2Server(asyncio.Protocol):
             elif k == b":authority" or (k == b"host" and authority is None):
                 authority = v
         host = authority.decode("latin-1") if authority is not None else None
-        if is_grpc(content_type):
+        if self.refused:  # this stream is the last: GOAWAY now, the answer below closes the connection
+            self.draining = sid
+            self.side.conn.close_connection(last_stream_id=sid)
+            if is_grpc(content_type):
+                self._grpc_refuse(sid, 14, too_many_connections().message, "too_many_connections")
+                self._maybe_close()
+                return
+        elif is_grpc(content_type):
             self._grpc(sid, headers, ended, host)
             return
-        st = RestStream(
-            self.side, sid, scope_for(headers, self.scheme, self.client, self.server, self.app_state), ended
-        )
+        scope = scope_for(headers, self.scheme, self.client, self.server, self.app_state)
+        if self.refused:
+            scope[REFUSED] = True  # the REST app answers it, as it does for HTTP/1.1
+        st = RestStream(self.side, sid, scope, ended)
         self.rest[sid] = st
         task = asyncio.get_running_loop().create_task(st.run(self.app))
         st.task = task
@@ -264,7 +293,15 @@ class H2Server(asyncio.Protocol):
     def _close(self) -> None:
         tr = self.side.transport
         if tr is not None and not tr.is_closing():
-            tr.close()  # asyncio sends what is buffered first
+            if tr.can_write_eof() and not self.lingering:
+                # Closing with the client's late frames (a SETTINGS ack, a window update) unread makes the
+                # kernel reset the connection, which can destroy our last answer before the client reads
+                # it: half-close, drop what still comes, close after LINGER_S (or when the client does).
+                self.lingering = True
+                tr.write_eof()  # asyncio sends what is buffered first
+                asyncio.get_running_loop().call_later(LINGER_S, tr.close)
+            else:
+                tr.close()  # asyncio sends what is buffered first
         # Nothing more to wait for: a drain need not sit out the TLS close_notify exchange with the peer.
         self.server_state.connections.discard(self)
 

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from bench.capture import CaptureBackend, RawClient, chat_request
+from tests.support.h2_client import H2Client, grpc_frame
 from tests.support.procs import DEMO_KEY, Proc, free_port, spawn_gateway
 from tests.support.worlds import capture_world
 
@@ -184,6 +185,44 @@ def test_a_connection_over_the_cap_gets_a_clear_503(capped: Proc) -> None:
         time.sleep(0.1)
     else:
         pytest.fail("the gateway kept refusing after the held connections closed")
+
+
+@pytest.fixture(scope="module")
+def capped_one_port(
+    capture_backend: CaptureBackend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proc]:
+    """HTTP/2 (cleartext, prior knowledge) is the one-port listener's; the REST port speaks HTTP/1.1."""
+    cfg = capture_world(capture_backend.url) + "\n[edge]\nmax_connections = 3\nheader_timeout_s = 60\n"
+    gw = spawn_gateway(cfg, tmp_path_factory.mktemp("capped-h2"), one_port=True)
+    yield gw
+    gw.stop()
+
+
+def test_an_http2_connection_over_the_cap_is_answered_then_closed(capped_one_port: Proc) -> None:
+    capped = capped_one_port
+    held = [H2Client(capped.port) for _ in range(3)]
+    for h in held:  # each connection answered once, so the gateway has surely accepted all three
+        reply = h.replies[h.request("/healthz", "localhost", method="GET")]
+        h.pump(lambda r=reply: r.done)  # type: ignore[misc]
+        assert reply.headers[b":status"] == b"200"
+    try:
+        rest = H2Client(capped.port)
+        sid = rest.request("/healthz", "localhost", method="GET")
+        rest.pump(lambda: rest.closed, timeout=CLOSED_WITHIN)  # answered, then the connection closes
+        reply = rest.replies[sid]
+        assert reply.headers[b":status"] == b"503" and reply.headers[b"retry-after"] == b"1"
+        assert orjson.loads(reply.data)["error"]["code"] == "too_many_connections"
+        assert rest.goaway is not None and rest.goaway.last_stream_id == sid  # no stream after it is taken
+
+        grpc = H2Client(capped.port)
+        head = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        sid = grpc.request("/xai_api.Models/ListLanguageModels", "localhost", grpc_frame(b""), head)
+        grpc.pump(lambda: grpc.closed, timeout=CLOSED_WITHIN)
+        status = grpc.replies[sid].headers
+        assert status[b"grpc-status"] == b"14" and b"max_connections" in status[b"grpc-message"]
+    finally:
+        for h in held:
+            h.close()
 
 
 def test_grpc_metadata_over_the_limit_is_refused(
