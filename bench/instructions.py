@@ -11,7 +11,9 @@ benchmark's in-process config, chat lat0), ``redis`` (the same with ``[shared] r
 limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load).
 Callgrind counts user-space instructions only: system calls (the kernel's share of each read and write)
 are not in the figure, so it compares versions of regiongate, not regiongate with nginx.
-``--pythonpath`` runs another checkout's ``regiongate`` package (e.g. an older commit) with this bench.
+``--pythonpath`` runs another checkout's ``regiongate`` package (e.g. an older commit) with this bench;
+``--keep`` keeps the callgrind files, whose C functions (``callgrind_annotate --inclusive=yes``) show what
+libsqlite3 or libcrypto take of a request.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--paths", default="rest,redis,grpc")
     p.add_argument("--pythonpath", help="import regiongate from here (another checkout)")
+    p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate)")
     a = p.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -118,7 +121,10 @@ def main() -> int:
             ir = measure(path, a.requests, work, a.pythonpath)
             print(f"{path}: {ir / 1e6:.2f} M instructions per request ({a.requests} requests)", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if a.keep:
+            print(f"callgrind files kept in {work}/cg-<path>", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -31,6 +31,7 @@ class ControlConfig(_Model):
     usage_flush_s: float = Field(1.0, gt=0, le=300)  # usage records are written at least this often
     usage_batch: int = Field(500, ge=1, le=100_000)
     receipts: bool = True
+    receipt_batch: bool = True  # the receipts of one loop iteration share a signature (v2 receipts)
     receipt_key_dir: str = ""  # default: <data_dir>/receipt-keys
     console: bool = True
 

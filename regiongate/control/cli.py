@@ -294,8 +294,9 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(claims, indent=2))
             return 0
-        kid = json.loads(receipts.b64url_decode(token.strip().split(".")[0]))["kid"]
-        print(f"valid receipt, signed by key {kid}")
+        kid = receipts.receipt_kid(token)
+        batched = " (in a batch: its Merkle proof checked)" if len(token.strip().split(".")) == 4 else ""
+        print(f"valid receipt, signed by key {kid}{batched}")
         zone = f" (data zone {claims.get('zone')})" if claims.get("zone") else ""
         for label, value in (
             ("request", claims.get("rid")),

@@ -110,6 +110,9 @@ class Routed:
     # naming them): trailing SSE comments, gRPC trailing metadata. ``closing`` holds the hooks' parts.
     trailers: list[tuple[str, str]] = field(default_factory=list)
     closing: list[Callable[[Inbound, Routed], tuple[str, str]]] = field(default_factory=list)
+    # Set by a hook whose header comes a moment later (a receipt signed with the others of its loop
+    # iteration, pipeline/receipts.py): the response head waits for it.
+    ready: asyncio.Future[None] | None = None
 
     async def aclose(self) -> None:
         """Free the stream's lease and upstream connection, whether or not it was ever iterated."""
@@ -350,6 +353,12 @@ class Gateway:
             routed.chunks = stamp_events(routed.chunks, inbound.tier)  # asked for: in every chunk too
         for hook in self.hooks:
             hook.after(inbound, routed)
+        if routed.ready is not None:
+            try:
+                await routed.ready
+            except BaseException:  # cancelled while its receipt was being signed: free the lease
+                await routed.aclose()
+                raise
         return routed
 
     async def _dispatch(self, inbound: Inbound, started: float) -> Routed:

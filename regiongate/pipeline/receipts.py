@@ -6,6 +6,18 @@ form (RFC 7515) signed with Ed25519 (``alg: EdDSA``, RFC 8037), stating which re
      "endpoint": "global" | "zone:eu" | "region:eu-west-1", "region": served region, "zone": its data zone,
      "route": nearest | spillover | pinned | zone | failover, "tier": default | flex | priority, "iat": unix seconds, "time": ISO-8601 UTC}
 
+Two forms, both checked by ``verify`` (and ``regiongate receipt verify``) offline with the public key:
+
+- **v1, one signature per receipt**: ``header.payload.signature``, a plain JWS (``typ``
+  ``regiongate-receipt+jwt``) whose payload is the claims.
+- **v2, one signature per batch**: ``header.payload.proof.signature``. The receipts of one event-loop
+  iteration are the leaves of a Merkle tree (leaf ``SHA-256(0x00 || claims JSON)``, node ``SHA-256(0x01 ||
+  left || right)``, an odd last node carried up unchanged); ``proof`` is the leaf's path to the root, one
+  33-byte step per level (``0x00`` + the sibling on the left, or ``0x01`` + the sibling on the right, at most
+  32 steps), and ``signature`` is the Ed25519 signature of ``header.b64url(root)`` under a header whose
+  ``typ`` is ``regiongate-receipt-batch+jwt`` (a JWS with a detached payload, RFC 7515 appendix F: the
+  verifier recomputes the root from the claims and the proof). A batch of one is signed as v1.
+
 A stream that was continued mid-answer on another backend ends with a second receipt (a trailing SSE
 comment ``: x-regiongate-receipt <jws>``, gRPC trailing metadata of the same name) that adds ``"hops"``:
 every backend that produced part of the answer, in order, ``{"region", "zone", "backend", "reason"}``
@@ -23,6 +35,7 @@ so receipts signed before the rotation still verify.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import functools
@@ -47,6 +60,9 @@ if TYPE_CHECKING:
 HEADER = "x-regiongate-receipt"
 JWKS_PATH = "/.well-known/regiongate-keys.json"
 TYP = "regiongate-receipt+jwt"
+BATCH_TYP = "regiongate-receipt-batch+jwt"  # v2: the signature is over the root of a batch's Merkle tree
+MAX_BATCH = 256  # receipts per signature at most (a proof of 8 steps)
+_MAX_STEPS = 32
 
 
 class ReceiptError(ValueError):
@@ -102,11 +118,76 @@ def _protected(kid: str) -> str:
     return b64url(orjson.dumps({"alg": "EdDSA", "kid": kid, "typ": TYP}))
 
 
+@functools.lru_cache(maxsize=16)
+def _batch_protected(kid: str) -> str:
+    return b64url(orjson.dumps({"alg": "EdDSA", "kid": kid, "typ": BATCH_TYP}))
+
+
 def sign(key: SigningKey, claims: dict[str, Any]) -> str:
+    return _sign_one(key, orjson.dumps(claims))
+
+
+def _sign_one(key: SigningKey, raw: bytes) -> str:
     header = _protected(key.kid)
-    payload = b64url(orjson.dumps(claims))
+    payload = b64url(raw)
     signing_input = f"{header}.{payload}".encode("ascii")
     return f"{header}.{payload}.{b64url(key.private.sign(signing_input))}"
+
+
+def _leaf(raw: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + raw).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def merkle(leaves: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """The root of ``leaves`` and each leaf's proof (its steps to the root, see the module docstring)."""
+    proofs = [bytearray() for _ in leaves]
+    level = leaves
+    under: list[list[int]] = [[i] for i in range(len(leaves))]  # the leaves below each node of the level
+    while len(level) > 1:
+        up: list[bytes] = []
+        up_under: list[list[int]] = []
+        for j in range(0, len(level) - 1, 2):
+            left, right = level[j], level[j + 1]
+            for i in under[j]:
+                proofs[i] += b"\x01" + right
+            for i in under[j + 1]:
+                proofs[i] += b"\x00" + left
+            up.append(_node(left, right))
+            up_under.append(under[j] + under[j + 1])
+        if len(level) % 2:
+            up.append(level[-1])
+            up_under.append(under[-1])
+        level, under = up, up_under
+    return level[0], [bytes(p) for p in proofs]
+
+
+def sign_batch(key: SigningKey, raws: list[bytes]) -> list[str]:
+    """One receipt per claims document (JSON bytes), all under one signature (v2; v1 for a batch of one)."""
+    if len(raws) == 1:
+        return [_sign_one(key, raws[0])]
+    root, proofs = merkle([_leaf(r) for r in raws])
+    header = _batch_protected(key.kid)
+    signature = b64url(key.private.sign(f"{header}.{b64url(root)}".encode("ascii")))
+    return [f"{header}.{b64url(r)}.{b64url(p)}.{signature}" for r, p in zip(raws, proofs, strict=True)]
+
+
+def _root(raw: bytes, proof: bytes) -> bytes:
+    if len(proof) % 33 or len(proof) > 33 * _MAX_STEPS:
+        raise ReceiptError(f"the proof is not a whole number of 33-byte steps (at most {_MAX_STEPS})")
+    h = _leaf(raw)
+    for at in range(0, len(proof), 33):
+        side, sibling = proof[at], proof[at + 1 : at + 33]
+        if side == 1:
+            h = _node(h, sibling)
+        elif side == 0:
+            h = _node(sibling, h)
+        else:
+            raise ReceiptError("a proof step starts with a byte other than 0 (left) or 1 (right)")
+    return h
 
 
 def _keys_by_kid(jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -114,11 +195,30 @@ def _keys_by_kid(jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str, dict[
     return {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
 
 
-def unverified_claims(token: str) -> dict[str, Any]:
+def _parts(token: str) -> list[str]:
     parts = token.strip().split(".")
-    if len(parts) != 3:
-        raise ReceiptError("a receipt has three dot-separated parts (header.payload.signature)")
-    raw = b64url_decode(parts[1], "the payload")
+    if len(parts) not in (3, 4):
+        raise ReceiptError(
+            "a receipt has three dot-separated parts (header.payload.signature) or, signed in a batch, four "
+            "(header.payload.proof.signature)"
+        )
+    return parts
+
+
+def receipt_kid(token: str) -> str:
+    """The key id a receipt names (unverified)."""
+    try:
+        header = json.loads(b64url_decode(_parts(token)[0], "the header"))
+    except ValueError:
+        raise ReceiptError("the header is not JSON") from None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str):
+        raise ReceiptError("the header names no key (kid)")
+    return kid
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    raw = b64url_decode(_parts(token)[1], "the payload")
     try:
         claims = json.loads(raw)
     except ValueError:
@@ -131,9 +231,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
 def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
     """The receipt's claims if ``token`` is signed by a key in ``jwks``; raises ReceiptError otherwise."""
     token = token.strip()
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ReceiptError("a receipt has three dot-separated parts (header.payload.signature)")
+    parts = _parts(token)
     raw = b64url_decode(parts[0], "the header")
     try:
         header = json.loads(raw)
@@ -141,6 +239,12 @@ def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str,
         raise ReceiptError("the header is not JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "EdDSA":
         raise ReceiptError("the header must say alg EdDSA")
+    batched = len(parts) == 4
+    if (header.get("typ") == BATCH_TYP) != batched:
+        raise ReceiptError(
+            f"a receipt with a proof has typ {BATCH_TYP} and one without does not (a batch's signature "
+            "covers a Merkle root, never claims)"
+        )
     kid = header.get("kid")
     jwk = _keys_by_kid(jwks).get(kid) if isinstance(kid, str) else None
     if jwk is None:
@@ -151,9 +255,14 @@ def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str,
         public = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"], f"key {kid}"))
     except ValueError as e:
         raise ReceiptError(f"key {kid} is not a usable Ed25519 key: {e}") from None
-    signature = b64url_decode(parts[2], "the signature")
+    signature = b64url_decode(parts[-1], "the signature")
+    if batched:
+        root = _root(b64url_decode(parts[1], "the payload"), b64url_decode(parts[2], "the proof"))
+        signed = f"{parts[0]}.{b64url(root)}"
+    else:
+        signed = f"{parts[0]}.{parts[1]}"
     try:
-        public.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
+        public.verify(signature, signed.encode("ascii"))
     except (InvalidSignature, ValueError):
         raise ReceiptError("the signature does not match: the receipt was altered or forged") from None
     return unverified_claims(token)
@@ -260,12 +369,23 @@ def iso_time(at: float) -> str:
 
 
 class ReceiptHook:
-    """The gateway hook that signs a receipt for every routed response (REST header, gRPC metadata)."""
+    """The gateway hook that signs a receipt for every routed response (REST header, gRPC metadata).
 
-    def __init__(self, key: SigningKey, zones: dict[str, str], issuer: str = "regiongate") -> None:
+    With ``batch`` on, the responses that reach ``after`` in one event-loop iteration share one signature
+    (v2, see the module docstring): the first schedules the signing at the end of the iteration
+    (``call_soon``, no timer), so a response waits for the rest of its iteration and one signature, never
+    for a clock; at low load a batch is one response, signed as v1."""
+
+    def __init__(
+        self, key: SigningKey, zones: dict[str, str], issuer: str = "regiongate", batch: bool = True
+    ) -> None:
         self.key = key  # swapped in place when the key ring rotates
         self.zones = zones
         self.issuer = issuer
+        self.batch = batch
+        self.signatures = 0  # how many the hook made, and for how many receipts (receipts / signature)
+        self.receipts = 0
+        self._pending: list[tuple[bytes, Routed, asyncio.Future[None]]] = []
 
     async def before(self, inbound: Inbound) -> None:
         return None
@@ -291,9 +411,39 @@ class ReceiptHook:
         return claims
 
     def after(self, inbound: Inbound, routed: Routed) -> None:
-        routed.headers.append((HEADER, sign(self.key, self._claims(inbound, routed.region, routed.route))))
         if routed.chunks is not None:
             routed.closing.append(self.continued)
+        raw = orjson.dumps(self._claims(inbound, routed.region, routed.route))
+        if not self.batch:
+            routed.headers.append((HEADER, _sign_one(self.key, raw)))
+            self.signatures += 1
+            self.receipts += 1
+            return
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        routed.ready = fut = loop.create_future()
+        self._pending.append((raw, routed, fut))
+        if len(self._pending) >= MAX_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return  # flushed early at MAX_BATCH; this was its scheduled call
+        try:
+            tokens = sign_batch(self.key, [raw for raw, _, _ in batch])
+        except Exception as e:  # never expected; each waiting response fails rather than hangs
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        self.signatures += 1
+        self.receipts += len(batch)
+        for (_, routed, fut), token in zip(batch, tokens, strict=True):
+            routed.headers.append((HEADER, token))
+            if not fut.done():  # its request may have been cancelled meanwhile
+                fut.set_result(None)
 
     def continued(self, inbound: Inbound, routed: Routed) -> tuple[str, str]:
         """The receipt of a stream that moved, naming its hops (sent as it ends)."""
