@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from regiongate.core.affinity import Affinity
 from regiongate.core.endpoint import GLOBAL, Endpoint
+from regiongate.core.frozen import fast_constructor
 from regiongate.core.tiers import Tier
 from regiongate.core.world import Location
 
@@ -60,3 +61,6 @@ class RouteRequest:
     salt: int = 0  # a random number drawn by the caller: the policy's only source of chance
     tier: Tier = Tier.DEFAULT  # its service tier, resolved (``core.tiers``)
     affinity: Affinity | None = None  # where its prefix was served recently (``core.affinity``)
+
+
+new_route_request = fast_constructor(RouteRequest)  # ``RouteRequest``, about 4x cheaper (``core.frozen``)

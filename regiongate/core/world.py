@@ -9,9 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from regiongate.core.frozen import fast_constructor
 from regiongate.core.geo import Location, rtt_from_distance_ms
 
-__all__ = ["BackendState", "DeploymentState", "Location", "Region", "WorldSnapshot"]
+__all__ = [
+    "BackendState",
+    "DeploymentState",
+    "Location",
+    "Region",
+    "WorldSnapshot",
+    "new_backend_state",
+    "new_deployment_state",
+    "new_snapshot",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +128,10 @@ class WorldSnapshot:
 
     def models(self) -> tuple[str, ...]:
         return tuple(self.by_model)
+
+
+# The same constructors, about 4x cheaper (``core.frozen``): for the paths that build a snapshot per
+# decision (``state.fleet``, the simulator's engine).
+new_backend_state = fast_constructor(BackendState)
+new_deployment_state = fast_constructor(DeploymentState)
+new_snapshot = fast_constructor(WorldSnapshot)

@@ -21,6 +21,7 @@ from heapq import heappop, heappush
 from typing import Any, Protocol
 
 from regiongate.core import BackendState, DeploymentState, RouteError, RouteRequest, WorldSnapshot
+from regiongate.core.world import new_deployment_state, new_snapshot
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
 from regiongate.simulate.policies import Policy
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
@@ -60,6 +61,7 @@ class Dep:
         "epoch",
         "epoch_ends",
         "factors",
+        "fixed",
         "flex_below",
         "in_use",
         "last",
@@ -104,6 +106,7 @@ class Dep:
         self.epoch = 0
         self.epoch_ends: list[float] = []
         self.state: DeploymentState | None = None
+        self.fixed: tuple[float, float, float, float] | None = None  # a baseline's estimate (constant)
         # ``state``'s TTFT was checked at ``checked_at`` against the model's typical TTFT ``prior``: then
         # ``slack`` ms from the tolerance were left, and it moves at most ``drift`` ms per second.
         self.prior = self.checked_at = self.drift = self.slack = 0.0
@@ -223,7 +226,7 @@ class Engine:
             ttft = d.ttft.current(now, pb)
             off = abs(ttft - s.ttft_ms) if s is not None else 0.0
             if s is None or off > TTFT_TOLERANCE_MS:
-                s = d.state = self._state(d, now, prior, len(d.waiting) if qd else 0)
+                s = d.state = self._state(d, d.ttft.params(now, prior), len(d.waiting) if qd else 0)
                 off = 0.0
                 rebuilt = True
             d.prior, d.checked_at = pb, now
@@ -247,13 +250,15 @@ class Engine:
         for d in deps:
             s = d.state
             if s is None:
-                s = d.state = self._state(d, now, prior, len(d.waiting) if qd else 0)
+                if d.fixed is None:  # an estimate without samples: the same numbers at any time
+                    d.fixed = d.ttft.params(now, prior)
+                s = d.state = self._state(d, d.fixed, len(d.waiting) if qd else 0)
             states.append(s)
         return self._snapshot_of(mi, tuple(states))
 
     def _snapshot_of(self, mi: int, t: tuple[DeploymentState, ...]) -> WorldSnapshot:
         base = self._base
-        snap = self.snaps[mi] = WorldSnapshot(
+        snap = self.snaps[mi] = new_snapshot(
             base.regions,
             dict(zip(self.keys[mi], t, strict=False)),
             base.gateway_location,
@@ -265,10 +270,10 @@ class Engine:
         return snap
 
     @staticmethod
-    def _state(d: Dep, now: float, prior: Typical, queued: int) -> DeploymentState:
-        base, prefill, wait, error = d.ttft.params(now, prior)
+    def _state(d: Dep, params: tuple[float, float, float, float], queued: int) -> DeploymentState:
+        base, prefill, wait, error = params
         flex = None if d.flex_below >= 1.0 else math.floor(d.limit * d.flex_below + 1e-9)
-        return DeploymentState(
+        return new_deployment_state(
             d.model,
             d.region,
             d.limit,
@@ -310,7 +315,7 @@ class Engine:
         queued = s.queue_depth + max(mine - kept.free[i], 0) if self.queue_depth else 0
         states[i] = replace(s, in_use=s.in_use + mine, queue_depth=queued)
         t = tuple(states)
-        kept.view = WorldSnapshot(
+        kept.view = new_snapshot(
             snap.regions,
             dict(zip(self.keys[mi], t, strict=False)),
             snap.gateway_location,
@@ -457,11 +462,11 @@ class Engine:
                 return
             if self.hook is not None:
                 self.hook.first(t, d, ctx, tag, ttft_ms, wait)
-            if self.learns:
+            if self.learns:  # a baseline's snapshot shows nothing a first token changes
                 d.ttft.add(sample[0], t, None, sample[1], sample[2])
                 self.typical[d.mi] = None
-            d.state = None
-            self.snaps[d.mi] = None
+                d.state = None
+                self.snaps[d.mi] = None
             st.served[ctx.cell] += 1
             i = int(_log(ttft_ms) * HIST_PER_E - HIST_OFFSET) if ttft_ms > 0.1 else 0
             st.hist[ctx.cell][i if i < HIST_BINS else HIST_BINS - 1] += 1

@@ -79,24 +79,28 @@ class _Baseline:
     learns = False
 
     def __init__(self) -> None:
-        self._rtt: dict[tuple[float, float, str], float] = {}
+        self._rtt: dict[tuple[float, float], dict[str, float]] = {}
 
-    def rtt_ms(self, snapshot: WorldSnapshot, request: RouteRequest, region: str) -> float:
+    def rtts(self, snapshot: WorldSnapshot, request: RouteRequest) -> dict[str, float]:
+        """Round trip from the request's origin to each region (one lookup per request, not per region)."""
         origin = request.client_location or snapshot.gateway_location
-        key = (origin.lat, origin.lon, region)  # floats hash in C; the Location dataclass in Python
+        key = (origin.lat, origin.lon)  # floats hash in C; the Location dataclass in Python
         v = self._rtt.get(key)
         if v is None:
-            v = self._rtt[key] = rtt_from_distance_ms(origin, snapshot.regions[region].location)
+            v = self._rtt[key] = {
+                r.id: rtt_from_distance_ms(origin, r.location) for r in snapshot.regions.values()
+            }
         return v
 
 
 class NearestOnly(_Baseline):
     def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
         scope = _in_scope(snapshot, request)
+        rtts = self.rtts(snapshot, request)
         best, best_key = None, (0.0, "")
         for d in scope:
             if d.has_healthy_backend:
-                key = (self.rtt_ms(snapshot, request, d.region), d.region)
+                key = (rtts[d.region], d.region)
                 if best is None or key < best_key:
                     best, best_key = d, key
         if best is None or best.free <= 0:
@@ -109,7 +113,8 @@ class NearestSpill(_Baseline):
 
     def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
         scope = _in_scope(snapshot, request)
-        ranked = sorted((self.rtt_ms(snapshot, request, d.region), d.region, d) for d in scope)
+        rtts = self.rtts(snapshot, request)
+        ranked = sorted((rtts[d.region], d.region, d) for d in scope)
         kept = [(ms, d) for ms, _, d in ranked if d.free > 0 and d.has_healthy_backend]
         if not kept:
             return _refuse(snapshot, request, scope)
@@ -125,8 +130,8 @@ class LeastLoaded(_Baseline):
         if not open_:
             return _refuse(snapshot, request, scope)
         ranked = sorted(open_, key=lambda d: (d.in_use / d.limit, d.region))
-        route = Route.LEAST_LOADED
-        cands = (_candidate(d, route, self.rtt_ms(snapshot, request, d.region)) for d in ranked)
+        route, rtts = Route.LEAST_LOADED, self.rtts(snapshot, request)
+        cands = (_candidate(d, route, rtts[d.region]) for d in ranked)
         first = next(cands)
         return Plan(request.model, (first,), first_choice=first.region, more=cands)
 
@@ -142,7 +147,7 @@ class PowerOfTwo(_Baseline):
             a, b = open_[i], open_[j]
             open_ = [a if a.in_use / a.limit <= b.in_use / b.limit else b]
         d = open_[0]
-        cand = _candidate(d, Route.POWER_OF_TWO, self.rtt_ms(snapshot, request, d.region))
+        cand = _candidate(d, Route.POWER_OF_TWO, self.rtts(snapshot, request)[d.region])
         return Plan(request.model, (cand,), first_choice=d.region)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from regiongate.config import Config
-from regiongate.core import RouteRequest
+from regiongate.core.request import new_route_request
 from regiongate.simulate.engine import Engine
 from regiongate.simulate.fleet import World, build_world
 from regiongate.simulate.policies import make_policy
@@ -168,7 +168,7 @@ def _run(
         # The salt is the request's own random number (the policy draws none), a function of its index
         # so every policy and every rerun sees the same one; the replica that decides takes turns.
         salt = (done * 0x9E3779B1) & 0xFFFFFFFF
-        req = RouteRequest(r.model, r.endpoint, r.client_location, r.access, p, salt)
+        req = new_route_request(r.model, r.endpoint, r.client_location, r.access, p, salt)
         replica = done % replicas
         for arrive in arrives:
             arrive(t, ctx, req, p, c, replica)
