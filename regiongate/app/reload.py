@@ -24,6 +24,7 @@ from regiongate.app.runtime import Runtime, build_fleet, build_keys
 from regiongate.app.scaleout import fit_fleet
 from regiongate.config import Config, ConfigError, HttpBackend, SimulatedBackend, load_config
 from regiongate.pipeline.auth import StaticKeys, hash_key
+from regiongate.pipeline.hedge import hedge_policy
 from regiongate.state.fleet import Backend, Fleet
 
 log = logging.getLogger("regiongate.reload")
@@ -97,6 +98,7 @@ def apply(rt: Runtime, cfg: Config) -> None:
     if rt.control is not None:
         rt.control.reconfigure(cfg)  # teams and grants for the admin operations, zones for receipts
     rt.live.swap(in_force)  # the one reference: config, fleet and keys are read through it
+    rt.gateway.hedging = hedge_policy(cfg.hedging)  # the next request's first byte is hedged (or not) by it
     if retired:
         task = asyncio.get_running_loop().create_task(_retire(retired, cfg.timeouts.total_s + 5))
         _tasks.add(task)

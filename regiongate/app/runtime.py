@@ -28,7 +28,7 @@ from regiongate.pipeline.auth import KeyStore, Principal, StaticKeys, hash_key, 
 from regiongate.pipeline.caller import Callers
 from regiongate.pipeline.catalog import in_endpoint
 from regiongate.pipeline.failover import Gateway
-from regiongate.pipeline.hedge import HedgePolicy
+from regiongate.pipeline.hedge import hedge_policy
 from regiongate.pipeline.services import InForce, Live
 from regiongate.pipeline.usage import MemoryUsage
 from regiongate.rest.admin_site import ADMIN_PREFIX
@@ -267,8 +267,7 @@ def build_runtime(
     sink = TeeUsage(usage, control.writer) if control is not None else usage
     gateway = Gateway(now_fleet, sink, metrics, hooks=[shared.limits])
     gateway.affinity = build_affinity(cfg, shared.link)
-    if cfg.hedging.enabled:  # read at start, like [affinity]
-        gateway.hedging = HedgePolicy(cfg.hedging.after_factor, cfg.hedging.floor_s)
+    gateway.hedging = hedge_policy(cfg.hedging)
     metrics.watch(now_fleet)
     callers = Callers(lambda: live.now.config, lambda: live.now.keys)
     tracing = None

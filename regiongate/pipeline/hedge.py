@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from regiongate.config import HedgingConfig
 from regiongate.state.first_byte import FirstByteBudget
 
 HEDGE_HEADER = "x-regiongate-hedge"  # request: "off" opts out; response: the hedge's outcome
@@ -47,6 +48,11 @@ class HedgePolicy:
             return None
         mark = max(self.after_factor * q / 1000.0, self.floor_s)
         return mark if mark < budget_s else None
+
+
+def hedge_policy(cfg: HedgingConfig) -> HedgePolicy | None:
+    """``[hedging]`` as the gateway holds it (None: off); at start and at every reload."""
+    return HedgePolicy(cfg.after_factor, cfg.floor_s) if cfg.enabled else None
 
 
 def opted_out(raw: str | None) -> bool:

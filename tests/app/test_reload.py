@@ -53,3 +53,16 @@ async def test_a_reload_is_what_the_next_request_sees(monkeypatch: pytest.Monkey
         r = await c.post("/v1/chat/completions", json=_chat("grok-4"), headers=AUTH)
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
     await rt.aclose()
+
+
+async def test_a_reload_turns_hedging_on_and_off() -> None:
+    plain = world({"us-east-1": [FAST]})
+    hedged = plain + "\n[hedging]\nenabled = true\nafter_factor = 2.0\nfloor_s = 0.5\n"
+    rt = build_runtime(parse_config(plain), env={"REGIONGATE_DEMO_API_KEY": DEMO_KEY})
+    assert rt.gateway.hedging is None
+    apply(rt, parse_config(hedged))
+    policy = rt.gateway.hedging
+    assert policy is not None and (policy.after_factor, policy.floor_s) == (2.0, 0.5)
+    apply(rt, parse_config(plain))
+    assert rt.gateway.hedging is None
+    await rt.aclose()
