@@ -50,7 +50,14 @@ from regiongate.pipeline.continuation import (
 )
 from regiongate.pipeline.responses_chat import chat_request, translate_response
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
-from regiongate.pipeline.tiering import STAMPED_PATHS, TIER_HEADER, stamp, stamp_events, tier_of
+from regiongate.pipeline.tiering import (
+    STAMPED_PATHS,
+    TIER_HEADER,
+    event_stamper,
+    stamp,
+    stamp_events,
+    tier_of,
+)
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.affinity import AffinityStore
 from regiongate.state.capacity import CapacityStore, Lease, Rider
@@ -311,7 +318,7 @@ class Gateway:
 
     async def dispatch(self, inbound: Inbound) -> Routed:
         started = time.monotonic()
-        inbound.tier = tier_of(inbound.payload, inbound.principal.access)  # 400 / 403 before any work
+        inbound.tier = tier_of(inbound.payload, inbound.principal.access, inbound.path)  # 400 / 403 before any work
         key = inbound.principal
         if not key.continuation:  # the key's stream settings: either side may only tighten
             inbound.continuation = False
@@ -347,10 +354,13 @@ class Gateway:
         if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
             routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
         routed.headers.append((TIER_HEADER, inbound.tier))
-        if routed.chunks is None and routed.status == 200 and inbound.path in STAMPED_PATHS:
-            routed.body = stamp(routed.body, inbound.tier)
-        elif routed.chunks is not None and inbound.path == "/chat/completions" and "service_tier" in inbound.payload:
-            routed.chunks = stamp_events(routed.chunks, inbound.tier)  # asked for: in every chunk too
+        if routed.chunks is None:
+            if routed.status == 200 and inbound.path in STAMPED_PATHS:
+                routed.body = stamp(routed.body, inbound.tier, inbound.path)
+        else:
+            stamper = event_stamper(inbound.path, inbound.tier, "service_tier" in inbound.payload)
+            if stamper is not None:
+                routed.chunks = stamp_events(routed.chunks, stamper)
         for hook in self.hooks:
             hook.after(inbound, routed)
         if routed.ready is not None:

@@ -5,7 +5,7 @@ pure and live in ``regiongate.core.tiers``; this is the adapter half shared by R
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -15,15 +15,20 @@ from regiongate.core.request import Access
 from regiongate.core.tiers import CLIENT_VALUES, resolve
 
 TIER_HEADER = "x-regiongate-service-tier"  # the tier a request ran at; gRPC: also how a client asks for flex
-# The answers that carry ``service_tier`` in their body, as OpenAI's do.
-STAMPED_PATHS = frozenset({"/chat/completions", "/completions", "/responses"})
+# The answers whose API defines a tier in them: OpenAI's chat completion and Response objects
+# (``service_tier``; its legacy completion object has none) and Anthropic's message (``usage.service_tier``)
+STAMPED_PATHS = frozenset({"/chat/completions", "/responses", "/messages"})
+# Anthropic's own request values: "standard_only" keeps a request off priority capacity
+_ANTHROPIC_ASKED = {"standard_only": "default"}
 
 
-def requested(payload: dict[str, Any]) -> str | None:
+def requested(payload: dict[str, Any], path: str = "") -> str | None:
     """The client's ``service_tier``, validated (400 ``invalid_value`` naming the field otherwise)."""
     value = payload.get("service_tier")
     if value is None:
         return None
+    if path == "/messages" and isinstance(value, str):
+        value = _ANTHROPIC_ASKED.get(value, value)
     if not isinstance(value, str) or value not in CLIENT_VALUES:
         raise ClientError(
             f"Field 'service_tier' must be one of {', '.join(CLIENT_VALUES)}; got {_shown(value)}.",
@@ -33,10 +38,10 @@ def requested(payload: dict[str, Any]) -> str | None:
     return value
 
 
-def tier_of(payload: dict[str, Any], access: Access) -> Tier:
+def tier_of(payload: dict[str, Any], access: Access, path: str = "") -> Tier:
     """The tier the request runs at: what it asked (``auto`` or nothing: the key's default), or 403 when
     the team may not use it."""
-    asked = requested(payload)
+    asked = requested(payload, path)
     tier = resolve(asked, access.tier, access.tiers)
     if tier is None:
         allowed = ", ".join(sorted(access.tiers or ())) or "none"
@@ -52,10 +57,18 @@ def tier_of(payload: dict[str, Any], access: Access) -> Tier:
     return tier
 
 
-def stamp(body: bytes, tier: Tier) -> bytes:
-    """``body`` (a JSON object answer) with ``service_tier`` set to the tier it ran at, as OpenAI answers;
-    left as it is when it already says so or is not a JSON object."""
-    if b'"service_tier":"' + tier.encode() + b'"' in body:
+def anthropic_tier(tier: Tier) -> str:
+    """Anthropic's ``usage.service_tier`` for a tier: ``priority`` (it may take the reserve) or ``standard``
+    (Anthropic's API has no flex; the header says which regiongate tier it was)."""
+    return "priority" if tier is Tier.PRIORITY else "standard"
+
+
+def stamp(body: bytes, tier: Tier, path: str = "/chat/completions") -> bytes:
+    """``body`` (a JSON object answer) with its tier set to the one it ran at, where its API defines it:
+    ``service_tier`` (OpenAI) or ``usage.service_tier`` (Anthropic's messages); left as it is when it
+    already says so or is not a JSON object."""
+    value = anthropic_tier(tier) if path == "/messages" else tier.value
+    if b'"service_tier":"' + value.encode() + b'"' in body:
         return body
     try:
         obj = orjson.loads(body)
@@ -63,19 +76,65 @@ def stamp(body: bytes, tier: Tier) -> bytes:
         return body
     if not isinstance(obj, dict):
         return body
-    obj["service_tier"] = tier.value
+    if path == "/messages":
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            return body
+        usage["service_tier"] = value
+    else:
+        obj["service_tier"] = value
     return orjson.dumps(obj)
 
 
-async def stamp_events(chunks: AsyncIterator[bytes], tier: Tier) -> AsyncIterator[bytes]:
-    """A chat completions stream with ``service_tier`` in every chunk that lacks it, as OpenAI streams it:
-    a byte substitution at the start of each event's JSON, never a re-encoding."""
-    field = b'"service_tier":"' + tier.encode() + b'",'
+def event_stamper(path: str, tier: Tier, asked: bool) -> Callable[[bytes], bytes] | None:
+    """How a stream's events get the tier, as each API streams it, or None: every chat completions
+    chunk (only when the client asked for a tier, as OpenAI does), the ``response`` object of the
+    Responses API's lifecycle events (``response.created`` ... ``response.completed``), the
+    ``message.usage`` of Anthropic's ``message_start``. A byte substitution in events that do not already
+    say a tier, never a re-encoding."""
+    if path == "/chat/completions":
+        if not asked:
+            return None
+        field = b'"service_tier":"' + tier.encode() + b'",'
+
+        def chat(chunk: bytes) -> bytes:
+            if b'"service_tier"' in chunk:
+                return chunk
+            return chunk.replace(b"data: {", b"data: {" + field).replace(b"data:{", b"data:{" + field)
+
+        return chat
+    if path == "/responses":
+        field = b'"response":{"service_tier":"' + tier.encode() + b'",'
+
+        def responses(chunk: bytes) -> bytes:
+            if b'"response":{' not in chunk or b'"service_tier"' in chunk:
+                return chunk
+            return chunk.replace(b'"response":{', field)
+
+        return responses
+    if path == "/messages":
+        usage = b'"usage":{"service_tier":"' + anthropic_tier(tier).encode() + b'",'
+
+        def messages(chunk: bytes) -> bytes:
+            if b'"message_start"' not in chunk or b'"service_tier"' in chunk:
+                return chunk
+            lines = chunk.split(b"\n")  # only message_start's usage: message_delta's has no tier
+            for k, line in enumerate(lines):
+                if b'"message_start"' in line:
+                    lines[k] = line.replace(b'"usage":{', usage, 1)
+            return b"\n".join(lines)
+
+        return messages
+    return None
+
+
+async def stamp_events(
+    chunks: AsyncIterator[bytes], stamper: Callable[[bytes], bytes]
+) -> AsyncIterator[bytes]:
+    """A stream with each chunk passed through ``stamper`` (``event_stamper``)."""
     try:
         async for chunk in chunks:
-            if b'"service_tier"' not in chunk:
-                chunk = chunk.replace(b"data: {", b"data: {" + field).replace(b"data:{", b"data:{" + field)
-            yield chunk
+            yield stamper(chunk)
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
@@ -83,5 +142,7 @@ async def stamp_events(chunks: AsyncIterator[bytes], tier: Tier) -> AsyncIterato
 
 
 def _shown(value: object) -> str:
-    text = orjson.dumps(value).decode() if isinstance(value, str | int | float | bool) else type(value).__name__
+    text = (
+        orjson.dumps(value).decode() if isinstance(value, str | int | float | bool) else type(value).__name__
+    )
     return text[:40]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -178,3 +179,53 @@ def test_bad_and_forbidden_tiers_are_refused_in_the_openai_shape(start_gateway: 
         batch.chat.completions.create(model="grok-4", messages=MSG, service_tier="priority")  # type: ignore[arg-type]
     assert e.value.code == "service_tier_not_allowed"
     assert "allowed: flex" in e.value.message
+
+
+def test_the_tier_in_every_answer_kind_that_defines_one(start_gateway: Callable[..., Proc]) -> None:
+    """Responses objects and their lifecycle events carry ``service_tier`` (OpenAI's ``Response`` field);
+    Anthropic's messages ``usage.service_tier`` (``priority`` / ``standard``, its only values we map to),
+    in the JSON answer and in ``message_start``; the legacy completion object, which OpenAI's API gives no
+    tier, gets none. Through the official SDKs."""
+    gw = start_gateway(config(FAST))
+    prio = openai.OpenAI(base_url=gw.url + "/v1", api_key=PRIO_KEY, max_retries=0)
+    assert prio.responses.create(model="grok-4", input="hi").service_tier == "priority"
+    assert client(gw).responses.create(model="grok-4", input="hi", service_tier="flex").service_tier == "flex"
+    events = list(client(gw).responses.create(model="grok-4", input="hi", stream=True, service_tier="flex"))
+    lifecycle = [
+        e for e in events if e.type in ("response.created", "response.in_progress", "response.completed")
+    ]
+    assert len(lifecycle) == 3 and {e.response.service_tier for e in lifecycle} == {"flex"}  # type: ignore[union-attr]
+    assert events[-1].type == "response.completed"
+    raw = httpx.post(
+        gw.url + "/v1/completions",
+        json={"model": "grok-4", "prompt": "hi", "max_tokens": 4, "service_tier": "flex"},
+        headers={"Authorization": f"Bearer {DEMO_KEY}"},
+        timeout=30,
+    )
+    assert raw.status_code == 200 and "service_tier" not in raw.json()
+    assert raw.headers["x-regiongate-service-tier"] == "flex"  # the header still says it
+    assert client(gw).completions.create(model="grok-4", prompt="hi", max_tokens=4).choices
+
+    ant = anthropic.Anthropic(base_url=gw.url, api_key=PRIO_KEY, max_retries=0)
+    msg = ant.messages.create(model="grok-4", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert msg.usage.service_tier == "priority"
+    std = anthropic.Anthropic(base_url=gw.url, api_key=DEMO_KEY, max_retries=0)
+    raw_msg = std.messages.with_raw_response.create(
+        model="grok-4",
+        max_tokens=8,
+        messages=[{"role": "user", "content": "hi"}],
+        service_tier="standard_only",
+    )
+    assert raw_msg.parse().usage.service_tier == "standard"
+    assert raw_msg.headers["x-regiongate-service-tier"] == "default"  # Anthropic's standard_only: default
+    with ant.messages.stream(model="grok-4", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_message()
+    assert kinds[0] == "message_start" and final.usage.service_tier == "priority"
+    flex = std.messages.create(
+        model="grok-4",
+        max_tokens=8,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"service_tier": "flex"},
+    )
+    assert flex.usage.service_tier == "standard"  # Anthropic has no flex: the header says flex
