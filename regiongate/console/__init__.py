@@ -3,7 +3,7 @@ gateway itself (no CDN, no external request; the Content-Security-Policy says so
 
 The page signs in with an API key kept in the tab's sessionStorage and calls the public API with it:
 ``/v1/regions`` (polled for live status), ``/v1/models`` and ``/v1/usage``. One extra endpoint,
-``/console/api/session``, tells the page who the key belongs to (team, key id, fences).
+``/console/api/session``, tells the page who the key belongs to (team, key id, fences, service tiers).
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ class ConsoleApp:
                 "grants": None
                 if a.grants is None
                 else [{"model": g.model, "region": g.region} for g in a.grants],
+                # the key's tier for requests that name none, and the tiers its team may ask for
+                "service_tier": a.tier.value,
+                "service_tiers": None if a.tiers is None else sorted(t.value for t in a.tiers),
                 "base_domain": (cfg.gateway.base_domains or ["localhost"])[0],
                 "refresh_s": cfg.control.refresh_s,
             },

@@ -6,6 +6,7 @@
   const KEY = "regiongate.console.key";
   const REGIONS_EVERY_MS = 2000;
   const USAGE_EVERY_MS = 10000;
+  const TIERS = ["priority", "default", "flex"];
   const PALETTE = ["#4f46e5", "#10b981", "#f59e0b", "#0ea5e9", "#ec4899", "#8b5cf6", "#14b8a6", "#f97316"];
   const $ = (id) => document.getElementById(id);
   const state = { key: null, session: null, regions: null, usage: [], metric: "requests", timers: [], models: [] };
@@ -71,6 +72,7 @@
     $("team-title").textContent = "Team " + state.session.team;
     $("team-sub").textContent = describeFences(state.session);
     $("footer-endpoint").textContent = "Global endpoint: " + state.session.base_domain;
+    renderTiers();
     poll(refreshRegions, REGIONS_EVERY_MS);
     poll(refreshUsage, USAGE_EVERY_MS);
   }
@@ -318,6 +320,44 @@
         el("td", { text: a.ttftN ? Math.round(a.ttftW / a.ttftN) + " ms" : "—" })));
     }
     $("usage-table").replaceChildren(el("thead", {}, head), body);
+    renderTierUsage(rows);
+  }
+
+  // --- service tiers: what the team may use, and its usage by tier --------------------------------
+  function renderTiers() {
+    const s = state.session;
+    const allowed = s.service_tiers === null || s.service_tiers === undefined ? TIERS : s.service_tiers;
+    $("tiers").replaceChildren(...TIERS.map((t) => {
+      const ok = allowed.includes(t);
+      const chip = el("span", { class: "tier", "data-tier": t, "data-allowed": ok ? "yes" : "no",
+        title: ok ? "Your team may ask for " + t : "Not allowed for your team: asking for it is refused (403)" }, t);
+      if (t === s.service_tier) chip.append(el("span", { class: "tier-note", text: "this key's default" }));
+      return chip;
+    }));
+  }
+
+  function renderTierUsage(rows) {
+    const by = new Map();
+    let total = 0;
+    for (const r of rows) {
+      for (const [tier, t] of Object.entries(r.by_tier || {})) {
+        const a = by.get(tier) || { requests: 0, errors: 0, tokens: 0 };
+        a.requests += t.requests; a.errors += t.errors; a.tokens += t.prompt_tokens + t.completion_tokens;
+        by.set(tier, a);
+        total += t.requests;
+      }
+    }
+    const order = (t) => (TIERS.indexOf(t) < 0 ? TIERS.length : TIERS.indexOf(t));
+    const head = el("tr", {}, ...["Tier", "Share", "Requests", "Errors", "Tokens"].map((t) => el("th", { text: t })));
+    const body = el("tbody");
+    for (const tier of Array.from(by.keys()).sort((x, y) => order(x) - order(y))) {
+      const a = by.get(tier);
+      body.append(el("tr", { "data-tier": tier },
+        el("td", { class: "mono", text: tier }), el("td", { text: total ? Math.round((100 * a.requests) / total) + "%" : "—" }),
+        el("td", { class: "requests", text: fmt.format(a.requests) }), el("td", { text: fmt.format(a.errors) }),
+        el("td", { text: fmt.format(a.tokens) })));
+    }
+    $("tier-table").replaceChildren(el("thead", {}, head), body);
   }
 
   // --- wiring --------------------------------------------------------------------------------------

@@ -73,16 +73,17 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     driver.quit()
 
 
-def seed(db: Path) -> str:
-    """A team with grants, one key and two weeks of usage, written before the gateway starts."""
+def seed(db: Path) -> tuple[str, dict[str, int]]:
+    """A team with grants and a tier allow-list, one flex key and two weeks of usage (grok-4's at flex),
+    written before the gateway starts; the requests seeded per tier."""
 
     async def run() -> str:
         store = open_store(f"sqlite:///{db}")
         try:
             await store.migrate()
             ops = Operations(store, load_config(None))
-            await ops.create_team("acme", GRANTS)
-            _, secret = await ops.create_key("acme", "console")
+            await ops.create_team("acme", GRANTS, service_tiers=["default", "flex"])
+            _, secret = await ops.create_key("acme", "console", service_tier="flex")
             now = time.time()
             records = []
             for day in range(1, 14):
@@ -94,9 +95,13 @@ def seed(db: Path) -> str:
                     for i in range(base + (day * 7 + len(model) * 3) % 23):
                         at = now - day * 86400 + i
                         rec = (f"r{day}-{model}-{i}", "acme", "key", model, "global", region, "nearest")
-                        records.append(UsageRecord(*rec, 200, 30, 120, 85.0, 900.0, at))
+                        tier = "flex" if model == "grok-4" else "default"
+                        records.append(UsageRecord(*rec, 200, 30, 120, 85.0, 900.0, at, tier=tier))
             await store.write_usage(records)
-            return secret
+            tiers: dict[str, int] = {}
+            for r in records:
+                tiers[r.tier] = tiers.get(r.tier, 0) + 1
+            return secret, tiers
         finally:
             await store.aclose()
 
@@ -134,7 +139,7 @@ def save_full_page(driver: Any, path: Path) -> None:
 def test_console_in_headless_chromium(start_gateway: Any, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    key = seed(tmp_path / "data" / "control.db")  # the gateway's store (conftest sets its data dir)
+    key, seeded = seed(tmp_path / "data" / "control.db")  # the gateway's store (conftest sets its data dir)
     gw = start_gateway(control_config(refresh_s=0.5), env={"REGIONGATE_ADMIN_KEY": ADMIN_KEY})
     d = browser
     d.get(gw.url + "/console")  # redirects to /console/
@@ -170,6 +175,15 @@ def test_console_in_headless_chromium(start_gateway: Any, browser: Any, tmp_path
     ]
     assert "ap-southeast-2" in offered("grok-4-fast")
     assert text_of(d, "#stat-models") == "3"
+
+    # Service tiers: the team's allow-list, the key's default, and the seeded usage split by tier.
+    assert attrs(d, '#tiers .tier[data-allowed="yes"]', "data-tier") == ["default", "flex"]
+    assert attrs(d, '#tiers .tier[data-allowed="no"]', "data-tier") == ["priority"]
+    assert "this key's default" in text_of(d, '#tiers .tier[data-tier="flex"]')
+    assert "default" not in text_of(d, '#tiers .tier[data-tier="default"] .tier-note')
+    poll(lambda: attrs(d, "#tier-table tbody tr", "data-tier") == ["default", "flex"], timeout=40)
+    for tier, n in seeded.items():
+        assert text_of(d, f'#tier-table tr[data-tier="{tier}"] .requests') == f"{n:,}"
 
     # Live status: six region cards; Frankfurt has no TTFT yet, then traffic there shows up without a reload.
     assert len(attrs(d, "#regions .region", "data-region")) == 6
