@@ -30,6 +30,9 @@ class ControlConfig(_Model):
     refresh_s: float = Field(2.0, gt=0, le=3600)  # keys and grants are re-read this often
     usage_flush_s: float = Field(1.0, gt=0, le=300)  # usage records are written at least this often
     usage_batch: int = Field(500, ge=1, le=100_000)
+    # Usage is kept as exact per-minute aggregates; this share of successful requests is also kept as a
+    # per-request row (failed ones and continued streams always are): 1 = every request, 0 = none.
+    usage_rows: float = Field(0.01, ge=0, le=1)
     receipts: bool = True
     receipt_batch: bool = True  # the receipts of one loop iteration share a signature (v2 receipts)
     receipt_key_dir: str = ""  # default: <data_dir>/receipt-keys

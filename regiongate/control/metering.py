@@ -1,7 +1,12 @@
 """Usage metering off the hot path: ``record`` appends to a list; a background task writes the list to the
 store in batches (every ``flush_s``, or sooner when ``batch_size`` records wait). ``aclose`` writes
-everything still pending, so a graceful shutdown loses nothing. If the store is down, records wait in
-memory (up to ``max_pending``, oldest dropped first, counted and logged) and are retried.
+everything still pending, so a graceful shutdown loses nothing; a crash loses at most the records of the
+batch not yet written (``flush_s``). If the store is down, records wait in memory (up to ``max_pending``,
+oldest dropped first, counted and logged) and are retried.
+
+Every record goes into the store's per-minute aggregates (billing, ``/v1/usage``: exact). A record is
+also kept as a per-request row when it failed (status >= 400), when its stream moved (it has hops), or as
+one in every ``rows_every`` of the rest (0: none, 1: all).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import contextlib
 import logging
 
 from regiongate.control.store import ControlStore
-from regiongate.pipeline.usage import UsageRecord, UsageSink
+from regiongate.pipeline.usage import UsageRecord
 
 log = logging.getLogger("regiongate.control")
 
@@ -23,8 +28,11 @@ class BatchUsageWriter:
         flush_s: float = 1.0,
         batch_size: int = 500,
         max_pending: int = 200_000,
+        rows_every: int = 1,
     ) -> None:
         self.store = store
+        self.rows_every = rows_every
+        self._plain = 0  # plain records seen, for the one-in-rows_every sample
         self.flush_s = flush_s
         self.batch_size = batch_size
         self.max_pending = max_pending
@@ -55,11 +63,26 @@ class BatchUsageWriter:
             batch = self._pending[: self.batch_size * 4]
             del self._pending[: len(batch)]
             try:
-                await self.store.write_usage(batch)
+                await self.store.write_usage(batch, self._rows(batch))
             except BaseException:
                 self._pending[:0] = batch
                 raise
             self.written += len(batch)
+
+    def _rows(self, batch: list[UsageRecord]) -> list[UsageRecord] | None:
+        """The records of ``batch`` kept as per-request rows (None: all of them)."""
+        every = self.rows_every
+        if every == 1:
+            return None
+        rows = []
+        for r in batch:
+            if r.status >= 400 or r.hops:
+                rows.append(r)
+            elif every:
+                self._plain += 1
+                if self._plain % every == 0:
+                    rows.append(r)
+        return rows
 
     async def _loop(self) -> None:
         failures = 0
@@ -99,18 +122,3 @@ class BatchUsageWriter:
                 await asyncio.sleep(0.2 * (attempt + 1))
         if self._pending or self.dropped:
             log.error("usage records lost", extra={"unwritten": len(self._pending), "dropped": self.dropped})
-
-
-class TeeUsage:
-    """One record to several sinks (the in-process aggregate and the store writer)."""
-
-    def __init__(self, *sinks: UsageSink) -> None:
-        self.sinks = sinks
-
-    def record(self, rec: UsageRecord) -> None:
-        for sink in self.sinks:
-            sink.record(rec)
-
-    async def aclose(self) -> None:
-        for sink in self.sinks:
-            await sink.aclose()

@@ -2,7 +2,8 @@
 
 Each migration runs once, in its own transaction, and is recorded in ``schema_migrations``. Append new
 migrations at the end; never edit one that has shipped. The SQL is written once with two placeholders the
-dialect fills in: ``{id}`` (an auto-increment primary key) and ``{float}``.
+dialect fills in: ``{id}`` (an auto-increment primary key), ``{float}`` and ``{minute_of_at}`` (the unix minute
+of a row's ``at``).
 """
 
 from __future__ import annotations
@@ -117,6 +118,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "usage records say the service tier each request ran at",
         ("ALTER TABLE usage_records ADD COLUMN tier TEXT NOT NULL DEFAULT 'default'",),
+    ),
+    Migration(
+        9,
+        "usage as per-minute aggregates (what /v1/usage and billing read); the per-request rows become a sample",
+        (
+            """CREATE TABLE usage_minutes (
+                minute BIGINT NOT NULL,
+                day TEXT NOT NULL,
+                team TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                model TEXT NOT NULL,
+                region TEXT NOT NULL,
+                tier TEXT NOT NULL,
+                requests BIGINT NOT NULL,
+                errors BIGINT NOT NULL,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL,
+                ttft_ms_sum {float} NOT NULL,
+                ttft_count BIGINT NOT NULL,
+                total_ms_sum {float} NOT NULL,
+                estimated BIGINT NOT NULL,
+                PRIMARY KEY (team, minute, key_id, model, region, tier)
+            )""",
+            "CREATE INDEX usage_minutes_team_day ON usage_minutes (team, day)",
+            # Every row written before: the aggregates start exact.
+            "INSERT INTO usage_minutes SELECT {minute_of_at}, MIN(day), team, key_id, model, region, tier, "
+            "COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), SUM(prompt_tokens), "
+            "SUM(completion_tokens), COALESCE(SUM(ttft_ms), 0), COUNT(ttft_ms), SUM(total_ms), "
+            "SUM(CASE WHEN estimated THEN 1 ELSE 0 END) FROM usage_records "
+            "GROUP BY {minute_of_at}, team, key_id, model, region, tier",
+        ),
     ),
 )
 

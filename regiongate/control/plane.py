@@ -34,7 +34,8 @@ class ControlPlane:
         self.resolved = resolved
         self.store: ControlStore = open_store(resolved.store_url)
         self.keys = CachedKeys(self.store, c.refresh_s)
-        self.writer = BatchUsageWriter(self.store, c.usage_flush_s, c.usage_batch)
+        every = round(1 / c.usage_rows) if c.usage_rows else 0
+        self.writer = BatchUsageWriter(self.store, c.usage_flush_s, c.usage_batch, rows_every=every)
         self.ops = Operations(self.store, cfg, changed=lambda: self.keys.refresh())
         self.ring = KeyRing(resolved.receipt_key_dir) if c.receipts else None
         self.receipts: ReceiptHook | None = None

@@ -24,7 +24,11 @@ class PostgresDialect:
     name = "postgresql"
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
     unavailable_errors: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
-    types = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "float": "DOUBLE PRECISION"}
+    types = {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "float": "DOUBLE PRECISION",
+        "minute_of_at": "CAST(FLOOR(at / 60) AS BIGINT)",  # CAST alone rounds in PostgreSQL
+    }
 
     def __init__(self, dsn: str, schema: str) -> None:
         if not _SCHEMA.match(schema):

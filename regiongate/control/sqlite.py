@@ -33,7 +33,11 @@ class SqliteDialect:
     name = "sqlite"
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
     unavailable_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
-    types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "DOUBLE PRECISION"}
+    types = {
+        "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "float": "DOUBLE PRECISION",
+        "minute_of_at": "CAST(at / 60 AS INTEGER)",  # truncates: at is never negative
+    }
 
     def __init__(self, path: str) -> None:
         self.path = path

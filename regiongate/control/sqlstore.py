@@ -23,7 +23,7 @@ from regiongate.core import Access, Grant
 from regiongate.core.errors import Conflict, NotFound, StoreUnavailable
 from regiongate.core.tiers import Tier
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.usage import UsageRecord, UsageTotals
+from regiongate.pipeline.usage import UsageRecord, UsageTotals, utc_day
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ class Dialect(Protocol):
     name: str
     integrity_errors: tuple[type[BaseException], ...]
     unavailable_errors: tuple[type[BaseException], ...]
-    types: dict[str, str]  # fills {id} and {float} in migrations
+    types: dict[str, str]  # fills {id}, {float} and {minute_of_at} in migrations
 
     def connect(self) -> Conn: ...
 
@@ -85,6 +85,76 @@ def _key(row: Sequence[Any]) -> ApiKey:
         bool(row[8]),
         None if row[9] is None else float(row[9]),
         Tier(row[10]),
+    )
+
+
+_UPSERT_MINUTES = (
+    "INSERT INTO usage_minutes (minute, day, team, key_id, model, region, tier, requests, errors, "
+    "prompt_tokens, completion_tokens, ttft_ms_sum, ttft_count, total_ms_sum, estimated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (team, minute, key_id, model, region, tier) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = usage_minutes.{c} + excluded.{c}"
+        for c in (
+            "requests",
+            "errors",
+            "prompt_tokens",
+            "completion_tokens",
+            "ttft_ms_sum",
+            "ttft_count",
+            "total_ms_sum",
+            "estimated",
+        )
+    )
+)
+_INSERT_ROW = (
+    "INSERT INTO usage_records (at, day, request_id, team, key_id, model, endpoint, region, route, status, "
+    "prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated, hops, tier) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _minutes(records: Sequence[UsageRecord]) -> list[tuple[Any, ...]]:
+    """``records`` summed per (team, minute, key, model, region, tier): sums and counts, never averages."""
+    acc: dict[tuple[str, int, str, str, str, str], list[Any]] = {}
+    for r in records:
+        k = (r.team, int(r.at // 60), r.key_id, r.model, r.region, r.tier)
+        a = acc.get(k)
+        if a is None:
+            acc[k] = a = [0, 0, 0, 0, 0.0, 0, 0.0, 0]
+        a[0] += 1
+        a[1] += r.status >= 400
+        a[2] += r.prompt_tokens
+        a[3] += r.completion_tokens
+        if r.ttft_ms is not None:
+            a[4] += r.ttft_ms
+            a[5] += 1
+        a[6] += r.total_ms
+        a[7] += r.estimated
+    return [
+        (m, utc_day(m // 1440), t, key, mod, reg, tier, *a) for (t, m, key, mod, reg, tier), a in acc.items()
+    ]
+
+
+def _row(r: UsageRecord) -> tuple[Any, ...]:
+    return (
+        r.at,
+        utc_day(int(r.at // 86400)),
+        r.request_id,
+        r.team,
+        r.key_id,
+        r.model,
+        r.endpoint,
+        r.region,
+        r.route,
+        r.status,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.ttft_ms,
+        r.total_ms,
+        r.estimated,
+        "; ".join(r.hops),
+        r.tier,
     )
 
 
@@ -380,41 +450,22 @@ class SqlStore(SqlWorker):
         return await self._run(self._load_access)
 
     # --- usage ---------------------------------------------------------------------------------------
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
-        rows = [
-            (
-                r.at,
-                time.strftime("%Y-%m-%d", time.gmtime(r.at)),
-                r.request_id,
-                r.team,
-                r.key_id,
-                r.model,
-                r.endpoint,
-                r.region,
-                r.route,
-                r.status,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.ttft_ms,
-                r.total_ms,
-                r.estimated,
-                "; ".join(r.hops),
-                r.tier,
-            )
-            for r in records
-        ]
+    async def write_usage(
+        self, records: Sequence[UsageRecord], rows: Sequence[UsageRecord] | None = None
+    ) -> None:
+        """Fold ``records`` into the per-minute aggregates and keep ``rows`` (default: all of them) as
+        per-request rows, in one transaction. Both are built on the store's thread, off the loop."""
 
         def run() -> None:
+            upserts = _minutes(records)
+            kept = [_row(r) for r in (records if rows is None else rows)]
             with self._tx():
-                self.dialect.executemany(
-                    self._c(),
-                    "INSERT INTO usage_records (at, day, request_id, team, key_id, model, endpoint, region, "
-                    "route, status, prompt_tokens, completion_tokens, ttft_ms, total_ms, estimated, hops, tier) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                if upserts:
+                    self.dialect.executemany(self._c(), _UPSERT_MINUTES, upserts)
+                if kept:
+                    self.dialect.executemany(self._c(), _INSERT_ROW, kept)
 
-        if rows:
+        if records or rows:
             await self._run(run)
 
     async def hops_of(self, request_id: str) -> list[str]:
@@ -429,21 +480,21 @@ class SqlStore(SqlWorker):
             # Grouped by tier too, then folded per (day, model, region): sums and counts, not averages, so
             # that the row's averages weigh each tier by its requests.
             rows = self._q(
-                "SELECT day, model, region, tier, COUNT(*), "
-                "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), SUM(prompt_tokens), "
-                "SUM(completion_tokens), SUM(ttft_ms), COUNT(ttft_ms), SUM(total_ms), "
-                "SUM(CASE WHEN estimated THEN 1 ELSE 0 END) FROM usage_records "
-                "WHERE team = ? AND day >= ? GROUP BY day, model, region, tier "
+                "SELECT day, model, region, tier, SUM(requests), SUM(errors), SUM(prompt_tokens), "
+                "SUM(completion_tokens), SUM(ttft_ms_sum), SUM(ttft_count), SUM(total_ms_sum), SUM(estimated) "
+                "FROM usage_minutes WHERE team = ? AND day >= ? GROUP BY day, model, region, tier "
                 "ORDER BY day, model, region, tier",
                 (team, since_day or ""),
             ).fetchall()
             folded: dict[tuple[str, str, str], list[Any]] = {}
-            for d, m, r, tier, n, e, p, c, ttft, timed, tot, est in rows:
+            for d, m, r, tier, *sums in rows:
+                # PostgreSQL's SUM of a BIGINT is a NUMERIC (Decimal): every count back to int
+                n, e, p, c, timed, est = (int(sums[i]) for i in (0, 1, 2, 3, 5, 7))
+                ttft, tot = float(sums[4]), float(sums[6])
                 acc = folded.setdefault((d, m, r), [0, 0, 0, 0, 0.0, 0, 0.0, 0, {}])
-                share = UsageTotals(int(n), int(e or 0), int(p or 0), int(c or 0), int(est or 0))
                 for i, v in enumerate((n, e, p, c, ttft, timed, tot, est)):
-                    acc[i] += v or 0
-                acc[8][tier] = share
+                    acc[i] += v
+                acc[8][tier] = UsageTotals(n, e, p, c, est)
             return [
                 UsageRow(
                     d,
@@ -453,8 +504,8 @@ class SqlStore(SqlWorker):
                     int(e),
                     int(p),
                     int(c),
-                    float(ttft) / timed if timed else None,
-                    float(tot) / n,
+                    ttft / timed if timed else None,
+                    tot / n,
                     int(est),
                     by_tier,
                 )

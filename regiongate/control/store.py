@@ -57,7 +57,11 @@ class ControlStore(Protocol):
     async def load_access(self) -> AccessSnapshot:
         """Active keys by hash with their team's grants, and the published signing keys."""
 
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None: ...
+    async def write_usage(
+        self, records: Sequence[UsageRecord], rows: Sequence[UsageRecord] | None = None
+    ) -> None:
+        """Add ``records`` to the per-minute aggregates (what ``usage`` reads) and keep ``rows`` (default:
+        every record) as per-request rows (what ``hops_of`` reads), in one transaction."""
 
     async def hops_of(self, request_id: str) -> list[str]:
         """The hops a request's usage record names, in order ("region backend (why it moved)"): those of a

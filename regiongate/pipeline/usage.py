@@ -14,7 +14,8 @@ from typing import Protocol
 
 
 @functools.lru_cache(maxsize=64)
-def _day(epoch_day: int) -> str:
+def utc_day(epoch_day: int) -> str:
+    """The UTC date of a day since the epoch, as usage rows name it."""
     return time.strftime("%Y-%m-%d", time.gmtime(epoch_day * 86400))
 
 
@@ -71,7 +72,7 @@ class MemoryUsage:
         self.count = 0
 
     def record(self, rec: UsageRecord) -> None:
-        day = _day(int(rec.at // 86400))
+        day = utc_day(int(rec.at // 86400))
         t = self.totals[(rec.team, day, rec.model, rec.region, rec.tier)]
         t.requests += 1
         t.errors += rec.status >= 400

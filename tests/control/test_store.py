@@ -105,7 +105,9 @@ def test_workers_opening_a_fresh_sqlite_file_together_all_get_in(tmp_path: Path)
 
     for i in range(40):
         start = threading.Barrier(4)
-        threads = [threading.Thread(target=open_one, args=(str(tmp_path / f"{i}.db"), start)) for _ in range(4)]
+        threads = [
+            threading.Thread(target=open_one, args=(str(tmp_path / f"{i}.db"), start)) for _ in range(4)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -445,6 +447,65 @@ async def test_usage_writer_batches_and_flushes_everything_on_close(store: Contr
     assert sum(r.requests for r in await store.usage("acme")) == 1050
 
 
+async def test_usage_is_exact_from_the_aggregates_while_request_rows_are_a_sample(
+    store: ControlStore,
+) -> None:
+    # 1,000 requests over two minutes and two keys, 30 failed, 5 continued: the aggregates hold every one;
+    # the per-request rows are the failed, the continued and one in ten of the rest.
+    writer = BatchUsageWriter(store, flush_s=30.0, batch_size=64, rows_every=10)
+    await writer.start()
+    minute = (time.time() // 60) * 60
+    recs = []
+    for i in range(1000):
+        r = record("acme", minute + (i % 2) * 60 + i * 1e-3, status=503 if i % 33 == 0 else 200)
+        r = dataclasses.replace(r, request_id=f"req_{i}", key_id=f"key_{i % 2}", prompt_tokens=i)
+        if i in (1, 2, 3, 4, 5):
+            r = dataclasses.replace(r, hops=("us-east-1 b0 (first)", f"eu-west-1 b{i} (reset)"))
+        recs.append(r)
+        writer.record(r)
+    await writer.aclose()  # drains: everything written
+    (row,) = await store.usage("acme")
+    failed = sum(1 for r in recs if r.status >= 400)
+    assert (row.requests, row.errors, row.prompt_tokens) == (1000, failed, sum(range(1000)))
+    assert row.completion_tokens == 5000 and row.avg_total_ms == pytest.approx(120.0)
+    assert row.avg_ttft_ms == pytest.approx(80.0)  # the failed ones have none: not counted as 0
+    assert isinstance(store, SqlStore)
+    n = await store._run(lambda: store._q("SELECT COUNT(*) FROM usage_records").fetchone()[0])
+    plain = 1000 - failed - 5
+    assert int(n) == failed + 5 + plain // 10
+    assert await store.hops_of("req_3") == ["us-east-1 b0 (first)", "eu-west-1 b3 (reset)"]
+    minutes = await store._run(lambda: store._q("SELECT COUNT(*) FROM usage_minutes").fetchone()[0])
+    assert int(minutes) == 2  # (minute, key) pairs: i % 2 picks both
+
+
+async def test_a_store_from_before_the_aggregates_counts_its_old_rows(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlstore, "MIGRATIONS", MIGRATIONS[:8])
+    old = open_store(store_url)
+    assert isinstance(old, SqlStore) and await old.migrate() == 8
+    now = time.time()
+    rows = [sqlstore._row(r) for r in (record("acme", now), record("acme", now + 61, status=500))]
+
+    def seed() -> None:  # the rows as the schema-8 writer left them
+        with old._tx():
+            old.dialect.executemany(old._c(), sqlstore._INSERT_ROW, rows)
+
+    await old._run(seed)
+    monkeypatch.undo()
+    await old.aclose()
+    new = open_store(store_url)
+    try:
+        assert await new.migrate() == LATEST
+        (row,) = await new.usage("acme")
+        assert (row.requests, row.errors, row.prompt_tokens, row.avg_ttft_ms) == (2, 1, 20, 80.0)
+        await new.write_usage([record("acme", now)])  # the same minute: added to the backfilled row
+        (row,) = await new.usage("acme")
+        assert (row.requests, row.errors) == (3, 1)
+    finally:
+        await new.aclose()
+
+
 class _Flaky:
     """A store whose usage writes fail ``fail`` times, then succeed."""
 
@@ -454,7 +515,9 @@ class _Flaky:
         self.fail = fail
         self.rows: list[UsageRecord] = []
 
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+    async def write_usage(
+        self, records: Sequence[UsageRecord], rows: Sequence[UsageRecord] | None = None
+    ) -> None:
         if self.fail > 0:
             self.fail -= 1
             raise ConnectionError("down")
