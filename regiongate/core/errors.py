@@ -47,6 +47,11 @@ class RouteError(Exception):
         self.param = param
         self.retry_after = retry_after
         self.headers = headers  # extra response headers / trailing metadata (e.g. x-ratelimit-*)
+        # A capacity refusal made on lease counts only (``core.policy.decide``): the regions that look full
+        # by this process's count, which may be older than the shared one; their leases are tried before
+        # this refusal is given (a ``core.policy.Plan``, typed ``object`` here: errors sits below the
+        # policy; None: nothing to try).
+        self.plan: object = None
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

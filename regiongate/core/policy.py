@@ -270,6 +270,35 @@ def _open(r: tuple[float, float, str, DeploymentState], limit_ms: float | None) 
     return d.free > 0 and d.has_healthy_backend and (limit_ms is None or r[0] <= limit_ms)
 
 
+def _lease_full(r: tuple[float, float, str, DeploymentState], limit_ms: float | None) -> bool:
+    """Full by the lease count alone: healthy, within the budget, its backends not reporting themselves
+    full. That count is this process's view of a shared one (``state.capacity_redis``: re-read every
+    ``refresh_s`` and by each acquire), so with several replicas it may be older than the lease's own."""
+    d = r[3]
+    if d.free > 0 or not d.has_healthy_backend or (limit_ms is not None and r[0] > limit_ms):
+        return False
+    return d.reported_free is None or d.reported_free > d.held
+
+
+def _on_leases(
+    snapshot: WorldSnapshot,
+    request: RouteRequest,
+    ranked: Ranked,
+    limit_ms: float | None,
+    refusal: RouteError,
+    considered: tuple[Considered, ...] = (),
+) -> RouteError:
+    """``refusal`` with the regions that look full only by the lease count as its ``plan``, best
+    predicted first: their leases are tried before it is given, since a stale count must not refuse a
+    request another replica's release has made room for (measured: ``docs/routing.md``)."""
+    full = [r[3] for r in ranked if _lease_full(r, limit_ms)]
+    if full:
+        nearest = min(ranked, key=_BY_NETWORK)[2]
+        cands = [_candidate(snapshot, request, d, nearest) for d in full]
+        refusal.plan = Plan(request.model, cands, considered, nearest)
+    return refusal
+
+
 def _roomy(d: DeploymentState) -> bool:
     """More than the reserved tenth free: a request with somewhere else to go may take a slot here."""
     return d.free > d.limit * RESERVE_FRACTION
@@ -383,7 +412,8 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
         pick = _affine(ranked, pick, why, limit_ms, request.affinity, request.prompt_tokens)[0]
     if pick < 0:
         over_budget = any(_drop(r[3], r[0], limit_ms) is OVER_BUDGET for r in ranked)
-        return _refusal(snapshot, request, in_scope, over_budget)
+        refusal = _refusal(snapshot, request, in_scope, over_budget)
+        return _on_leases(snapshot, request, ranked, limit_ms, refusal)
     first = _candidate(snapshot, request, ranked[pick][3], nearest)
     rest = (
         _candidate(snapshot, request, r[3], nearest)
@@ -426,13 +456,16 @@ def _explained(
         over_budget = over_budget or why is OVER_BUDGET
         if why is FULL:
             why = f"full ({_full(dep)})"
+            if not candidates and _lease_full((est.total_ms, 0.0, region, dep), limit_ms):
+                why += "; its lease is still tried before the request is refused (the count may be stale)"
         elif why is OVER_BUDGET:
             why = f"beyond this key's spillover budget ({budget:g} ms over the best region)"
         considered.append(Considered(region, "dropped", why, est, dep.free))
     considered += _out_of_scope(snapshot, request, in_scope)
     if candidates:
         return Plan(request.model, candidates, tuple(considered), nearest)
-    return _refusal(snapshot, request, in_scope, over_budget)
+    refusal = _refusal(snapshot, request, in_scope, over_budget)
+    return _on_leases(snapshot, request, ranked, limit_ms, refusal, tuple(considered))
 
 
 def _counterfactual(snapshot: WorldSnapshot, request: RouteRequest, picked: str) -> str:

@@ -374,15 +374,22 @@ class Gateway:
     async def _dispatch(self, inbound: Inbound, started: float) -> Routed:
         fleet = self.fleet  # one fleet for the whole request, even when a reload swaps it meanwhile
         plan = self.plan(inbound, fleet)
+        refusal = None
         if isinstance(plan, RouteError):
-            self._record(inbound, "", Route.NONE, plan.status, None, None, started)
-            raise plan
+            if not isinstance(plan.plan, Plan):
+                self._record(inbound, "", Route.NONE, plan.status, None, None, started)
+                raise plan
+            # every region looked full by this replica's lease counts: their leases decide (core.policy)
+            refusal, plan = plan, plan.plan
         failures: list[str] = []
         blame = Blame()
         failed: set[str] = set()
         opened = await self._walk(fleet, inbound, plan, failures, started, blame=blame, failed=failed)
         blame.settle(fleet, opened is not None and opened.status < 400, inbound.request_id)
         if opened is None:
+            if refusal is not None and blame.last is None and all(f.endswith(": full") for f in failures):
+                self._record(inbound, "", Route.NONE, refusal.status, None, None, started)
+                raise refusal  # every lease said full too: the policy's own refusal
             raise self._exhausted(inbound, plan, failures, started, blame.last)
         if inbound.prefix_key is not None and opened.status == 200 and self.affinity is not None:
             # that backend now holds this prompt in its cache: the next turn's prefix

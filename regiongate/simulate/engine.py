@@ -20,7 +20,7 @@ from dataclasses import replace
 from heapq import heappop, heappush
 from typing import Any, Protocol
 
-from regiongate.core import BackendState, DeploymentState, RouteError, RouteRequest, WorldSnapshot
+from regiongate.core import BackendState, DeploymentState, Plan, RouteError, RouteRequest, WorldSnapshot
 from regiongate.core.world import new_deployment_state, new_snapshot
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
 from regiongate.simulate.policies import Policy
@@ -382,12 +382,15 @@ class Engine:
             if hook is not None:
                 req = hook.before(t, req, tag)
             plan = self.policy(snap, req)
+            refusal = None
             if isinstance(plan, RouteError):
-                if hook is not None:
-                    hook.rejected(t, ctx, tag, plan.code)
-                st.rejected[cell] += 1
-                st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
-                return
+                if not isinstance(plan.plan, Plan):
+                    if hook is not None:
+                        hook.rejected(t, ctx, tag, plan.code)
+                    st.rejected[cell] += 1
+                    st.reject_codes[plan.code] = st.reject_codes.get(plan.code, 0) + 1
+                    return
+                refusal, plan = plan, plan.plan  # it only looks full: the leases decide (gateway too)
             dep_at = self.dep_at[mi]
             first = cand = plan.first
             d = dep_at[cand.region]
@@ -397,10 +400,11 @@ class Engine:
                     if not d.outages and d.in_use < d.limit:
                         break
                 else:  # counted, never hidden
+                    code = "stale_plan" if refusal is None else refusal.code
                     if hook is not None:
-                        hook.rejected(t, ctx, tag, "stale_plan")
+                        hook.rejected(t, ctx, tag, code)
                     st.rejected[cell] += 1
-                    st.reject_codes["stale_plan"] = st.reject_codes.get("stale_plan", 0) + 1
+                    st.reject_codes[code] = st.reject_codes.get(code, 0) + 1
                     return
             if cand is not first or plan.first_choice != d.region:
                 st.spilled[cell] += 1  # not the nearest region: moved for latency, or it was full

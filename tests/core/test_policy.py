@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,6 +104,30 @@ def test_global_all_full_is_capacity_exhausted() -> None:
     err = decide(world(in_use=dict.fromkeys(GROK4, 8)), RouteRequest("grok-4"))
     assert isinstance(err, RouteError)
     assert (err.status, err.code) == (503, "capacity_exhausted")
+
+
+def test_a_refusal_on_lease_counts_carries_the_regions_whose_leases_may_still_be_tried() -> None:
+    """A count that says full may be a replica's stale view of the shared one: the refusal carries the
+    full-looking regions (in scope, healthy, their backends not reporting themselves full), best first."""
+    err = decide(world(in_use=dict.fromkeys(GROK4, 8), unhealthy={"eu-west-1"}), RouteRequest("grok-4"))
+    assert isinstance(err, RouteError) and isinstance(err.plan, Plan)
+    regions = [c.region for c in err.plan.candidates]
+    assert regions[0] == "us-east-1" and sorted(regions) == sorted(set(GROK4) - {"eu-west-1"})
+    ep = Endpoint(EndpointKind.REGION, "us-west-2")
+    pinned = decide(world(in_use=dict.fromkeys(GROK4, 8)), RouteRequest("grok-4", ep))
+    assert isinstance(pinned, RouteError) and pinned.code == "region_unavailable"
+    assert isinstance(pinned.plan, Plan) and [c.region for c in pinned.plan.candidates] == ["us-west-2"]
+    assert [c.route for c in pinned.plan.candidates] == ["pinned"]
+    snap = world(in_use=dict.fromkeys(GROK4, 8))
+    reported = {k: replace(d, reported_free=0) for k, d in snap.deployments.items()}
+    none = decide(WorldSnapshot.build(DEMO_REGIONS, reported, ASHBURN), RouteRequest("grok-4"))
+    assert isinstance(none, RouteError) and none.plan is None, "backends that report no room are not tried"
+    unhealthy = decide(world(unhealthy=set(GROK4)), RouteRequest("grok-4"))
+    assert isinstance(unhealthy, RouteError) and unhealthy.plan is None
+    explained = decide(snap, RouteRequest("grok-4"), explain=True)
+    assert isinstance(explained, RouteError) and isinstance(explained.plan, Plan)
+    reasons = {c.region: c.reason for c in explained.plan.considered}
+    assert "its lease is still tried" in reasons["us-east-1"]
 
 
 def test_zone_endpoint_stays_in_zone() -> None:
@@ -220,9 +246,10 @@ def requests(draw: st.DrawFn, snapshot: WorldSnapshot) -> RouteRequest:
     return RouteRequest(draw(st.sampled_from(MODELS)), ep, loc, Access("t", grants, zone))
 
 
-def _servable(snapshot: WorldSnapshot, req: RouteRequest) -> set[str]:
+def _servable(snapshot: WorldSnapshot, req: RouteRequest, room: bool = True) -> set[str]:
     """The regions that may and can serve ``req``, worked out here from the rule as the README states it
-    (not through the code under test): endpoint, key fence, grant, room, a healthy backend."""
+    (not through the code under test): endpoint, key fence, grant, room (unless not ``room``), a healthy
+    backend."""
     out = set()
     for (model, region), dep in snapshot.deployments.items():
         zone = snapshot.regions[region].zone
@@ -237,7 +264,7 @@ def _servable(snapshot: WorldSnapshot, req: RouteRequest) -> set[str]:
             g.model in ("*", model) and g.region in (None, region) for g in req.access.grants
         ):
             continue
-        if dep.free > 0 and any(b.healthy for b in dep.backends):
+        if (dep.free > 0 or not room) and any(b.healthy for b in dep.backends):
             out.add(region)
     return out
 
@@ -252,6 +279,9 @@ def test_plans_respect_scope_model_grants_and_rank(data: st.DataObject) -> None:
     if isinstance(result, RouteError):
         assert result.status in (403, 404, 503)
         assert not servable, f"refused ({result.code}) although {sorted(servable)} could serve it"
+        if isinstance(result.plan, Plan):  # the full-looking regions whose leases are tried: in scope only
+            tried = {c.region for c in result.plan.candidates}
+            assert tried and tried <= _servable(snapshot, req, room=False), "leases tried outside the scope"
         return
     assert {c.region for c in result.candidates} == servable, "every region that can serve it, and no other"
     for c in result.candidates:

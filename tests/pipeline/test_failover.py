@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.failover import Gateway, Inbound, Routed
 from regiongate.pipeline.hedge import HedgePolicy
+from regiongate.state.capacity import CapacityStore, Lease, Rider
 from regiongate.state.first_byte import MIN_SAMPLES
 from regiongate.state.fleet import Fleet
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
@@ -249,3 +251,52 @@ async def test_a_zone_endpoints_hedge_stays_in_its_zone(make: Callable[..., Worl
     assert w.up["eu-west-1/0"].calls == [] and w.up["us-east-1/0"].cancelled == 1
     await routed.aclose()
     assert w.held() == 0
+
+
+class _StaleView:
+    """A shared capacity store as a replica sees it between refreshes: its count says every deployment
+    is full (another replica filled them a moment ago) while the leases themselves have room again."""
+
+    def __init__(self, real: CapacityStore, limits: dict[str, int]) -> None:
+        self.real, self.limits = real, limits
+
+    async def acquire(self, key: str, limit: int, rider: Rider | None = None) -> Lease | None:
+        return await self.real.acquire(key, limit, rider)
+
+    async def release(self, lease: Lease) -> None:
+        await self.real.release(lease)
+
+    def in_use(self, key: str) -> int:
+        return self.limits[key]
+
+    def configure(self, limits: Any, modes: Any, default_mode: Any) -> None:
+        self.real.configure(limits, modes, default_mode)
+
+
+async def test_a_stale_full_count_never_refuses_a_request_the_lease_has_room_for(
+    make: Callable[..., World],
+) -> None:
+    w = make({"us-east-1": ["answer"], "us-west-2": ["answer"]})
+    real = w.fleet.capacity
+    w.fleet.capacity = _StaleView(real, {d.key: d.limit for d in w.fleet.deployments.values()})
+    routed = await w.gateway.dispatch(w.inbound())
+    assert (routed.region, routed.status) == ("us-east-1", 200), "the nearest region's lease had room"
+    assert sum(real.in_use(d.key) for d in w.fleet.deployments.values()) == 0, "its lease came back"
+    pinned = await w.gateway.dispatch(w.inbound(Endpoint(EndpointKind.REGION, "us-west-2")))
+    assert (pinned.region, pinned.route, pinned.status) == ("us-west-2", Route.PINNED, 200)
+
+
+async def test_when_every_lease_is_full_too_the_policy_s_refusal_is_given(make: Callable[..., World]) -> None:
+    w = make({"us-east-1": ["answer"], "us-west-2": ["answer"]})
+    real = w.fleet.capacity
+    w.fleet.capacity = _StaleView(real, {d.key: d.limit for d in w.fleet.deployments.values()})
+    for d in w.fleet.deployments.values():  # truly full
+        for _ in range(d.limit):
+            assert await real.acquire(d.key, d.limit) is not None
+    with pytest.raises(RouteError) as e:
+        await w.gateway.dispatch(w.inbound())
+    assert (e.value.status, e.value.code) == (503, "capacity_exhausted")
+    assert not any(u.calls for u in w.up.values()), "no backend was called"
+    with pytest.raises(RouteError) as e:
+        await w.gateway.dispatch(w.inbound(Endpoint(EndpointKind.REGION, "us-west-2")))
+    assert (e.value.status, e.value.code) == (503, "region_unavailable")
