@@ -21,6 +21,7 @@ from heapq import heappop, heappush
 from typing import Any, Protocol
 
 from regiongate.core import BackendState, DeploymentState, Plan, RouteError, RouteRequest, WorldSnapshot
+from regiongate.core.tiers import Tier, held_back
 from regiongate.core.world import new_deployment_state, new_snapshot
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
 from regiongate.simulate.policies import Policy
@@ -325,6 +326,17 @@ class Engine:
             snap.retry_after_s,
         )
 
+    @staticmethod
+    def _admits(d: Dep, tier: Tier) -> bool:
+        """Whether ``d``'s lease has room for a request of ``tier``: the gateway's lease limit is the
+        deployment's minus what the tier may not take (``core.tiers.held_back``)."""
+        if d.outages:
+            return False
+        if d.reserve == 0.0 and d.flex_below >= 1.0:
+            return d.in_use < d.limit
+        flex = None if d.flex_below >= 1.0 else math.floor(d.limit * d.flex_below + 1e-9)
+        return d.in_use < d.limit - held_back(d.limit, tier, math.ceil(d.limit * d.reserve - 1e-9), flex)
+
     def _oracle(self, mi: int, ctx: Context, prompt: int) -> Dep | None:
         """The deployment with the lowest true expected TTFT for this request, from the true state: the
         real round trip, the real queue, the real speeds. No online policy can know more."""
@@ -394,10 +406,11 @@ class Engine:
             dep_at = self.dep_at[mi]
             first = cand = plan.first
             d = dep_at[cand.region]
-            if d.outages or d.in_use >= d.limit:  # only with a stale snapshot: walk on like the gateway
+            if d.outages or d.in_use >= d.limit or refusal is not None:  # stale: walk on like the gateway
+                tier = req.tier
                 for cand in plan:
                     d = dep_at[cand.region]
-                    if not d.outages and d.in_use < d.limit:
+                    if self._admits(d, tier):
                         break
                 else:  # counted, never hidden
                     code = "stale_plan" if refusal is None else refusal.code
