@@ -82,7 +82,7 @@ class EdgeCycle(RequestResponseCycle):
 
     def __init__(self, proto: EdgeProtocol, scope: dict[str, Any], keep_alive: bool) -> None:
         self.scope = scope  # type: ignore[assignment]
-        self.transport = proto.transport
+        self.transport: JoinedWrites = cast(JoinedWrites, proto.transport)  # type: ignore[assignment]
         self.flow = proto.flow
         self.logger = proto.logger
         self.access_logger = proto.access_logger
@@ -155,7 +155,10 @@ class EdgeCycle(RequestResponseCycle):
             data = self.head + data
             self.head = None
         if data:
-            self.transport.write(data)
+            if more:
+                self.transport.write(data)
+            else:  # the whole response or its end: nothing of this iteration can follow it
+                self.transport.write_now(data)
         if not more:
             if self.expected_content_length != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
@@ -223,33 +226,68 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._idle = False  # the deadline is the keep-alive one
         self._refused = False
         self._too_large = False
         self._head_size = 0  # request line and header bytes of the head being parsed
 
     # --- timers ------------------------------------------------------------------------------------
-    def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, self._expired)
+    # One deadline per connection (the head, the body, or the idle wait between requests: uvicorn's
+    # keep-alive timeout) and one loop timer behind it, moved lazily: a later deadline leaves the timer
+    # where it is and the timer re-arms for what is left when it fires. A request then costs one timer
+    # instead of three scheduled and three cancelled.
+    def _arm(self, delay: float, idle: bool = False) -> None:
+        at = self.loop.time() + delay
+        self._deadline = at
+        self._idle = idle
+        timer = self._timer
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(at, self._fire)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
-    def _idle_between_responses(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
+    def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it on every read
+        if self._idle:
+            self._deadline = None
+            self._idle = False
 
-    def _expired(self) -> None:
+    def _fire(self) -> None:
         self._timer = None
+        at = self._deadline
+        if at is None:
+            return
+        if self.loop.time() < at:  # moved later since the timer was set
+            self._timer = self.loop.call_at(at, self._fire)
+            return
+        self._deadline = None
         if self.transport.is_closing():
             return
-        if self._in_head and self._idle_between_responses():
+        if self._idle:  # kept alive and nothing sent: closed as uvicorn's keep-alive timeout does
+            self.transport.close()
+        elif self._in_head and self._idle_between_responses():
             msg = b"The request head did not arrive within %gs." % self.limits.header_timeout_s
             close_with(self.transport, b"408 Request Timeout", msg)
         else:  # a body too slow (the app gets a disconnect), or a pipelined head behind a response
             self.transport.close()
+
+    def _idle_between_responses(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the idle wait on the connection's one timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request, in order
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._deadline is None:  # else the next head has begun and its own deadline stands
+            self._arm(self.timeout_keep_alive, idle=True)
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -258,7 +296,10 @@ class EdgeProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline = None
+        if self._timer is not None:  # not left holding this protocol until it fires
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -285,7 +326,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._head_size = 0
-        if self._timer is None:  # a new request on a kept-alive connection: its head is timed anew
+        if self._deadline is None:  # a new request on a kept-alive connection: its head is timed anew
             self._arm(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:

@@ -29,6 +29,15 @@ class JoinedWrites:
             self._loop.call_soon(self.flush)
         self._buf.append(bytes(data))
 
+    def write_now(self, data: bytes) -> None:
+        """``data`` at once, after what is buffered: for the last write of a response, which nothing of
+        this iteration joins (saves the deferred flush)."""
+        if self._buf:
+            self._buf.append(data)
+            self.flush()
+        elif not self.transport.is_closing():
+            self.transport.write(data)
+
     def writelines(self, lines: list[bytes]) -> None:
         for line in lines:
             self.write(line)

@@ -60,8 +60,19 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
+    async for p in serve(EdgeLimits()):
+        yield p
+
+
+@pytest.fixture
+async def quick_head_port() -> AsyncIterator[int]:
+    async for p in serve(EdgeLimits(header_timeout_s=0.5)):
+        yield p
+
+
+async def serve(limits: EdgeLimits) -> AsyncIterator[int]:
     gate.event = asyncio.Event()
-    config = uvicorn.Config(app, http=edge_protocol(EdgeLimits()), lifespan="off", log_config=None)
+    config = uvicorn.Config(app, http=edge_protocol(limits), lifespan="off", log_config=None)
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)  # "off", as app.sites sets it
@@ -162,3 +173,27 @@ async def test_an_app_cannot_inject_response_headers(port: int, path: str) -> No
         await asyncio.get_running_loop().sock_sendall(s, request(path))
         got = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(s, 65536), 10)
     assert got == b""
+
+
+async def test_a_pipelined_head_trickling_in_after_a_response_still_gets_its_408(
+    quick_head_port: int,
+) -> None:
+    """The next head began while a response ran: the idle wait that follows the response must not replace
+    its deadline, and the bytes that trickle in must not clear it (a slowloris behind a pipelined request)."""
+    loop = asyncio.get_running_loop()
+    with await connect(quick_head_port) as s:
+        await loop.sock_sendall(s, request("/wait") + b"POST /next HTTP/1.1\r\nhost: x\r\n")
+        gate.event.set()
+        got = await read_until(s, b"POST /wait 0")
+
+        async def trickle() -> None:
+            for _ in range(200):
+                await loop.sock_sendall(s, b"x-slow: 1\r\n")
+                await asyncio.sleep(0.05)
+
+        sending = asyncio.ensure_future(trickle())
+        try:
+            got = await read_until(s, b"did not arrive within", got)
+        finally:
+            sending.cancel()
+    assert b"HTTP/1.1 408 Request Timeout" in got
