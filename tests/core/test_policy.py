@@ -320,3 +320,38 @@ def test_decide_is_pure(data: st.DataObject) -> None:
         assert isinstance(second, RouteError) and (first.code, first.message) == (second.code, second.message)
     else:
         assert first == second
+
+
+def test_explain_gives_every_region_of_the_world_a_verdict_and_the_reason() -> None:
+    """Issue 16 item 5: every region, kept or dropped, with the reason, and the prediction's parts for
+    each region the policy ranked (the reasons not covered by ``test_latency``'s grants and fences)."""
+    everywhere = set(DEMO_REGIONS)
+
+    def why(snapshot: WorldSnapshot, req: RouteRequest) -> dict[str, tuple[str, str]]:
+        p = decide(snapshot, req, explain=True)
+        assert isinstance(p, Plan), p
+        out = {c.region: (c.verdict, c.reason) for c in p.considered}
+        assert set(out) == everywhere and len(p.considered) == len(everywhere), "every region, once"
+        for c in p.considered:
+            ranked = c.region in GROK4 and not c.reason.startswith("outside the endpoint")
+            assert (c.estimate is not None) == ranked, c
+            if c.estimate is not None:
+                e = c.estimate
+                assert e.total_ms == e.network_ms + e.queue_ms + e.base_ms + e.prefill_ms
+        return out
+
+    w = why(world(in_use={"us-east-1": 8}, unhealthy={"eu-west-1"}), RouteRequest("grok-4"))
+    assert w["us-east-1"] == ("dropped", "full (8/8 in use)")
+    assert w["eu-west-1"] == ("dropped", "no healthy backend")
+    assert w["us-west-2"][0] == "kept" and w["us-west-2"][1].startswith("rank 1 (spillover)")
+    assert w["ap-southeast-2"] == ("dropped", "model grok-4 not offered there")
+    budget = Access("t", None, None, spill_budget_ms=60.0)
+    w = why(world(), RouteRequest("grok-4", GLOBAL, None, budget))
+    assert w["us-east-1"][1].startswith("rank 1 (nearest)")
+    assert w["ap-northeast-1"] == ("dropped", "beyond this key's spillover budget (60 ms over the best region)")
+    w = why(world(), RouteRequest("grok-4", Endpoint(EndpointKind.REGION, "us-east-1")))
+    assert w["us-east-1"][1].startswith("rank 1 (pinned)")
+    assert w["eu-west-1"] == ("dropped", "outside the endpoint (region us-east-1 only)")
+    w = why(world(), RouteRequest("grok-4", Endpoint(EndpointKind.ZONE, "eu")))
+    assert w["us-west-2"] == ("dropped", "outside the endpoint (data zone eu only)")
+    assert w["ap-southeast-2"] == ("dropped", "model grok-4 not offered there")
