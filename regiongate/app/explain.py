@@ -43,8 +43,14 @@ def render(plan: Plan | RouteError, req: RouteRequest, origin: str = "") -> str:
         loc = req.client_location
         origin = f"client at {loc.lat:g},{loc.lon:g}" if loc else "this gateway"
     head = f"model {req.model} on endpoint {req.endpoint}, ranked from {origin}"
+    refused = ""
     if isinstance(plan, RouteError):
-        return f"{head}\nrefused: HTTP {plan.status} {plan.code}: {plan.message}"
+        refused = f"refused: HTTP {plan.status} {plan.code}: {plan.message}"
+        if not isinstance(plan.plan, Plan):
+            return f"{head}\n{refused}"
+        # every region looks full by this process's lease counts: the gateway tries those leases first
+        refused = f"{refused} (unless a lease of a region marked full has room: the count may be stale)"
+        plan = plan.plan
     rows = [
         head,
         f"{'region':<16} {'verdict':<8} {'est ms':>8} {'rtt ms':>8} {'rtt source':<17} {'queue ms':>8} "
@@ -61,6 +67,8 @@ def render(plan: Plan | RouteError, req: RouteRequest, origin: str = "") -> str:
         f"est = rtt + queue + base + prefill ({req.prompt_tokens} prompt tokens); +/- is the standard error "
         "of the learned part: a farther region wins only by more than 3 x the combined error + 5 ms"
     )
+    if refused:
+        rows.append(refused)
     return "\n".join(rows)
 
 

@@ -355,3 +355,4 @@ def test_explain_gives_every_region_of_the_world_a_verdict_and_the_reason() -> N
     w = why(world(), RouteRequest("grok-4", Endpoint(EndpointKind.ZONE, "eu")))
     assert w["us-west-2"] == ("dropped", "outside the endpoint (data zone eu only)")
     assert w["ap-southeast-2"] == ("dropped", "model grok-4 not offered there")
+
