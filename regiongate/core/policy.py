@@ -19,6 +19,10 @@ to requests that cannot move while another region has room to spare. The plan is
 candidate's route is ``nearest`` when it is the nearest region in scope, else ``spillover``; a regional
 endpoint is ``pinned`` and a zone endpoint ``zone``.
 
+When nothing is open, the refusal carries as ``RouteError.plan`` the regions that look full only by the
+lease count (``_lease_full``): that count may be a replica's stale view of the shared one, so the caller
+tries those leases before giving the refusal.
+
 Two request attributes adjust this, both only inside the scope: the service tier (``core.tiers``) makes a
 region look full to flex and default requests before it is full for priority ones, and prompt-cache
 affinity (``core.affinity``) takes the prefill a region's warm cache saves off that region's prediction
