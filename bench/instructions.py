@@ -8,7 +8,10 @@ For each path it starts the fake upstream and ``regiongate serve --workers 1`` u
 instrumentation on (``callgrind_control -i on``), sends ``--requests`` more at 8 in flight, dumps and
 divides the instructions counted (all threads of the process) by the requests. Paths: ``rest`` (the
 benchmark's in-process config, chat lat0), ``redis`` (the same with ``[shared] redis`` and a team rate
-limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load).
+limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load),
+``grpc-floor`` (the same call against a bare grpc.aio server, ``bench.grpc_floor``: what grpc.aio costs
+before any gateway work) and ``grpc-floor-front`` (that server behind regiongate's gRPC front: the pipe's
+cost is the difference).
 Callgrind counts user-space instructions only: system calls (the kernel's share of each read and write)
 are not in the figure, so it compares versions of regiongate, not regiongate with nginx.
 ``--pythonpath`` runs another checkout's ``regiongate`` package (e.g. an older commit) with this bench;
@@ -42,7 +45,7 @@ def _ir(out_dir: Path) -> int:
 
 
 def _drive(t: targets.Target, path: str, n: int, work: Path) -> None:
-    if path == "grpc":
+    if path.startswith("grpc"):
         w = load.Workload("grpc", 16, 0, 8)
         body = work / "grpc.bin"
         body.write_bytes(w.grpc_body())
@@ -61,6 +64,26 @@ def _drive(t: targets.Target, path: str, n: int, work: Path) -> None:
         raise RuntimeError(f"{sample.errors} errors in {sample.requests} requests: {raw.get('statuses')}")
 
 
+def _start_floor(work: Path, front: bool) -> targets.Target:
+    port = targets.free_port()
+    cmd = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), *(["--front"] if front else [])]
+    log = work / f"grpc-floor-{port}.log"
+    return targets.Target("grpc-floor", 0, targets.spawn(cmd, log), log, grpc_port=port)
+
+
+def _wait_floor(t: targets.Target, work: Path) -> None:
+    """Started under valgrind it takes a while: the first h2load round that succeeds says it is up."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            _drive(t, "grpc-floor", 1, work)
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline or (t.proc is not None and t.proc.poll() is not None):
+                raise
+            time.sleep(1)
+
+
 def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
     up = targets.start_upstream(work, "soon", None)
     redis = targets.start_redis(work, None) if path == "redis" else None
@@ -74,12 +97,17 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
         real_spawn = targets.spawn
         targets.spawn = lambda cmd, log, env=None, cpus=None: real_spawn([*prefix, *cmd], log, env, cpus)
         try:
-            rg = targets.start_regiongate(work, up.port, 1, None, [], redis, ready_s=600)
+            if path.startswith("grpc-floor"):
+                rg = _start_floor(work, path.endswith("-front"))
+            else:
+                rg = targets.start_regiongate(work, up.port, 1, None, [], redis, ready_s=600)
         finally:
             targets.spawn = real_spawn
         assert rg.proc is not None
         try:
-            if path == "grpc":
+            if path.startswith("grpc-floor"):
+                _wait_floor(rg, work)
+            elif path == "grpc":
                 deadline = time.monotonic() + 120
                 while True:
                     try:

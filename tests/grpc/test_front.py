@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import ssl
 
 import grpc
@@ -13,7 +14,7 @@ from xai_sdk.proto import chat_pb2, sample_pb2
 from regiongate.core import RouteError
 from regiongate.grpc import translate
 from regiongate.grpc.front import Connections, ConnInfo
-from regiongate.grpc.sniff import H2_PREFACE, ClientHelloSni, H2Authorities, SniffError
+from regiongate.grpc.sniff import H2_PREFACE, AuthorityDecoder, ClientHelloSni, H2Authorities, SniffError
 from regiongate.grpc.status import grpc_code, trailers
 
 
@@ -69,6 +70,67 @@ def test_h2_rejects_other_protocols_and_broken_blocks() -> None:
     interrupted = H2_PREFACE + frame(0x1, 0, 1, block[:5]) + frame(0x0, 0, 1, b"x")
     with pytest.raises(SniffError):
         H2Authorities().feed(interrupted)
+
+
+def hpack_authority(dec: hpack.Decoder, block: bytes) -> bytes | None:
+    """The answer the front gave before AuthorityDecoder: hpack's decoding, first :authority, else host."""
+    host = None
+    for name, value in dec.decode(block, raw=True):
+        if name == b":authority":
+            return bytes(value)
+        if name == b"host":
+            host = bytes(value)
+    return host
+
+
+def test_authority_decoder_agrees_with_hpack_on_random_connections() -> None:
+    """Random header lists through hpack's encoder (Huffman or not, never-indexed fields, table size
+    updates, entries large enough to evict and to empty the table): the same host, block after block."""
+    rng = random.Random(20)
+    hosts = ["a", "us-east-1.localhost:50051", "eu-west-1.api.x.ai", "h" * 700, "h" * 5000]
+    names = ["content-type", "authorization", "grpc-timeout", "x-custom", "user-agent", "te"]
+    checked = 0
+    for _ in range(300):
+        enc, ref, ours = hpack.Encoder(), hpack.Decoder(), AuthorityDecoder()
+        ref.max_allowed_table_size = 65536
+        ref.max_header_list_size = 1 << 20
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.15:
+                enc.header_table_size = rng.choice([0, 64, 256, 4096, 8192])
+            headers: list[tuple[str, str, bool]] = []
+            if rng.random() < 0.9:
+                headers.append((":authority", rng.choice(hosts), rng.random() < 0.2))
+            for _ in range(rng.randint(0, 6)):
+                headers.append((rng.choice(names), "v" * rng.randint(0, 600), rng.random() < 0.2))
+            if rng.random() < 0.3:
+                headers.insert(rng.randint(0, len(headers)), ("host", rng.choice(hosts), False))
+            rng.shuffle(headers)
+            block = enc.encode(headers, huffman=rng.random() < 0.5)
+            assert ours.authority(block) == hpack_authority(ref, block)
+            checked += 1
+    assert checked > 1000
+
+
+def test_authority_decoder_reads_unindexed_literals_and_refuses_malformed_blocks() -> None:
+    huffman = hpack.huffman.HuffmanEncoder(
+        hpack.huffman_constants.REQUEST_CODES, hpack.huffman_constants.REQUEST_CODES_LENGTH
+    ).encode(b"eu-west-1.localhost")
+    # a literal without indexing, named by static index 1 (:authority), its value Huffman-coded
+    block = bytes([0x01, 0x80 | len(huffman)]) + huffman
+    dec = AuthorityDecoder()
+    assert dec.authority(block) == b"eu-west-1.localhost"
+    assert dec.authority(bytes([0x82])) is None  # :method GET, no host in it
+    for bad in (
+        bytes([0xBE]),  # index 62 with an empty dynamic table
+        bytes([0x80]),  # index 0
+        bytes([0x82, 0x3F, 0xE1, 0x1F]),  # a table size update after a field
+        bytes([0x3F, 0xFF, 0xFF, 0x7F]),  # a table size update above the maximum
+        bytes([0x01, 0x05, 0x61]),  # a value longer than the block
+        bytes([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # an integer of too many octets
+        bytes([0x01, 0x81, 0xFF]),  # :authority with Huffman padding longer than 7 bits
+    ):
+        with pytest.raises(SniffError):
+            AuthorityDecoder().authority(bad)
 
 
 def client_hello(server_name: str | None) -> bytes:
