@@ -338,41 +338,40 @@ class Meta:
 def completion_response(obj: dict[str, Any], model: str) -> chat_pb2.GetChatCompletionResponse:
     meta = Meta(model)
     meta.update(obj)
-    outputs = []
-    for i, ch in enumerate(obj.get("choices") or ()):
-        msg = ch.get("message") or {}
-        outputs.append(
-            chat_pb2.CompletionOutput(
-                index=_int(ch, "index") if "index" in ch else i,
-                finish_reason=_FINISH.get(ch.get("finish_reason") or "", sample_pb2.REASON_INVALID),
-                message=chat_pb2.CompletionMessage(
-                    role=chat_pb2.ROLE_ASSISTANT,
-                    content=msg.get("content") or "",
-                    reasoning_content=msg.get("reasoning_content") or "",
-                    tool_calls=_tool_calls(msg.get("tool_calls")),
-                ),
-                logprobs=_logprobs(ch.get("logprobs")),
-            )
-        )
-    return chat_pb2.GetChatCompletionResponse(
+    resp = chat_pb2.GetChatCompletionResponse(
         id=meta.id,
-        outputs=outputs,
         created=meta.created,
         model=meta.model,
         system_fingerprint=meta.fingerprint,
         usage=meta.usage,
         service_tier=tier_proto(obj.get("service_tier")),
     )
+    for i, ch in enumerate(obj.get("choices") or ()):
+        msg = ch.get("message") or {}
+        # filled in place: a message built apart and passed to its parent is copied into it
+        out = resp.outputs.add(
+            index=_int(ch, "index") if "index" in ch else i,
+            finish_reason=_FINISH.get(ch.get("finish_reason") or "", sample_pb2.REASON_INVALID),
+        )
+        m = out.message
+        m.role = chat_pb2.ROLE_ASSISTANT
+        m.content = msg.get("content") or ""
+        m.reasoning_content = msg.get("reasoning_content") or ""
+        if msg.get("tool_calls"):
+            m.tool_calls.extend(_tool_calls(msg["tool_calls"]))
+        if ch.get("logprobs"):
+            lp = _logprobs(ch["logprobs"])
+            if lp is not None:
+                out.logprobs.CopyFrom(lp)
+    return resp
 
 
 def tier_proto(tier: object) -> usage_pb2.ServiceTier:
     """The proto's tier for a tier name: it has no flex, which is reported as default (the
     x-regiongate-service-tier metadata carries the exact one)."""
     if tier == "priority":
-        return usage_pb2.ServiceTier.SERVICE_TIER_PRIORITY
-    return (
-        usage_pb2.ServiceTier.SERVICE_TIER_DEFAULT if tier else usage_pb2.ServiceTier.SERVICE_TIER_UNSPECIFIED
-    )
+        return usage_pb2.SERVICE_TIER_PRIORITY  # module constants: the enum wrapper's attributes cost 1 µs each
+    return usage_pb2.SERVICE_TIER_DEFAULT if tier else usage_pb2.SERVICE_TIER_UNSPECIFIED
 
 
 def completion_chunk(obj: dict[str, Any], meta: Meta) -> chat_pb2.GetChatCompletionChunk:
