@@ -25,7 +25,6 @@ from regiongate.core import (
     Location,
     Plan,
     RouteError,
-    RouteRequest,
     Tier,
     decide,
     scope,
@@ -33,6 +32,7 @@ from regiongate.core import (
 from regiongate.core.errors import GatewayError, UpstreamError
 from regiongate.core.labels import Route
 from regiongate.core.latency import prompt_tokens_estimate
+from regiongate.core.request import new_route_request
 from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline import hedge, tokens
@@ -304,7 +304,7 @@ class Gateway:
         return self._fleet()
 
     def plan(self, inbound: Inbound, fleet: Fleet | None = None) -> Plan | RouteError:
-        request = RouteRequest(
+        request = new_route_request(  # RouteRequest, without the frozen per-field cost (core.frozen)
             inbound.model,
             inbound.endpoint,
             inbound.client_location,

@@ -7,12 +7,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from regiongate.core import BackendState, DeploymentState, Location, Region, WorldSnapshot
+from regiongate.core.world import new_backend_state, new_deployment_state, new_snapshot
 from regiongate.state.capacity import CapacityStore, deployment_key
 from regiongate.state.first_byte import FirstByteBudget
 from regiongate.state.outlier import Ewma, Outlier
 from regiongate.state.ttft import TtftEstimate, Typical, typical
 from regiongate.upstream.base import Upstream
 from regiongate.upstream.dialect import Dialect
+
+Fit = tuple[float | None, float | None, float | None]  # what ``typical`` reads of one estimate
 
 
 @dataclass(slots=True)
@@ -35,7 +38,7 @@ class Backend:
 
     def state(self, now: float) -> BackendState:
         rtt = self.rtt.value if self.rtt is not None else None
-        return BackendState(self.id, self.healthy(now), self.in_flight, rtt)
+        return new_backend_state(self.id, self.healthy(now), self.in_flight, rtt)
 
 
 @dataclass(slots=True)
@@ -75,44 +78,61 @@ class Fleet:
         for d in self.deployments.values():
             self.by_model.setdefault(d.model, []).append(d)
         self.backends = {b.id: b for d in self.deployments.values() for b in d.backends}
+        self._priors: dict[str, tuple[list[Fit], Typical]] = {}
         # Static parts of every snapshot, computed once.
         self._base = WorldSnapshot.build(self.regions, {}, gateway_location, retry_after_s)
 
     def _state(self, d: Deployment, now: float, prior: Typical) -> DeploymentState:
         base, prefill, wait, error = d.ttft.params(now, prior)
-        return DeploymentState(
-            model=d.model,
-            region=d.region,
-            limit=d.limit,
-            in_use=self.capacity.in_use(d.key),
-            backends=tuple(b.state(now) for b in d.backends),
-            ttft_ms=base,
-            prefill_ms_per_token=prefill,
-            wait_ms_per_queued=wait,
-            error_ms=error,
-            queue_depth=d.queue_depth,
-            reported_free=d.reported_free,
-            priority_reserve=d.priority_reserve,
-            flex_limit=d.flex_limit,
+        return new_deployment_state(
+            d.model,
+            d.region,
+            d.limit,
+            self.capacity.in_use(d.key),
+            tuple([b.state(now) for b in d.backends]),
+            base,
+            prefill,
+            wait,
+            error,
+            d.queue_depth,
+            d.reported_free,
+            d.priority_reserve,
+            d.flex_limit,
         )
+
+    def _prior(self, model: str, deps: list[Deployment]) -> Typical:
+        """The model's typical numbers (``state.ttft.typical``: medians over its deployments), recomputed
+        only when one of the fits they are taken from moved: a sample changes them, time does not."""
+        fits: list[Fit] = [(d.ttft.base, d.ttft.slope, d.ttft.per_queued) for d in deps]
+        kept = self._priors.get(model)
+        if kept is not None and kept[0] == fits:
+            return kept[1]
+        prior = typical(d.ttft for d in deps)
+        self._priors[model] = (fits, prior)
+        return prior
 
     def _snapshot(self, deps: Iterable[Deployment]) -> WorldSnapshot:
         now = self.clock()
-        deps = list(deps)
-        prior = typical(d.ttft for d in deps)
-        states = {(d.model, d.region): self._state(d, now, prior) for d in deps}
         by_model: dict[str, tuple[DeploymentState, ...]] = {}
-        for s in states.values():
-            by_model[s.model] = (*by_model.get(s.model, ()), s)
+        states: dict[tuple[str, str], DeploymentState] = {}
+        grouped: dict[str, list[Deployment]] = {}
+        for d in deps:
+            grouped.setdefault(d.model, []).append(d)
+        prior = typical(d.ttft for ds in grouped.values() for d in ds) if len(grouped) > 1 else None
+        for model, ds in grouped.items():
+            p = prior if prior is not None else self._prior(model, ds)
+            t = by_model[model] = tuple([self._state(d, now, p) for d in ds])
+            for st in t:
+                states[(model, st.region)] = st
         base = self._base
-        return WorldSnapshot(
-            regions=base.regions,
-            deployments=states,
-            gateway_location=base.gateway_location,
-            zones=base.zones,
-            by_model=by_model,
-            gateway_rtt_ms=base.gateway_rtt_ms,
-            retry_after_s=base.retry_after_s,
+        return new_snapshot(
+            base.regions,
+            states,
+            base.gateway_location,
+            base.zones,
+            by_model,
+            base.gateway_rtt_ms,
+            base.retry_after_s,
         )
 
     def snapshot_for(self, model: str) -> WorldSnapshot:

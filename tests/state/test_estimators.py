@@ -147,6 +147,26 @@ def test_fleet_ttft_uses_the_backend_rtt_and_the_injected_clock() -> None:
     assert fleet.snapshot_for("grok-4").deployment("grok-4", "us-east-1").backends[0].rtt_ms == 40.0  # type: ignore[union-attr]
 
 
+def test_fleet_snapshot_follows_every_sample_though_it_keeps_the_typical_numbers() -> None:
+    """The model's typical numbers are kept between snapshots (time does not move them): a sample in one
+    region still reaches a region without samples of its own in the next snapshot, as if built anew."""
+    http = '{ kind = "http", url = "http://127.0.0.1:9/v1" }'
+    fleet = build_fleet(parse_config(world({"us-east-1": [http], "us-west-2": [http]})))
+    clock = Clock(0.0)
+    fleet.clock = clock
+    east, west = fleet.deployments[("grok-4", "us-east-1")], fleet.deployments[("grok-4", "us-west-2")]
+    fleet.record_ttft(east, 100.0)
+    assert fleet.snapshot_for("grok-4").deployment("grok-4", "us-west-2").ttft_ms == 100.0  # type: ignore[union-attr]
+    clock.t = 5.0
+    fleet.record_ttft(east, 300.0)  # the median of one fit moves, so does the unmeasured region's
+    snap = fleet.snapshot_for("grok-4")
+    assert snap.deployment("grok-4", "us-west-2").ttft_ms == pytest.approx(east.ttft.base)  # type: ignore[union-attr]
+    assert east.ttft.base is not None and east.ttft.base > 100.0
+    east.ttft.base = 50.0  # even a fit set by hand is seen
+    assert fleet.snapshot_for("grok-4").deployment("grok-4", "us-west-2").ttft_ms == 50.0  # type: ignore[union-attr]
+    assert west.ttft.base is None
+
+
 # --- the queue estimate -------------------------------------------------------------------------------
 REGIONS = {
     "near": Region("near", Location(39.04, -77.49), "us"),
