@@ -11,7 +11,8 @@ benchmark's in-process config, chat lat0), ``redis`` (the same with ``[shared] r
 limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load),
 ``grpc-floor`` (the same call against a bare grpc.aio server, ``bench.grpc_floor``: what grpc.aio costs
 before any gateway work) and ``grpc-floor-front`` (that server behind regiongate's gRPC front: the pipe's
-cost is the difference).
+cost is the difference; both run this checkout's front, ``--pythonpath`` or not: ``-m`` puts the working
+directory first on the path).
 Callgrind counts user-space instructions only: system calls (the kernel's share of each read and write)
 are not in the figure, so it compares versions of regiongate, not regiongate with nginx.
 ``--pythonpath`` runs another checkout's ``regiongate`` package (e.g. an older commit) with this bench;
