@@ -170,6 +170,14 @@ def _json_object(resp: UpstreamResponse) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
+FULL = ": full"  # a walk's failure line for a region whose lease was refused
+
+
+def _only_full(failures: list[str]) -> bool:
+    """Nothing failed on the walk: every region tried was full (its lease refused)."""
+    return all(f.endswith(FULL) for f in failures)
+
+
 def _only_backend(plan: Plan) -> bool:
     cands = plan.candidates
     return len(cands) == 1 and len(cands[0].backends) == 1
@@ -387,7 +395,7 @@ class Gateway:
         opened = await self._walk(fleet, inbound, plan, failures, started, blame=blame, failed=failed)
         blame.settle(fleet, opened is not None and opened.status < 400, inbound.request_id)
         if opened is None:
-            if refusal is not None and blame.last is None and all(f.endswith(": full") for f in failures):
+            if refusal is not None and blame.last is None and _only_full(failures):
                 self._record(inbound, "", Route.NONE, refusal.status, None, None, started)
                 raise refusal  # every lease said full too: the policy's own refusal
             raise self._exhausted(inbound, plan, failures, started, blame.last)
@@ -445,7 +453,7 @@ class Gateway:
                 self.metrics.refused(rider.refusal.code, rider.refusal.type)
                 raise rider.refusal
             if lease is None:  # taken between snapshot and acquire (another replica or request)
-                failures.append(f"{cand.region}: full")
+                failures.append(cand.region + FULL)
                 continue
             owned = False
             try:
@@ -598,7 +606,7 @@ class Gateway:
                 retry,
             )
         else:
-            full = all(f.endswith(": full") for f in failures)  # nothing failed: every region filled up
+            full = _only_full(failures)
             err = (GatewayError if full else UpstreamError)(
                 f"No region could serve '{inbound.model}': tried {', '.join(regions)} ({'; '.join(failures)}). "
                 f"Retry after {retry:g}s.",
