@@ -205,12 +205,17 @@ def _parts(token: str) -> list[str]:
     return parts
 
 
-def receipt_kid(token: str) -> str:
-    """The key id a receipt names (unverified)."""
+def _header(part: str) -> Any:
+    raw = b64url_decode(part, "the header")  # outside the try: its own ReceiptError (a ValueError) says why
     try:
-        header = json.loads(b64url_decode(_parts(token)[0], "the header"))
+        return json.loads(raw)
     except ValueError:
         raise ReceiptError("the header is not JSON") from None
+
+
+def receipt_kid(token: str) -> str:
+    """The key id a receipt names (unverified)."""
+    header = _header(_parts(token)[0])
     kid = header.get("kid") if isinstance(header, dict) else None
     if not isinstance(kid, str):
         raise ReceiptError("the header names no key (kid)")
@@ -232,11 +237,7 @@ def verify(token: str, jwks: dict[str, Any] | list[dict[str, Any]]) -> dict[str,
     """The receipt's claims if ``token`` is signed by a key in ``jwks``; raises ReceiptError otherwise."""
     token = token.strip()
     parts = _parts(token)
-    raw = b64url_decode(parts[0], "the header")
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        raise ReceiptError("the header is not JSON") from None
+    header = _header(parts[0])
     if not isinstance(header, dict) or header.get("alg") != "EdDSA":
         raise ReceiptError("the header must say alg EdDSA")
     batched = len(parts) == 4
