@@ -18,6 +18,13 @@ from tests.support.worlds import http_backend, world
 HEDGING = "[hedging]\nenabled = true\n"
 
 
+def east_west(east: FaultServer, west: FaultServer) -> str:
+    """us-east-1 (nearest) and us-west-2 on two fault servers, hedging on."""
+    return world(
+        {"us-east-1": [http_backend(east.url)], "us-west-2": [http_backend(west.url)]}, extra=HEDGING
+    )
+
+
 def stream(gw: Proc, host: str | None = None, headers: dict[str, str] | None = None) -> tuple[str, str, str]:
     """(region, the x-regiongate-hedge header or "", the answer's text) of one streamed completion."""
     with client(gw, host).chat.completions.with_streaming_response.create(
@@ -67,9 +74,7 @@ def test_a_slow_first_byte_is_hedged_and_the_slow_attempt_cancelled(
     start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
 ) -> None:
     east, west, _ = fault_servers
-    gw = start_gateway(
-        world({"us-east-1": [http_backend(east.url)], "us-west-2": [http_backend(west.url)]}, extra=HEDGING)
-    )
+    gw = start_gateway(east_west(east, west))
     warm(gw)
     assert west.posts() == []
     east.script(Fault("never"))  # reads the request, never answers: only a hedge can rescue it early
@@ -86,9 +91,7 @@ def test_the_hedge_is_cancelled_when_the_slow_attempt_answers_first(
     start_gateway: Callable[..., Proc], fault_servers: list[FaultServer]
 ) -> None:
     east, west, _ = fault_servers
-    gw = start_gateway(
-        world({"us-east-1": [http_backend(east.url)], "us-west-2": [http_backend(west.url)]}, extra=HEDGING)
-    )
+    gw = start_gateway(east_west(east, west))
     warm(gw)
     gate = threading.Event()
     east.script(Fault("gate", gate=gate))
@@ -170,7 +173,7 @@ def test_a_grpc_stream_is_hedged_through_the_same_plan(
     east, west, _ = fault_servers
     gw, c = grpc_gateway(
         start_gateway,
-        world({"us-east-1": [http_backend(east.url)], "us-west-2": [http_backend(west.url)]}, extra=HEDGING),
+        east_west(east, west),
     )
     try:
         for _ in range(MIN_SAMPLES):
