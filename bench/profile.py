@@ -62,7 +62,7 @@ SUBSYSTEMS = [
     ),
     ("uvicorn server (httptools parse, ASGI, writes)", ["uvicorn/", "asgi.py"]),
     ("asyncio/uvloop (tasks, timeouts, loop)", ["asyncio/", "uvloop", "runners.py"]),
-    ("regiongate glue (app, gateway, auth, hooks)", ["regiongate", "app.py", "pipeline/failover.py", "pipeline/auth.py"]),
+    ("regiongate glue (app, gateway, auth, hooks)", ["regiongate", "app.py", "pipeline/failover.py", "pipeline/hops.py", "pipeline/auth.py"]),
 ]
 
 

@@ -28,7 +28,7 @@ from regiongate.pipeline.affinity import CONVERSATION_HEADERS
 from regiongate.pipeline.caller import CLIENT_LOCATION, Caller, check_n, client_request_id
 from regiongate.pipeline.catalog import find_model, visible_models
 from regiongate.pipeline.continuation import HOPS_HEADER, OPT_OUT_HEADER, render_hops
-from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.exchange import Inbound, Routed
 from regiongate.pipeline.hedge import HEDGE_HEADER, opted_out
 from regiongate.pipeline.routes import not_offered
 from regiongate.pipeline.sse import iter_json_events

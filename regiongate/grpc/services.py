@@ -37,7 +37,7 @@ from regiongate.objects.deferred import DeferredResult
 from regiongate.objects.services import StatefulServices
 from regiongate.pipeline.caller import Caller
 from regiongate.pipeline.catalog import ModelView, find_model, visible_models
-from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.exchange import Inbound, Routed
 
 
 class Core(Protocol):

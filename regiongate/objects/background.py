@@ -25,7 +25,7 @@ from regiongate.objects.ids import new_id, region_of
 from regiongate.objects.responses import KIND, PREFIX, Prepared, StoredResponses
 from regiongate.objects.store import StoredObject
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.failover import Inbound
+from regiongate.pipeline.exchange import Inbound
 
 log = logging.getLogger("regiongate.background")
 RUNNING = ("queued", "in_progress")

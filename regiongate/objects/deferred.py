@@ -26,7 +26,8 @@ from regiongate.objects.ids import new_id, region_of
 from regiongate.objects.service import ObjectState
 from regiongate.objects.store import StoredObject, not_found
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.failover import Gateway, Inbound
+from regiongate.pipeline.exchange import Inbound
+from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.receipts import ReceiptHook
 from regiongate.pipeline.routes import not_offered
 

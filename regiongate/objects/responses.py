@@ -24,7 +24,7 @@ from regiongate.objects.ids import new_id, region_of
 from regiongate.objects.kept import KeptObjects
 from regiongate.objects.store import StoredObject
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.exchange import Inbound, Routed
 from regiongate.pipeline.receipts import HEADER
 from regiongate.pipeline.sse import data_of, event
 

@@ -1,9 +1,12 @@
-"""The gateway: carries out the policy's plan. Shared by every protocol adapter (REST, gRPC).
+"""The gateway: carries out the policy's plan. Shared by every protocol adapter (REST, gRPC), which hand it
+an ``Inbound`` and get a ``Routed`` back (``pipeline.exchange``).
 
 policy -> for each candidate region: capacity lease -> for each backend: upstream call -> first byte.
 A failure before the first byte moves on to the next backend, then the next region; after the first
 byte has been handed to the client nothing is retried. The lease is released exactly once: when a
-non-streaming answer has been read, or when a stream ends, fails or its client goes away.
+non-streaming answer has been read, or when a stream ends, fails or its client goes away. From its first
+byte on a stream is a ``pipeline.hops.HopStream``; when a hop breaks, ``Gateway._continue`` walks the
+plan again for the hop that continues it.
 """
 
 from __future__ import annotations
@@ -12,20 +15,17 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from regiongate.core import (
     Affinity,
-    Endpoint,
     EndpointKind,
-    Location,
     Plan,
     RouteError,
-    Tier,
     decide,
     scope,
 )
@@ -37,19 +37,18 @@ from regiongate.core.tiers import held_back
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline import hedge, tokens
 from regiongate.pipeline.affinity import prefix_key
-from regiongate.pipeline.auth import Principal
+from regiongate.pipeline.attempt import Attempt, Opened
 from regiongate.pipeline.blame import Blame, exhausted
 from regiongate.pipeline.continuation import (
-    HOPS_HEADER,
     Hop,
     chat_prefill,
-    may_continue,
     prefill_payload,
     refusal,
-    render_hops,
 )
+from regiongate.pipeline.exchange import Hook, Inbound, Routed, Tracer
+from regiongate.pipeline.hops import HopStream
 from regiongate.pipeline.responses_chat import chat_request, translate_response
-from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event, stream_kind
+from regiongate.pipeline.sse import SseRelay, stream_kind
 from regiongate.pipeline.tiering import (
     STAMPED_PATHS,
     TIER_HEADER,
@@ -60,104 +59,12 @@ from regiongate.pipeline.tiering import (
 )
 from regiongate.pipeline.usage import UsageRecord, UsageSink
 from regiongate.state.affinity import AffinityStore
-from regiongate.state.capacity import CapacityStore, Lease, Rider
+from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
 from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
 
 log = logging.getLogger("regiongate.gateway")
-
-
-@dataclass(slots=True)
-class Inbound:
-    """One request as every front adapter hands it to the gateway."""
-
-    path: str  # below /v1
-    payload: dict[str, Any]
-    body: bytes
-    model: str
-    stream: bool
-    endpoint: Endpoint
-    principal: Principal
-    request_id: str
-    client_location: Location | None = None
-    explain: bool = False  # the caller asked for the x-regiongate-explain response header
-    continuation: bool = True  # a stream broken mid-answer may be continued elsewhere in scope
-    hedge: bool = True  # a slow first byte may be hedged, when [hedging] is on (x-regiongate-hedge: off)
-    ttft_budget_ms: float | None = None  # the caller's own first-byte budget (x-regiongate-ttft-budget-ms)
-    client_request_id: str | None = None  # the client's x-request-id, echoed; never used as ours
-    tier: Tier = Tier.DEFAULT  # its service tier, resolved by ``Gateway.dispatch`` (pipeline.tiering)
-    affinity: Affinity | None = None  # where its prompt prefix was served recently (pipeline.affinity)
-    conversation: str | None = None  # the client's conversation id header, when it sent one
-    prefix_key: str | None = None  # its affinity key, when affinity is on and it has one
-    rider: Rider | None = None  # work its first capacity lease takes along (a hook's, e.g. rate limits)
-
-    @property
-    def include_usage(self) -> bool:
-        if self.path not in ("/chat/completions", "/completions"):
-            return True  # only these two take stream_options; other streams carry usage their own way
-        opts = self.payload.get("stream_options")
-        return isinstance(opts, dict) and opts.get("include_usage") is True
-
-
-@dataclass(slots=True)
-class Routed:
-    status: int
-    content_type: str
-    region: str
-    route: Route
-    backend: str
-    body: bytes = b""
-    chunks: AsyncIterator[bytes] | None = None  # for streams
-    headers: list[tuple[str, str]] = field(default_factory=list)  # extra response headers / gRPC metadata
-    finish: Callable[[], Awaitable[None]] | None = None
-    plan: Plan | None = None  # the policy's plan this request followed (for the explain header)
-    hops: list[Hop] = field(default_factory=list)  # a stream's hops so far, in order (filled as it goes)
-    # A stream that moved ends with what the gateway states about the whole answer (its hops, a receipt
-    # naming them): trailing SSE comments, gRPC trailing metadata. ``closing`` holds the hooks' parts.
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-    closing: list[Callable[[Inbound, Routed], tuple[str, str]]] = field(default_factory=list)
-    # Set by a hook whose header comes a moment later (a receipt signed with the others of its loop
-    # iteration, pipeline/receipts.py): the response head waits for it.
-    ready: asyncio.Future[None] | None = None
-
-    async def aclose(self) -> None:
-        """Free the stream's lease and upstream connection, whether or not it was ever iterated."""
-        if self.chunks is not None:
-            aclose = getattr(self.chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if self.finish is not None:
-            await self.finish()
-
-
-@dataclass(slots=True)
-class _Attempt:
-    inbound: Inbound
-    deployment: Deployment
-    backend: Backend
-    lease: Lease
-    route: Route
-    started: float
-    queued: int = 0  # the deployment's queue depth when the request was sent
-    more: bool = False  # another candidate was left when this one was tried (somewhere to move on to)
-    continues: str | None = None  # a continuation: what broke the hop before
-
-
-@dataclass(slots=True)
-class _Open:
-    """A backend that answered: the first bytes of a stream, or (``first`` None) a whole answer."""
-
-    attempt: _Attempt
-    resp: UpstreamResponse
-    first: bytes | None
-    ttft_ms: float
-    hedge: hedge.Outcome | None = None  # how a hedge of its wait went (pipeline.hedge)
-    why: str = "first"  # its first hop's reason: "first", or the attempt a winning hedge cancelled
-
-    @property
-    def status(self) -> int:
-        return self.resp.status
 
 
 def _json_object(resp: UpstreamResponse) -> dict[str, Any] | None:
@@ -183,44 +90,6 @@ def _only_backend(plan: Plan) -> bool:
     return len(cands) == 1 and len(cands[0].backends) == 1
 
 
-class _Stream:
-    """One client stream over one or more hops; owns the current hop's lease, connection and relay."""
-
-    def __init__(self, fleet: Fleet, opened: _Open, relay: SseRelay) -> None:
-        self.fleet = fleet
-        self.attempt = opened.attempt
-        self.resp = opened.resp
-        self.first = opened.first or b""
-        self.ttft_ms = opened.ttft_ms  # the client's
-        self.hop_ttft_ms = opened.ttft_ms  # the current hop's
-        self.relay = relay
-        self.hops: list[Hop] = []
-        self.failure: str | None = None  # what broke the current hop
-        self.failed: set[str] = set()  # backends that failed this request before their first byte
-        self.fail_status = 502
-        self.done = False
-        self._open = True
-
-    def fail(self, status: int, message: str) -> None:
-        self.fail_status, self.failure = status, message
-
-    async def close_hop(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        self.attempt.backend.in_flight -= 1
-        await self.resp.aclose()
-        await self.fleet.capacity.release(self.attempt.lease)
-
-    def move(self, nxt: _Open) -> None:
-        """Carry on on ``nxt`` (the previous hop closed): a relay that continues the previous one."""
-        relay = SseRelay(self.relay.strip_usage, self.relay.kind)
-        relay.continue_from(self.relay)
-        self.hops.append(Hop(nxt.attempt.deployment.region, nxt.attempt.backend.id, self.failure or ""))
-        self.attempt, self.resp, self.relay, self._open = nxt.attempt, nxt.resp, relay, True
-        self.hop_ttft_ms = nxt.ttft_ms
-
-
 @dataclass(slots=True)
 class _Note:
     """Records what a failure before the first byte says (the walk's failures, the backend's health)."""
@@ -240,52 +109,6 @@ class _Note:
         self.gateway._failed(self.fleet, self.region, self.backend, e, self.blame)
         if self.failed is not None:
             self.failed.add(self.backend.id)
-
-
-class Hook(Protocol):
-    """Cross-cutting steps around every routed request (rate limits, receipts, ...), shared by all
-    protocol adapters. ``before`` may refuse with a RouteError; ``after`` may add response headers;
-    ``settled`` sees the final usage record (after a stream ends)."""
-
-    async def before(self, inbound: Inbound) -> None: ...
-
-    def after(self, inbound: Inbound, routed: Routed) -> None: ...
-
-    def settled(self, inbound: Inbound, record: UsageRecord) -> None: ...
-
-
-class _HasStatus(Protocol):
-    @property
-    def status(self) -> int: ...
-
-
-Answered = TypeVar("Answered", bound=_HasStatus)
-
-
-class Tracer(Protocol):
-    """What the gateway asks of tracing (``[tracing]``, pipeline/tracing.py); the gateway holds None when it
-    is off, so an untraced request pays one ``is None`` check per step."""
-
-    async def acquire(
-        self, capacity: CapacityStore, dep: Deployment, limit: int, rider: Rider | None
-    ) -> Lease | None: ...
-
-    async def attempt(
-        self, tried: Awaitable[Answered], dep: Deployment, backend: str, route: str, continues: str | None
-    ) -> Answered:
-        """Run one attempt inside its span; the outcome is read from the answer's ``status``;
-        ``continues``: this attempt would continue a stream that broke for that reason."""
-        ...
-
-    def inject(self, headers: list[tuple[str, str]]) -> None: ...
-
-    def first_token(self, first: bytes, ttft_ms: float, client_sees: bool) -> None:
-        """``client_sees``: this first byte is the client's first token (not a continuation's)."""
-        ...
-
-    def continued(self, hop: Hop, tokens: int) -> None:
-        """The stream moved on to ``hop`` after ``tokens`` tokens had been delivered."""
-        ...
 
 
 class Gateway:
@@ -426,7 +249,7 @@ class Gateway:
         continues: str | None = None,
         failed: set[str] | None = None,
         hedges: bool = True,
-    ) -> _Open | None:
+    ) -> Opened | None:
         """Walk the plan until a backend answers: the first byte of a stream, or a whole answer. What
         failed is appended to ``failures``. ``payload_for`` replaces the request's body per backend (a
         continuation of a hop broken by ``continues``; None: that backend cannot take it), ``skip`` names
@@ -477,7 +300,7 @@ class Gateway:
                         # keep their label, which states where the data may be processed.
                         route = Route.FAILOVER if moved and cand.route in (Route.NEAREST, Route.SPILLOVER) else cand.route
                         try:
-                            attempt = _Attempt(
+                            attempt = Attempt(
                                 inbound, dep, backend, lease, route, started, dep.queue_depth, more, continues
                             )
                             trial = self._try(attempt, call)
@@ -522,7 +345,7 @@ class Gateway:
 
     async def _hedged(
         self,
-        trial: Awaitable[_Open],
+        trial: Awaitable[Opened],
         mark_s: float,
         note: _Note,
         inbound: Inbound,
@@ -530,18 +353,18 @@ class Gateway:
         started: float,
         tried: frozenset[str],
         lease: Lease,
-    ) -> _Open | hedge.Raced[_Open]:
+    ) -> Opened | hedge.Raced[Opened]:
         """``trial`` hedged after ``mark_s`` with the rest of the plan (the backends in ``tried`` skipped;
         that walk does not hedge again); ``note`` records a failure of the trial. ``lease`` is the trial's,
         freed by its walk."""
         fleet = note.fleet
 
-        async def rest() -> _Open | None:
+        async def rest() -> Opened | None:
             return await self._walk(
                 fleet, inbound, plan, note.failures, started, None, tried, note.blame, None, note.failed, hedges=False
             )
 
-        async def discard(loser: _Open) -> None:  # an answer that came second: closed, its lease freed
+        async def discard(loser: Opened) -> None:  # an answer that came second: closed, its lease freed
             loser.attempt.backend.in_flight -= 1
             await loser.resp.aclose()
             if loser.first is not None and loser.attempt.lease is not lease:
@@ -653,7 +476,7 @@ class Gateway:
             body = orjson.dumps(payload)
         return UpstreamCall(inbound.path, body, payload, inbound.stream, inbound.request_id)
 
-    async def _try(self, a: _Attempt, call: UpstreamCall) -> _Open:
+    async def _try(self, a: Attempt, call: UpstreamCall) -> Opened:
         backend = a.backend
         if self.tracing is not None:
             self.tracing.inject(call.headers)  # W3C traceparent: the backend joins the trace
@@ -666,7 +489,7 @@ class Gateway:
             if call.path != a.inbound.path:  # a translated Responses request: answer as the Responses API
                 resp = translate_response(a.inbound.payload, resp)
             if resp.chunks is None:
-                return _Open(a, resp, None, 0.0)
+                return Opened(a, resp, None, 0.0)
             budget = call.first_byte_s or backend.upstream.first_byte_timeout_s
             try:  # one budget from the send to the first byte, head included
                 async with asyncio.timeout(max(budget - (time.monotonic() - sent), 0.0)):
@@ -704,13 +527,13 @@ class Gateway:
             prompt -= aff.cached(prompt)
         self.fleet.record_ttft(a.deployment, ttft_ms, backend, prompt, a.queued)
         self.metrics.ttft(a.deployment.region, ttft_ms)
-        return _Open(a, resp, first, ttft_ms)
+        return Opened(a, resp, first, ttft_ms)
 
-    def _stream(self, fleet: Fleet, opened: _Open, failed: set[str]) -> Routed:
+    def _stream(self, fleet: Fleet, opened: Opened, failed: set[str]) -> Routed:
         a = opened.attempt
-        st = _Stream(fleet, opened, SseRelay(not a.inbound.include_usage, stream_kind(a.inbound.path)))
+        relay = SseRelay(not a.inbound.include_usage, stream_kind(a.inbound.path))
+        st = HopStream(fleet, opened, relay, self.metrics, self.tracing)
         st.failed = failed
-        st.hops.append(Hop(a.deployment.region, a.backend.id, opened.why))
 
         async def finish(status: int = 499) -> None:  # 499 unless the stream ran to its end
             if st.done:
@@ -723,10 +546,10 @@ class Gateway:
             self._record(a.inbound, a.deployment.region, a.route, status, usage, ttft, a.started, st.hops)
 
         routed = Routed(200, "text/event-stream", a.deployment.region, a.route, a.backend.id, hops=st.hops)
-        routed.chunks, routed.finish = self._relay(st, finish, routed), finish
+        routed.chunks, routed.finish = st.events(self._continue, finish, routed), finish
         return routed
 
-    def _complete(self, a: _Attempt, resp: UpstreamResponse) -> Routed:
+    def _complete(self, a: Attempt, resp: UpstreamResponse) -> Routed:
         a.backend.in_flight -= 1
         self.fleet.record_success(a.backend)
         usage = None
@@ -740,120 +563,7 @@ class Gateway:
             resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=resp.body
         )
 
-    async def _relay(
-        self, st: _Stream, finish: Callable[[int], Awaitable[None]], routed: Routed
-    ) -> AsyncIterator[bytes]:
-        """Relay hop after hop: a hop that breaks before the answer is complete is continued on the next
-        backend the scope allows (``pipeline.continuation``), else the stream ends with the protocol's
-        in-band error naming what broke. A stream that moved ends with its trailers (hops, receipt)."""
-        status = 499
-        first = st.first
-        try:
-            while True:
-                async for out in self._segment(st, first):
-                    yield out
-                relay = st.relay
-                if st.failure is None:
-                    if len(st.hops) > 1:
-                        yield self._trailers(st, routed)
-                    if relay.kind is StreamKind.CHAT:
-                        owed = self._owed_usage(st)
-                        if owed:
-                            yield owed
-                        yield DONE  # held back by the relay: also ends a stream that had no [DONE]
-                    status = 502 if relay.errored else 200
-                    break
-                status = st.fail_status
-                nxt = await self._continue(st)
-                if nxt is None:
-                    if len(st.hops) > 1:
-                        yield self._trailers(st, routed)
-                    yield self._stream_error(st.attempt, relay, st.failure)
-                    break
-                await st.close_hop()
-                if relay.malformed:
-                    self._malformed(st.attempt, relay.malformed)
-                st.move(nxt)
-                if self.tracing is not None:
-                    self.tracing.continued(st.hops[-1], relay.tokens)
-                first = nxt.first or b""
-        finally:
-            if st.relay.malformed:
-                self._malformed(st.attempt, st.relay.malformed)
-            await finish(status)
-
-    @staticmethod
-    def _owed_usage(st: _Stream) -> bytes:
-        """The estimated usage chunk a client asked for when the backend sent none (``pipeline.tokens``)."""
-        inbound, relay = st.attempt.inbound, st.relay
-        if not inbound.include_usage or tokens.reported(relay.usage) or not relay.deltas:
-            return b""
-        if inbound.path not in tokens.COUNTED:
-            return b""
-        usage = tokens.for_stream(inbound.payload, relay.deltas, relay.chars, relay.usage)
-        return tokens.usage_event(relay.first, usage)
-
-    @staticmethod
-    def _trailers(st: _Stream, routed: Routed) -> bytes:
-        """The hops in order with why each one moved, then what the hooks sign about them, as SSE comments
-        (clients skip comments; the gRPC listener sends ``routed.trailers`` as trailing metadata)."""
-        inbound = st.attempt.inbound
-        routed.trailers = [(HOPS_HEADER, render_hops(st.hops)), *(part(inbound, routed) for part in routed.closing)]
-        return b"".join(b": " + k.encode() + b" " + v.encode() + b"\n\n" for k, v in routed.trailers)
-
-    async def _segment(self, st: _Stream, first: bytes) -> AsyncIterator[bytes]:
-        """One hop's events; afterwards ``st.failure`` says what broke it (None: the answer is whole)."""
-        a, resp, relay = st.attempt, st.resp, st.relay
-        region = a.deployment.region
-        short, ceiling = self._idle_s(st)
-        idle = short
-        assert resp.chunks is not None
-        st.failure = None
-        try:
-            out = relay.feed(first)
-            if out:
-                yield out
-            while True:
-                idle = ceiling if relay.tool_calls else short  # a tool call cannot move: wait it out
-                try:
-                    async with asyncio.timeout(idle):
-                        chunk = await anext(resp.chunks)
-                except StopAsyncIteration:
-                    break
-                out = relay.feed(chunk)
-                if out:
-                    yield out
-            rest = relay.flush()
-            if rest:
-                yield rest
-            if not relay.complete:  # the body ended before the answer did: the backend died mid-answer
-                st.fail(502, f"the backend in {region} closed the stream early")
-        except TimeoutError:
-            st.fail(504, f"the backend in {region} went silent for {idle:g}s")
-        except ConnectionError:
-            st.fail(502, f"the backend in {region} dropped the connection mid-answer")
-        except Exception as e:  # the backend broke mid-stream
-            log.warning("stream broke", extra={"backend": a.backend.id, "error": type(e).__name__})
-            st.fail(502, f"the backend in {region} failed mid-stream ({type(e).__name__})")
-
-    @staticmethod
-    def _idle_s(st: _Stream) -> tuple[float, float]:
-        """How long this hop may be silent between two chunks: (while the answer could move on, ceiling).
-
-        A backend has no reason to be silent mid-answer for longer than its prefill took, so while the
-        stream may be continued elsewhere (another candidate was left, continuation allowed) the wait is
-        the first-byte budget's rule applied to the TTFT this hop showed (or the deployment's p95, if
-        longer): ``clamp(first_byte_factor x TTFT, first_byte_floor_s, idle_s)``. With nowhere to go
-        it is the whole ``idle_s``: giving up early would only turn a slow answer into an error."""
-        a = st.attempt
-        up = a.backend.upstream
-        ceiling = up.idle_timeout_s
-        if not a.more or not may_continue(a.inbound.payload, st.relay.kind, not a.inbound.continuation):
-            return ceiling, ceiling
-        ref_ms = max(st.hop_ttft_ms, a.deployment.first_byte.quantile_ms() or 0.0)
-        return min(max(up.first_byte_factor * ref_ms / 1000.0, up.first_byte_floor_s), ceiling), ceiling
-
-    async def _continue(self, st: _Stream) -> _Open | None:
+    async def _continue(self, st: HopStream) -> Opened | None:
         """The next backend in scope that continues the answer from what was delivered, or None."""
         inbound, relay = st.attempt.inbound, st.relay
         if self.fleet.record_failure(st.attempt.backend):
@@ -878,20 +588,6 @@ class Gateway:
         if opened is None and failures:
             log.info("stream not continued", extra={"request_id": inbound.request_id, "tried": failures})
         return opened
-
-    def _malformed(self, a: _Attempt, count: int) -> None:
-        # Counted and logged by where it came from, never with the event's content (it may hold the answer).
-        self.metrics.malformed(a.deployment.region, count)
-        log.warning(
-            "malformed stream events dropped",
-            extra={"backend": a.backend.id, "request_id": a.inbound.request_id, "count": count},
-        )
-
-    @staticmethod
-    def _stream_error(a: _Attempt, relay: SseRelay, message: str) -> bytes:
-        return error_event(
-            relay.kind, message + "; the response is incomplete.", "stream_interrupted", relay.sequence
-        )
 
     def _record(
         self,

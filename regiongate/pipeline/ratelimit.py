@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from regiongate.config.scale import LimitsConfig, OutageMode, RateLimit
 from regiongate.core import RouteError
-from regiongate.pipeline.failover import Inbound, Routed
+from regiongate.pipeline.exchange import Inbound, Routed
 from regiongate.pipeline.usage import UsageRecord
 from regiongate.state.capacity_redis import LEASE
 from regiongate.state.redis_link import ERRORS, RedisLink, shared_unavailable

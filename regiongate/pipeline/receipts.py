@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 if TYPE_CHECKING:
-    from regiongate.pipeline.failover import Inbound, Routed
+    from regiongate.pipeline.exchange import Inbound, Routed
     from regiongate.pipeline.usage import UsageRecord
 
 HEADER = "x-regiongate-receipt"

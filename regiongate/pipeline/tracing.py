@@ -44,7 +44,7 @@ from regiongate.upstream.base import UpstreamFailure
 
 if TYPE_CHECKING:
     from regiongate.pipeline.continuation import Hop
-    from regiongate.pipeline.failover import Answered, Inbound, Routed
+    from regiongate.pipeline.exchange import Answered, Inbound, Routed
     from regiongate.pipeline.usage import UsageRecord
     from regiongate.state.capacity import CapacityStore, Lease, Rider
     from regiongate.state.fleet import Deployment

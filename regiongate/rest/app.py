@@ -37,7 +37,7 @@ from regiongate.pipeline.affinity import CONVERSATION_HEADERS_RAW
 from regiongate.pipeline.auth import Principal
 from regiongate.pipeline.caller import CLIENT_LOCATION, check_n, client_request_id
 from regiongate.pipeline.catalog import ModelView, find_model, region_views, visible_models
-from regiongate.pipeline.failover import Inbound
+from regiongate.pipeline.exchange import Inbound
 from regiongate.pipeline.receipts import HEADER
 from regiongate.pipeline.services import Readiness
 from regiongate.rest.admin_site import METRICS, is_admin_path

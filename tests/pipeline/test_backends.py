@@ -20,7 +20,8 @@ from regiongate.core import ALL_ACCESS, GLOBAL, Endpoint, EndpointKind, RouteErr
 from regiongate.health.metrics import Metrics
 from regiongate.health.probes import Prober
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.failover import Gateway, Inbound, Routed
+from regiongate.pipeline.exchange import Inbound, Routed
+from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.ratelimit import LocalRates, RateLimits
 from regiongate.pipeline.usage import UsageRecord
 from regiongate.state.fleet import Backend, Fleet

@@ -18,7 +18,8 @@ from regiongate.core import ALL_ACCESS, GLOBAL, Endpoint, EndpointKind, RouteErr
 from regiongate.core.labels import Route
 from regiongate.health.metrics import Metrics
 from regiongate.pipeline.auth import Principal
-from regiongate.pipeline.failover import Gateway, Inbound, Routed
+from regiongate.pipeline.exchange import Inbound, Routed
+from regiongate.pipeline.failover import Gateway
 from regiongate.pipeline.hedge import HedgePolicy
 from regiongate.state.capacity import CapacityStore, Lease, Rider
 from regiongate.state.first_byte import MIN_SAMPLES

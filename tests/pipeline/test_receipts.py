@@ -18,7 +18,7 @@ import pytest
 from regiongate.core.labels import Route
 from regiongate.core.tiers import Tier
 from regiongate.pipeline import receipts
-from regiongate.pipeline.failover import Routed
+from regiongate.pipeline.exchange import Routed
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
