@@ -35,6 +35,9 @@ class ControlConfig(_Model):
     usage_rows: float = Field(0.01, ge=0, le=1)
     receipts: bool = True
     receipt_batch: bool = True  # the receipts of one loop iteration share a signature (v2 receipts)
+    # A gRPC unary call's receipt may wait this long for others to share its signature (grpc.aio hands the
+    # loop one call per wake-up, so they rarely share an iteration); 0 = only its own iteration's.
+    receipt_window_us: int = Field(2000, ge=0, le=100_000)
     receipt_key_dir: str = ""  # default: <data_dir>/receipt-keys
     console: bool = True
 

@@ -64,7 +64,10 @@ class ControlPlane:
             key = self.ring.load_or_create()
             await self.store.publish_signing_key(key.kid, key.jwk)
             self._local_jwks = self.ring.public_keys()
-            self.receipts = ReceiptHook(key, self.zones, batch=self.cfg.control.receipt_batch)
+            control = self.cfg.control
+            self.receipts = ReceiptHook(
+                key, self.zones, batch=control.receipt_batch, window_s=control.receipt_window_us / 1e6
+            )
             gateway.hooks.append(self.receipts)
             self.keys.on_reload.append(self._maybe_rotated)
         await self.writer.start()

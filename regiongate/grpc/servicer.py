@@ -128,6 +128,10 @@ class XaiServices:
             conversation=next((md[h] for h in CONVERSATION_HEADERS if md.get(h)), None),
             ttft_budget_ms=_budget(md),
             client_request_id=client_request_id(md.get("x-request-id")),
+            # grpc.aio hands the loop one call per wake-up, so concurrent calls' responses rarely meet in
+            # the loop iteration REST's share a signature in: a unary call's receipt may wait for the
+            # next ones' ([control] receipt_window_us, pipeline/receipts.py); a stream's first byte not.
+            receipt_window=not stream,
         )
 
     async def _route(

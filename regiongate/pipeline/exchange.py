@@ -45,6 +45,9 @@ class Inbound:
     conversation: str | None = None  # the client's conversation id header, when it sent one
     prefix_key: str | None = None  # its affinity key, when affinity is on and it has one
     rider: Rider | None = None  # work its first capacity lease takes along (a hook's, e.g. rate limits)
+    # Its receipt may wait up to [control] receipt_window_us to share a signature with later responses
+    # (set by the gRPC adapter for unary calls while others are in flight; pipeline/receipts.py).
+    receipt_window: bool = False
 
     @property
     def include_usage(self) -> bool:

@@ -11,7 +11,7 @@ Two forms, both checked by ``verify`` (and ``regiongate receipt verify``) offlin
 - **v1, one signature per receipt**: ``header.payload.signature``, a plain JWS (``typ``
   ``regiongate-receipt+jwt``) whose payload is the claims.
 - **v2, one signature per batch**: ``header.payload.proof.signature``. The receipts of one event-loop
-  iteration are the leaves of a Merkle tree (leaf ``SHA-256(0x00 || claims JSON)``, node ``SHA-256(0x01 ||
+  iteration (for gRPC unary calls, of a short window: ``ReceiptHook``) are the leaves of a Merkle tree (leaf ``SHA-256(0x00 || claims JSON)``, node ``SHA-256(0x01 ||
   left || right)``, an odd last node carried up unchanged); ``proof`` is the leaf's path to the root, one
   33-byte step per level (``0x00`` + the sibling on the left, or ``0x01`` + the sibling on the right, at most
   32 steps), and ``signature`` is the Ed25519 signature of ``header.b64url(root)`` under a header whose
@@ -62,6 +62,9 @@ JWKS_PATH = "/.well-known/regiongate-keys.json"
 TYP = "regiongate-receipt+jwt"
 BATCH_TYP = "regiongate-receipt-batch+jwt"  # v2: the signature is over the root of a batch's Merkle tree
 MAX_BATCH = 256  # receipts per signature at most (a proof of 8 steps)
+# A windowed batch is signed as soon as it holds this many: a signature's share is then under 30k
+# instructions per receipt (of about 470k), and waiting for more would save little.
+WINDOW_ENOUGH = 16
 _MAX_STEPS = 32
 
 
@@ -374,19 +377,35 @@ class ReceiptHook:
 
     With ``batch`` on, the responses that reach ``after`` in one event-loop iteration share one signature
     (v2, see the module docstring): the first schedules the signing at the end of the iteration
-    (``call_soon``, no timer), so a response waits for the rest of its iteration and one signature, never
-    for a clock; at low load a batch is one response, signed as v1."""
+    (``call_soon``, no timer), so a response waits for the rest of its iteration and one signature; at low
+    load a batch is one response, signed as v1.
+
+    An inbound with ``receipt_window`` set (a gRPC unary call: grpc.aio hands the loop one call per
+    wake-up, so concurrent calls' responses never share an iteration) waits longer when the previous such
+    response came less than ``window_s`` before it (another is then likely within the window): up to
+    ``window_s`` after the first response of the batch, or until ``WINDOW_ENOUGH`` have gathered, or until
+    a response without the flag ends an iteration, whichever comes first. Calls further apart than the
+    window (low load) are signed at the end of their iteration, as without it."""
 
     def __init__(
-        self, key: SigningKey, zones: dict[str, str], issuer: str = "regiongate", batch: bool = True
+        self,
+        key: SigningKey,
+        zones: dict[str, str],
+        issuer: str = "regiongate",
+        batch: bool = True,
+        window_s: float = 0.0,
     ) -> None:
         self.key = key  # swapped in place when the key ring rotates
         self.zones = zones
         self.issuer = issuer
         self.batch = batch
+        self.window_s = window_s
         self.signatures = 0  # how many the hook made, and for how many receipts (receipts / signature)
         self.receipts = 0
         self._pending: list[tuple[bytes, Routed, asyncio.Future[None]]] = []
+        self._due: asyncio.Handle | None = None  # the pending batch's flush: end of iteration, or its window
+        self._windowed = False  # _due is the window's timer (a later response may bring it forward)
+        self._last_windowed = float("-inf")  # loop time of the last response that could have waited
 
     async def before(self, inbound: Inbound) -> None:
         return None
@@ -421,17 +440,33 @@ class ReceiptHook:
             self.receipts += 1
             return
         loop = asyncio.get_running_loop()
-        if not self._pending:
-            loop.call_soon(self._flush)
         routed.ready = fut = loop.create_future()
         self._pending.append((raw, routed, fut))
         if len(self._pending) >= MAX_BATCH:
             self._flush()
+        elif self._wait(inbound, loop.time()) and len(self._pending) < WINDOW_ENOUGH:
+            if self._due is None:
+                self._due, self._windowed = loop.call_later(self.window_s, self._flush), True
+        elif self._due is None or self._windowed:  # sign at the end of this iteration
+            if self._due is not None:
+                self._due.cancel()
+            self._due, self._windowed = loop.call_soon(self._flush), False
+
+    def _wait(self, inbound: Inbound, now: float) -> bool:
+        """Whether this response's receipt waits for the window: the last one that could was recent."""
+        if not inbound.receipt_window or self.window_s <= 0:
+            return False
+        recent = now - self._last_windowed < self.window_s
+        self._last_windowed = now
+        return recent
 
     def _flush(self) -> None:
+        if self._due is not None:
+            self._due.cancel()  # this call, or the one made redundant by MAX_BATCH
+            self._due = None
         batch, self._pending = self._pending, []
         if not batch:
-            return  # flushed early at MAX_BATCH; this was its scheduled call
+            return
         try:
             tokens = sign_batch(self.key, [raw for raw, _, _ in batch])
         except Exception as e:  # never expected; each waiting response fails rather than hangs

@@ -127,7 +127,7 @@ def test_a_batched_receipt_refuses_every_edit_and_says_why() -> None:
     assert receipts.verify(c, jwks) == _claims(2)
 
 
-def _inbound(i: int) -> Any:
+def _inbound(i: int, window: bool = False) -> Any:
     principal = SimpleNamespace(team="acme", key_id="k1")
     return SimpleNamespace(
         request_id=f"req_{i}",
@@ -136,6 +136,7 @@ def _inbound(i: int) -> Any:
         endpoint="global",
         tier=Tier.DEFAULT,
         client_request_id=None,
+        receipt_window=window,
     )
 
 
@@ -178,6 +179,108 @@ async def test_a_request_cancelled_while_its_batch_is_signed_leaves_the_others_t
         (token,) = [v for k, v in r.headers if k == receipts.HEADER]
         receipts.verify(token, [key.jwk])
     assert (hook.signatures, hook.receipts) == (1, 3)
+
+
+class _Clock:
+    """The running loop's clock, moved by the test: a window's timer fires only when the test says so."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.now = loop.time()
+        self.loop = loop
+
+    def __enter__(self) -> _Clock:
+        self.real = self.loop.time
+        self.loop.time = lambda: self.now  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.time = self.real  # type: ignore[method-assign]
+
+
+def _routed() -> Routed:
+    return Routed(200, "application/json", "eu-west-1", Route.NEAREST, "b1")
+
+
+def _token(routed: Routed) -> str:
+    (token,) = [v for k, v in routed.headers if k == receipts.HEADER]
+    return token
+
+
+async def _iterations(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_grpc_unary_receipts_near_in_time_share_a_signature_and_far_apart_do_not_wait() -> None:
+    key = receipts.SigningKey.generate()
+    hook = receipts.ReceiptHook(key, {"eu-west-1": "eu"}, window_s=0.002)
+    with _Clock(asyncio.get_running_loop()) as clock:
+        alone = _routed()
+        hook.after(_inbound(0, window=True), alone)  # none came before it: no reason to wait
+        await _iterations(1)
+        assert alone.ready is not None and alone.ready.done() and _token(alone).count(".") == 2
+        first, second = _routed(), _routed()
+        clock.now += 0.0005
+        hook.after(_inbound(1, window=True), first)  # 0.5 ms after the last: the next is likely near
+        await _iterations(3)  # grpc.aio's next call arrives a few loop wake-ups later
+        clock.now += 0.0015
+        hook.after(_inbound(2, window=True), second)
+        await _iterations(3)
+        assert first.ready is not None and not first.ready.done()  # still inside its 2 ms
+        clock.now += 0.0005  # the window of the batch's first response is over: signed now
+        await first.ready
+        assert second.ready is not None and second.ready.done()
+        assert (hook.signatures, hook.receipts) == (2, 3)
+        clock.now += 0.010  # quiet for longer than the window: signed at the end of its iteration
+        late = _routed()
+        hook.after(_inbound(3, window=True), late)
+        await _iterations(1)
+        assert late.ready is not None and late.ready.done() and _token(late).count(".") == 2
+    tokens = [_token(first), _token(second)]
+    assert [receipts.verify(t, [key.jwk])["rid"] for t in tokens] == ["req_1", "req_2"]
+    assert tokens[0].split(".")[-1] == tokens[1].split(".")[-1]
+    assert receipts.verify(_token(late), [key.jwk])["rid"] == "req_3"
+
+
+async def test_a_response_that_may_not_wait_brings_the_windowed_ones_forward() -> None:
+    key = receipts.SigningKey.generate()
+    hook = receipts.ReceiptHook(key, {}, window_s=60.0)
+    with _Clock(asyncio.get_running_loop()):
+        hook.after(_inbound(9, window=True), _routed())  # the one before: the next waits
+        await _iterations(1)
+        waiting, plain = _routed(), _routed()
+        hook.after(_inbound(0, window=True), waiting)
+        await _iterations(3)
+        hook.after(_inbound(1), plain)  # a stream or a REST response: signed at the end of its iteration
+        await _iterations(1)
+        assert waiting.ready is not None and waiting.ready.done()
+        assert plain.ready is not None and plain.ready.done()
+    assert (hook.signatures, hook.receipts) == (2, 3)
+    for r in (waiting, plain):
+        receipts.verify(_token(r), [key.jwk])
+
+
+async def test_a_full_window_is_signed_without_waiting_for_its_clock() -> None:
+    key = receipts.SigningKey.generate()
+    hook = receipts.ReceiptHook(key, {}, window_s=60.0)
+    with _Clock(asyncio.get_running_loop()):
+        hook.after(_inbound(99, window=True), _routed())  # the one before: the next ones wait
+        await _iterations(1)
+        routed = [_routed() for _ in range(receipts.WINDOW_ENOUGH)]
+        for i, r in enumerate(routed):
+            hook.after(_inbound(i, window=True), r)
+            await _iterations(1)
+        assert all(r.ready is not None and r.ready.done() for r in routed)
+    assert (hook.signatures, hook.receipts) == (2, 1 + receipts.WINDOW_ENOUGH)
+
+
+async def test_without_a_window_the_flag_changes_nothing() -> None:
+    hook = receipts.ReceiptHook(receipts.SigningKey.generate(), {})  # receipt_window_us = 0
+    for i in range(2):
+        routed = _routed()
+        hook.after(_inbound(i, window=True), routed)
+        await _iterations(1)
+        assert routed.ready is not None and routed.ready.done() and _token(routed).count(".") == 2
 
 
 def test_the_cli_verifies_a_batched_receipt_offline(tmp_path: Path) -> None:
