@@ -16,15 +16,25 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from heapq import heappop, heappush
 from typing import Any, Protocol
 
-from regiongate.core import BackendState, DeploymentState, Plan, RouteError, RouteRequest, WorldSnapshot
+from regiongate.core import (
+    BackendState,
+    DeploymentState,
+    Plan,
+    RouteError,
+    RouteRequest,
+    WorldSnapshot,
+    rtt_from_distance_ms,
+    scope,
+)
 from regiongate.core.tiers import Tier, held_back
 from regiongate.core.world import new_deployment_state, new_snapshot
 from regiongate.simulate.fleet import Context, DeploymentSpec, SimEvent, World
-from regiongate.simulate.policies import Policy
+from regiongate.simulate.policies import Live, Pick, Policy, refusal_code
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
 from regiongate.state.ttft import TtftEstimate, Typical, typical
 
@@ -84,6 +94,7 @@ class Dep:
         "token_s",
         "ttft",
         "ttft_s",
+        "up",
         "up_backends",
         "waiting",
     )
@@ -98,6 +109,7 @@ class Dep:
         self.up_backends = tuple(BackendState(b) for b in spec.backend_ids)
         self.down_backends = tuple(BackendState(b, healthy=False) for b in spec.backend_ids)
         self.backends = self.up_backends
+        self.up = bool(spec.backend_ids)  # ``has_healthy_backend`` of its state
         self.outages = 0
         self.factors: list[float] = []
         self.in_use = 0  # gateway leases held (running + waiting)
@@ -183,6 +195,31 @@ class Engine:
         self.stale: list[list[ReplicaView | None]] = [
             [None] * len(world.models) for _ in range(world.replicas)
         ]
+        # A baseline decides on the live deployments when a snapshot would show their present state
+        # (``_Baseline.pick``): per context, its scope and the same by distance, built once.
+        pick = getattr(policy, "pick", None)
+        self.pick: Callable[[Sequence[Live], Sequence[Live], int], Pick] | None = (
+            pick if not self.staleness_s else None
+        )
+        self.scoped: list[tuple[list[Dep], list[Dep]]] = (
+            [self._scoped(c) for c in world.contexts] if self.pick is not None else []
+        )
+
+    def _scoped(self, ctx: Context) -> tuple[list[Dep], list[Dep]]:
+        """``ctx``'s deployments in scope, as ``policies._in_scope`` finds them in a snapshot, and the same
+        by (distance round trip, region), as the baselines rank them."""
+        r = ctx.request
+        regions = self.world.regions
+        origin = r.client_location or self.world.gateway_location
+        deps = [
+            d
+            for d in self.by_model[ctx.model]
+            if scope.serves(r.endpoint, r.access, r.model, d.region, regions[d.region].zone)
+        ]
+        near = sorted(
+            deps, key=lambda d: (rtt_from_distance_ms(origin, regions[d.region].location), d.region)
+        )
+        return deps, near
 
     def start(self, n_buckets: int) -> None:
         """Schedule the utilisation ticks and the scenario's events; call once before the first arrival."""
@@ -388,6 +425,17 @@ class Engine:
                 st.reject_codes["capacity_exhausted"] = st.reject_codes.get("capacity_exhausted", 0) + 1
                 return
             d = found
+        elif self.pick is not None and self.hook is None:
+            scoped, near = self.scoped[ctx.index]
+            live, first_region = self.pick(scoped, near, req.salt)
+            if live is None:
+                code = refusal_code(scoped)
+                st.rejected[cell] += 1
+                st.reject_codes[code] = st.reject_codes.get(code, 0) + 1
+                return
+            d = live  # type: ignore[assignment]  # one of ``scoped``: a Dep
+            if d.region != first_region:
+                st.spilled[cell] += 1
         else:
             snap = self._stale_snapshot(mi, t, replica) if self.staleness_s else self.snapshot(mi, t)
             hook = self.hook
@@ -535,6 +583,7 @@ class Engine:
                 else:
                     d.outages -= 1
                 d.backends = d.down_backends if d.outages else d.up_backends
+                d.up = not d.outages and bool(d.spec.backend_ids)
             else:
                 if starting:
                     d.factors.append(ev.factor)

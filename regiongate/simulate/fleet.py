@@ -60,6 +60,7 @@ class Context:
     rtt_s: tuple[float, ...]  # network round trip to each region, seconds
     allowed: tuple[bool, ...]  # residency: may each region serve it?
     kind: str
+    index: int = 0  # its place in ``World.contexts``
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +221,7 @@ def build_world(cfg: Config, scenario: Scenario, requests: int | None = None) ->
             accesses[zone] = Access(SIM_TEAM, None, zone, traffic.spill_budget_ms)
         return accesses[zone]
 
-    contexts = []
+    contexts: list[Context] = []
     for xi, metro in enumerate(metros):
         loc = Location(metro.lat, metro.lon)
         ci = continents.index(metro.continent)
@@ -243,7 +244,7 @@ def build_world(cfg: Config, scenario: Scenario, requests: int | None = None) ->
                 else:  # fenced: the global endpoint with a key fenced to the client's zone
                     req, allowed = RouteRequest(model, GLOBAL, loc, access(zone)), in_zone
                 cell = ci * len(region_ids) + home
-                contexts.append(Context(req, mi, ci, home, cell, rtts[xi], allowed, kind))
+                contexts.append(Context(req, mi, ci, home, cell, rtts[xi], allowed, kind, len(contexts)))
     n = requests if requests is not None else scenario.run.requests
     scale = n / scenario.run.requests
     duration = DAY_S * scale

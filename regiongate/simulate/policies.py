@@ -25,7 +25,8 @@ zone endpoint or zone-fenced key in its zone), so any difference in the report c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from regiongate.core import (
     DeploymentState,
@@ -42,6 +43,21 @@ from regiongate.core.policy import Candidate, Plan
 from regiongate.simulate.scenario import ALL_POLICY_NAMES
 
 Policy = Callable[[WorldSnapshot, RouteRequest], Plan | RouteError]
+
+
+class Live(Protocol):
+    """What a baseline reads of a deployment's present state when it decides without a snapshot
+    (``_Baseline.pick``): the fields of ``DeploymentState`` it uses, ``up`` its ``has_healthy_backend``."""
+
+    region: str
+    in_use: int
+    limit: int
+    up: bool
+
+
+# A baseline's choice on live state: the deployment to try (None: refused) and the region it ranked
+# first (its "first choice", for the spillover count). The refusal's code is ``refusal_code``.
+Pick = tuple[Live | None, str]
 
 
 def _in_scope(snapshot: WorldSnapshot, request: RouteRequest) -> list[DeploymentState]:
@@ -72,9 +88,20 @@ def _refuse(snapshot: WorldSnapshot, request: RouteRequest, scope: list[Deployme
     return RouteError.capacity_exhausted(request.model, [d.region for d in scope], snapshot.retry_after_s)
 
 
+def refusal_code(scoped: Sequence[Live]) -> str:
+    """The code of ``_refuse``'s error, for a refusal made by ``_Baseline.pick``."""
+    return "capacity_exhausted" if scoped else "model_not_found"
+
+
 class _Baseline:
     """Shared by the baselines: distance RTTs memoised per (origin, region); clients come from a
-    bounded set of places, so the memo is bounded too. They read no latency estimate (``learns``)."""
+    bounded set of places, so the memo is bounded too. They read no latency estimate (``learns``).
+
+    ``pick`` is the same decision on the engine's live deployments (``Live``), for an engine whose
+    snapshot would show their present state (no replicas on stale snapshots): ``scoped`` are the
+    deployments ``_in_scope`` gives, in the snapshot's order, ``by_distance`` the same sorted by (distance
+    round trip, region), as ``__call__`` ranks them. No snapshot, plan or candidate is built; the engine
+    reads the same region either way (``tests/simulate/test_policies.py`` runs both and compares)."""
 
     learns = False
 
@@ -107,6 +134,13 @@ class NearestOnly(_Baseline):
             return _refuse(snapshot, request, scope)
         return Plan(request.model, (_candidate(best, Route.NEAREST, best_key[0]),), first_choice=best.region)
 
+    @staticmethod
+    def pick(scoped: Sequence[Live], by_distance: Sequence[Live], salt: int) -> Pick:
+        for d in by_distance:  # the nearest healthy one, refused when full
+            if d.up:
+                return (d if d.in_use < d.limit else None), d.region
+        return None, ""
+
 
 class NearestSpill(_Baseline):
     """The product page read literally: the nearest region by distance, then the next-closest with room."""
@@ -122,6 +156,13 @@ class NearestSpill(_Baseline):
         cands = (_candidate(d, Route.NEAREST if d.region == first else Route.SPILLOVER, ms) for ms, d in kept)
         return Plan(request.model, (next(cands),), first_choice=first, more=cands)
 
+    @staticmethod
+    def pick(scoped: Sequence[Live], by_distance: Sequence[Live], salt: int) -> Pick:
+        for d in by_distance:
+            if d.in_use < d.limit and d.up:
+                return d, by_distance[0].region
+        return None, ""
+
 
 class LeastLoaded(_Baseline):
     def __call__(self, snapshot: WorldSnapshot, request: RouteRequest) -> Plan | RouteError:
@@ -134,6 +175,17 @@ class LeastLoaded(_Baseline):
         cands = (_candidate(d, route, rtts[d.region]) for d in ranked)
         first = next(cands)
         return Plan(request.model, (first,), first_choice=first.region, more=cands)
+
+    @staticmethod
+    def pick(scoped: Sequence[Live], by_distance: Sequence[Live], salt: int) -> Pick:
+        best: Live | None = None
+        best_key = (0.0, "")
+        for d in scoped:
+            if d.in_use < d.limit and d.up:
+                key = (d.in_use / d.limit, d.region)
+                if best is None or key < best_key:
+                    best, best_key = d, key
+        return best, best.region if best is not None else ""
 
 
 class PowerOfTwo(_Baseline):
@@ -149,6 +201,18 @@ class PowerOfTwo(_Baseline):
         d = open_[0]
         cand = _candidate(d, Route.POWER_OF_TWO, self.rtts(snapshot, request)[d.region])
         return Plan(request.model, (cand,), first_choice=d.region)
+
+    @staticmethod
+    def pick(scoped: Sequence[Live], by_distance: Sequence[Live], salt: int) -> Pick:
+        open_ = [d for d in scoped if d.in_use < d.limit and d.up]
+        if not open_:
+            return None, ""
+        d = open_[0]
+        if len(open_) > 1:
+            i, j = two_choices(len(open_), salt)
+            a, b = open_[i], open_[j]
+            d = a if a.in_use / a.limit <= b.in_use / b.limit else b
+        return d, d.region
 
 
 class Oracle:
