@@ -4,11 +4,15 @@ Each arrival asks the policy for a plan over a ``WorldSnapshot`` of the model's 
 gateway does (``Fleet.snapshot_for`` then ``decide``), and takes a lease on the first candidate with room.
 Snapshots are rebuilt lazily: a deployment's frozen ``DeploymentState`` is dropped when its state changes
 (admission, first token, completion, an event) and rebuilt only when the next request for that model
-needs it, so a decision costs one snapshot of a handful of deployments, never a scan of the fleet.
+needs it, so a decision costs one snapshot of a handful of deployments, never a scan of the fleet. A
+baseline's engine builds none at all: it reads the live deployments (``_Baseline.pick``) unless its
+replicas decide on stale snapshots.
 
 Events on the heap are tuples ``(time, seq, kind, deployment, epoch, ...)``; ``seq`` makes the order total
 and deterministic. An outage bumps the deployment's epoch: in-flight work of the old epoch is lost
 (requests before their first token count as failed, the others as interrupted) and its events are ignored.
+An engine that learns nothing from first tokens folds a request's first token into its completion
+(``SERVED``: one event instead of two) when nothing recorded then depends on the order of first tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from regiongate.simulate.policies import Live, Pick, Policy, refusal_code
 from regiongate.simulate.stats import HIST_BINS, HIST_OFFSET, HIST_PER_E, PolicyStats
 from regiongate.state.ttft import TtftEstimate, Typical, typical
 
-FIRST, DONE, TICK, EV_START, EV_END = 0, 1, 2, 3, 4
+FIRST, DONE, TICK, EV_START, EV_END, SERVED = 0, 1, 2, 3, 4, 5
 # A snapshot's TTFT estimates are never further than this from the exact value: far below the spread of
 # the samples the estimate smooths (tens of ms), so a ranking it changes was a coin toss anyway.
 TTFT_TOLERANCE_MS = 0.1
@@ -188,6 +192,7 @@ class Engine:
         # Baselines read no latency estimate: their engines skip the learning (same snapshots otherwise).
         self.learns = getattr(policy, "learns", True)
         self.typical: list[Typical | None] = [None if self.learns else Typical() for _ in world.models]
+        self.folds = not self.learns  # first tokens into completions (``SERVED``)
         self.staleness_s = world.staleness_s
         # Whether a replica counts the leases it took itself since its snapshot (``_stale_snapshot``).
         self.reserves = getattr(policy, "reserves", True)
@@ -513,6 +518,10 @@ class Engine:
         seq = next(self.seq)
         ttft_ms = (ctx.rtt_s[d.ri] + wait + server) * 1000.0
         sample = ((wait + server) * 1000.0, prompt, queued)  # what the gateway learns from: network taken out
+        if wait == 0.0 and self.folds and self.hook is None:
+            # Nothing at the first token depends on its time (integer counts only): one event at the end.
+            heappush(heap, (first + completion * d.token_s, seq, SERVED, d, d.epoch, first, ctx, ttft_ms))
+            return
         heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, sample, wait, tag))
         heappush(heap, (first + completion * d.token_s, seq, DONE, d, d.epoch, first))
 
@@ -532,15 +541,16 @@ class Engine:
                 self.typical[d.mi] = None
                 d.state = None
                 self.snaps[d.mi] = None
-            st.served[ctx.cell] += 1
-            i = int(_log(ttft_ms) * HIST_PER_E - HIST_OFFSET) if ttft_ms > 0.1 else 0
-            st.hist[ctx.cell][i if i < HIST_BINS else HIST_BINS - 1] += 1
-            st.wait_n[d.ri] += 1
-            if wait > 0.0:
-                st.wait_sum_s[d.ri] += wait
-                st.waited[d.ri] += 1
-        elif kind == DONE:
-            t, _, _, d, epoch, first = ev
+            self._served(d, ctx, ttft_ms, wait)
+        elif kind in (DONE, SERVED):
+            t, _, _, d, epoch, first = ev[:6]
+            if kind == SERVED:  # the first token's event folded into this one (``_start``)
+                # Served unless an outage began before the first token (then the first token's event
+                # would have come after the outage's: it was pushed later, so at the same time too).
+                if epoch == d.epoch or d.epoch_ends[epoch] > first:
+                    self._served(d, ev[6], ev[7], 0.0)
+                else:
+                    self.stats.failed[ev[6].cell] += 1
             if epoch != d.epoch:
                 if first <= d.epoch_ends[epoch]:
                     self.stats.interrupted += 1
@@ -561,6 +571,16 @@ class Engine:
             self._tick(ev[0], ev[5])
         else:
             self._event(ev[0], ev[5], kind == EV_START)
+
+    def _served(self, d: Dep, ctx: Context, ttft_ms: float, wait: float) -> None:
+        st = self.stats
+        st.served[ctx.cell] += 1
+        i = int(_log(ttft_ms) * HIST_PER_E - HIST_OFFSET) if ttft_ms > 0.1 else 0
+        st.hist[ctx.cell][i if i < HIST_BINS else HIST_BINS - 1] += 1
+        st.wait_n[d.ri] += 1
+        if wait > 0.0:
+            st.wait_sum_s[d.ri] += wait
+            st.waited[d.ri] += 1
 
     def _tick(self, now: float, bucket: int) -> None:
         busy, cap = self.stats.busy_s[bucket], self.stats.cap_s[bucket]

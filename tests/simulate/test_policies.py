@@ -1,6 +1,7 @@
-"""The baselines decide on the engine's live deployments (``_Baseline.pick``) instead of a snapshot when
-the snapshot would show the present state: the report must not change. Both ways run on the same trace
-and every count, histogram and sum of every baseline must be the same."""
+"""The engine's shortcuts must not change the report: the baselines decide on the engine's live
+deployments (``_Baseline.pick``) instead of a snapshot when the snapshot would show the present state, and
+an engine that learns nothing folds a first token into its completion (``SERVED``). Each way runs on the
+same trace as the long way round, and every count, histogram and sum must be the same."""
 
 from __future__ import annotations
 
@@ -30,12 +31,22 @@ class _OnSnapshots(Engine):
         self.pick = None
 
 
-def _both(monkeypatch: pytest.MonkeyPatch, run: Any) -> tuple[SimResult, SimResult]:
-    live = run()
+class _Unfolded(Engine):
+    """An engine with an event for every first token."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.folds = False
+
+
+def _both(
+    monkeypatch: pytest.MonkeyPatch, run: Any, long_way: type[Engine] = _OnSnapshots
+) -> tuple[SimResult, SimResult]:
+    short = run()
     with monkeypatch.context() as m:
-        m.setattr(runner, "Engine", _OnSnapshots)
-        snapshots = run()
-    return live, snapshots
+        m.setattr(runner, "Engine", long_way)
+        long = run()
+    return short, long
 
 
 def test_baselines_on_live_state_give_the_report_of_their_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,3 +82,26 @@ def test_the_same_on_random_worlds(monkeypatch: pytest.MonkeyPatch, w: dict[str,
         live, snaps = _both(monkeypatch, lambda: simulate(cfg, sc, requests=600))
     for name in BASELINES:
         assert live.stats[name] == snaps.stats[name], name
+
+
+SUITE = Path(__file__).parents[2] / "regiongate" / "simulate" / "data" / "suite"
+
+
+# us-east-1, the busiest region, goes down and comes back: requests lost before and after their first
+# token; the heterogeneous fleet also queues at a backend (waits, whose sum depends on the order).
+@pytest.mark.parametrize("name", ["outage-recovery", "heterogeneous"])
+def test_first_tokens_folded_into_completions_give_the_same_report(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    sc = load_scenario(SUITE / f"{name}.toml")
+    cfg = load_config(sc.resolve(sc.fleet.config) if sc.fleet.config else None)
+    policies = [*BASELINES, "oracle"]
+    folded, unfolded = _both(
+        monkeypatch, lambda: simulate(cfg, sc, requests=20_000, policies=policies), _Unfolded
+    )
+    for p in policies:
+        st = folded.stats[p]
+        assert st == unfolded.stats[p], p
+        # the cases the folding must get right happened
+        assert sum(st.failed) > 0 and st.interrupted > 0 and sum(st.served) > 0, p
+        assert sum(st.waited) > 0 or name == "outage-recovery", p
