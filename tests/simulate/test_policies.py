@@ -5,7 +5,6 @@ same trace as the long way round, and every count, histogram and sum must be the
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ from regiongate.simulate import runner
 from regiongate.simulate.engine import Engine
 from regiongate.simulate.runner import SimResult, simulate
 from regiongate.simulate.scenario import load_scenario
-from tests.simulate.test_residency import worlds
-from tests.support.simulate_worlds import config, metros, scenario
+from tests.simulate.test_residency import run_world, worlds
 
 BASELINES = ["nearest-only", "nearest-spill", "least-loaded", "power-of-two"]
 
@@ -66,20 +64,7 @@ def test_baselines_on_live_state_give_the_report_of_their_snapshots(monkeypatch:
 )
 @given(worlds())
 def test_the_same_on_random_worlds(monkeypatch: pytest.MonkeyPatch, w: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        csv = metros(
-            Path(tmp) / "metros.csv",
-            [(f"P{i}", "XX", "Somewhere", lat, lon, 1.0, 0.0) for i, (lat, lon) in enumerate(w["places"])],
-        )
-        sc = scenario(
-            csv,
-            w["models"],
-            run={"requests": 400_000, "seed": w["seed"], "samples": 24, "policies": BASELINES},
-            traffic={"endpoints": w["endpoints"], "completion_tokens": {"dist": "exponential", "mean": 150}},
-            events=w["events"],
-        )
-        cfg = config(w["regions"], w["deployments"])
-        live, snaps = _both(monkeypatch, lambda: simulate(cfg, sc, requests=600))
+    live, snaps = _both(monkeypatch, lambda: run_world(w, BASELINES))
     for name in BASELINES:
         assert live.stats[name] == snaps.stats[name], name
 

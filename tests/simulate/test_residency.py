@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from regiongate.core import RouteError, RouteRequest, WorldSnapshot
 from regiongate.core.policy import Candidate, Estimate, Plan
 from regiongate.simulate import runner
-from regiongate.simulate.runner import simulate
+from regiongate.simulate.runner import SimResult, simulate
 from tests.support.simulate_worlds import config, metros, scenario
 
 MODELS = ["m1", "m2"]
@@ -72,9 +72,8 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(worlds())
-def test_no_policy_ever_violates_residency(w: dict[str, Any]) -> None:
+def run_world(w: dict[str, Any], policies: list[str]) -> SimResult:
+    """600 requests of the world ``worlds`` drew through ``policies``."""
     with tempfile.TemporaryDirectory() as tmp:
         csv = metros(
             Path(tmp) / "metros.csv",
@@ -83,12 +82,17 @@ def test_no_policy_ever_violates_residency(w: dict[str, Any]) -> None:
         sc = scenario(
             csv,
             w["models"],
-            run={"requests": 400_000, "seed": w["seed"], "samples": 24, "policies": ALL_POLICIES},
+            run={"requests": 400_000, "seed": w["seed"], "samples": 24, "policies": policies},
             traffic={"endpoints": w["endpoints"], "completion_tokens": {"dist": "exponential", "mean": 150}},
             events=w["events"],
         )
-        cfg = config(w["regions"], w["deployments"])
-        r = simulate(cfg, sc, requests=600)
+        return simulate(config(w["regions"], w["deployments"]), sc, requests=600)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_no_policy_ever_violates_residency(w: dict[str, Any]) -> None:
+    r = run_world(w, ALL_POLICIES)
     for name, stats in r.stats.items():
         assert stats.violations == 0, name
         assert sum(stats.requests) == 600
