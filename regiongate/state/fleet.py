@@ -40,6 +40,12 @@ class Backend:
         rtt = self.rtt.value if self.rtt is not None else None
         return new_backend_state(self.id, self.healthy(now), self.in_flight, rtt)
 
+    def steady_until(self, now: float) -> float:
+        """Until when (exclusive) ``healthy`` stays what it is at ``now`` if nothing else changes: the end of
+        an ejection or of a Retry-After, whichever comes first."""
+        until = self.outlier.steady_until(now)
+        return min(until, self.busy_until) if now < self.busy_until else until
+
 
 @dataclass(slots=True)
 class Deployment:
@@ -54,9 +60,30 @@ class Deployment:
     first_byte: FirstByteBudget = field(default_factory=FirstByteBudget)  # observed TTFTs -> the budget
     priority_reserve: int = 0  # slots kept for priority requests (regiongate.core.tiers)
     flex_limit: int | None = None  # flex admitted only while fewer slots are in use
+    built: Built | None = field(default=None, repr=False, compare=False)  # its last state (snapshot_for)
 
     def __post_init__(self) -> None:
         self.key = deployment_key(self.model, self.region)
+
+
+def _backend_inputs(b: Backend) -> tuple[object, ...]:
+    """What ``Backend.state`` reads of ``b``, but time."""
+    rtt = b.rtt
+    o = b.outlier
+    return (b.in_flight, b.probe_healthy, rtt.value if rtt is not None else None, b.busy_until, o.ejected_until, o.trial)
+
+
+@dataclass(slots=True)
+class Built:
+    """A deployment's state in the last snapshot, with what it was built from: every input ``Fleet._state``
+    reads but time (``inputs``), the typical numbers it took, and the span of time (``since`` up to
+    ``until``, exclusive) over which the same inputs give the same state (``steady_until``)."""
+
+    state: DeploymentState
+    inputs: tuple[object, ...] | None  # None: a state of one instant (its estimate relaxes with time)
+    prior: Typical
+    since: float
+    until: float
 
 
 class Fleet:
@@ -79,17 +106,20 @@ class Fleet:
             self.by_model.setdefault(d.model, []).append(d)
         self.backends = {b.id: b for d in self.deployments.values() for b in d.backends}
         self._priors: dict[str, tuple[list[Fit], Typical]] = {}
+        # Each model's last snapshot (``snapshot_for``) and the typical numbers its states were built on.
+        self._snaps: dict[str, tuple[WorldSnapshot, Typical]] = {}
         # Static parts of every snapshot, computed once.
         self._base = WorldSnapshot.build(self.regions, {}, gateway_location, retry_after_s)
 
-    def _state(self, d: Deployment, now: float, prior: Typical) -> DeploymentState:
+    def _state(self, d: Deployment, now: float, prior: Typical, in_use: int) -> DeploymentState:
         base, prefill, wait, error = d.ttft.params(now, prior)
+        bs = d.backends
         return new_deployment_state(
             d.model,
             d.region,
             d.limit,
-            self.capacity.in_use(d.key),
-            tuple([b.state(now) for b in d.backends]),
+            in_use,
+            (bs[0].state(now),) if len(bs) == 1 else tuple([b.state(now) for b in bs]),
             base,
             prefill,
             wait,
@@ -99,6 +129,15 @@ class Fleet:
             d.priority_reserve,
             d.flex_limit,
         )
+
+    @staticmethod
+    def _steady_until(d: Deployment, now: float) -> float:
+        """Until when (exclusive) ``d``'s state at ``now`` stays the same if no input changes."""
+        until = d.ttft.steady_until(now)
+        if until > now:
+            for b in d.backends:
+                until = min(until, b.steady_until(now))
+        return until
 
     def _prior(self, model: str, deps: list[Deployment]) -> Typical:
         """The model's typical numbers (``state.ttft.typical``: medians over its deployments), recomputed
@@ -121,7 +160,7 @@ class Fleet:
         prior = typical(d.ttft for ds in grouped.values() for d in ds) if len(grouped) > 1 else None
         for model, ds in grouped.items():
             p = prior if prior is not None else self._prior(model, ds)
-            t = by_model[model] = tuple([self._state(d, now, p) for d in ds])
+            t = by_model[model] = tuple([self._state(d, now, p, self.capacity.in_use(d.key)) for d in ds])
             for st in t:
                 states[(model, st.region)] = st
         base = self._base
@@ -137,8 +176,101 @@ class Fleet:
 
     def snapshot_for(self, model: str) -> WorldSnapshot:
         """Only the deployments of ``model``: all that one routing decision reads, at a cost bounded by the
-        number of regions, not the size of the catalogue."""
-        return self._snapshot(self.by_model.get(model, ()))
+        number of regions, not the size of the catalogue.
+
+        Equal to a snapshot built anew (``snapshot``), but a deployment keeps its last state while every
+        input of it is the same as when that state was built (``Built``) and time has not left the span
+        over which those inputs give the same state; when every deployment kept its state, the snapshot is
+        the last one. Most deployments do not change between two requests, and comparing what a state is
+        built from costs a fraction of building it: the inputs are read as fields, no method is called."""
+        deps = self.by_model.get(model)
+        if not deps:
+            return self._snapshot(())
+        now = self.clock()
+        in_use = self.capacity.in_use
+        snap: WorldSnapshot | None = None
+        prior: Typical | None = None
+        if model in self._snaps:
+            snap, prior = self._snaps[model]
+        while True:  # at most twice: again when a moved fit moved the model's typical numbers
+            states: list[DeploymentState] = []
+            same = snap is not None
+            checked = False  # whether ``prior`` was checked against the fits in this pass
+            for d in deps:
+                t = d.ttft
+                bs = d.backends
+                held = in_use(d.key)
+                k = d.built
+                steady = k is not None and k.since <= now < k.until
+                until: float | None = None  # worked out only for a state that is built
+                if not steady:
+                    until = t.steady_until(now)
+                    if until > now:
+                        until = self._steady_until(d, now)
+                key = None
+                if until is None or until > now:  # inputs only for a state that can be kept
+                    if len(bs) == 1:  # the common case, without a comprehension
+                        b = bs[0]
+                        o, rtt = b.outlier, b.rtt
+                        backends: object = (
+                            b.in_flight,
+                            b.probe_healthy,
+                            rtt.value if rtt is not None else None,
+                            b.busy_until,
+                            o.ejected_until,
+                            o.trial,
+                        )
+                    else:
+                        backends = tuple([_backend_inputs(b) for b in bs])
+                    # Everything ``_state`` reads but time and the typical numbers (``_backend_inputs``).
+                    key = (
+                        (t, t.base, t.slope, t.per_queued, t.at, t.error),
+                        held,
+                        d.queue_depth,
+                        d.reported_free,
+                        d.limit,
+                        d.priority_reserve,
+                        d.flex_limit,
+                        backends,
+                    )
+                    if steady and k is not None and k.prior is prior and k.inputs == key:
+                        states.append(k.state)
+                        continue
+                fit_kept = k is not None and key is not None and k.inputs is not None and k.inputs[0] == key[0]
+                if not checked and (prior is None or not fit_kept):  # a fit may have moved
+                    checked = True
+                    fresh = self._prior(model, deps)
+                    if fresh is not prior:  # the states kept so far were built on other numbers
+                        prior = fresh
+                        break
+                same = False
+                if until is None:  # it was steady, but an input changed
+                    until = self._steady_until(d, now)
+                assert prior is not None  # checked above: set on the first state built
+                st = self._state(d, now, prior, held)
+                if k is None:
+                    d.built = Built(st, key if until > now else None, prior, now, until)
+                else:  # in place: cheaper than a new one
+                    k.state, k.inputs, k.prior, k.since, k.until = st, key if until > now else None, prior, now, until
+                states.append(st)
+            else:
+                break
+        if same and snap is not None:
+            return snap
+        kept = tuple(states)
+        base = self._base
+        snap = new_snapshot(
+            base.regions,
+            {(model, st.region): st for st in kept},
+            base.gateway_location,
+            base.zones,
+            {model: kept},
+            base.gateway_rtt_ms,
+            base.retry_after_s,
+        )
+        assert prior is not None
+        self._snaps[model] = (snap, prior)
+        return snap
 
     def snapshot(self) -> WorldSnapshot:
         return self._snapshot(self.deployments.values())

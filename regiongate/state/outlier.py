@@ -75,3 +75,7 @@ class Outlier:
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until or self.trial
+
+    def steady_until(self, now: float) -> float:
+        """Until when ``ejected`` stays what it is at ``now`` if nothing else happens: the ejection's end."""
+        return self.ejected_until if now < self.ejected_until else math.inf

@@ -144,6 +144,14 @@ class TtftEstimate:
         keep = math.pow(0.5, idle / (self.halflife_s * IDLE_HALFLIFE_FACTOR))
         return prior + (self.base - prior) * keep
 
+    def steady_until(self, now: float) -> float:
+        """Until when (exclusive) ``params`` stays what it is at ``now`` if no sample arrives and the typical
+        numbers stay the same: for ever without a fit of its own; up to the last sample's time (later, the
+        base relaxes); ``now`` itself when it is already relaxing."""
+        if self.base is None:
+            return math.inf
+        return math.nextafter(self.at, math.inf) if now <= self.at else now
+
     def params(self, now: float, typical: Typical) -> tuple[float, float, float, float]:
         """(base_ms, prefill_ms_per_token, wait_ms_per_queued, error_ms) at ``now``, the model's typical
         numbers standing in for what this deployment has not measured yet. While idle the base relaxes
