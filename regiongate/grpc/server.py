@@ -63,6 +63,22 @@ def _credentials(cert: str, key: str) -> Any:
     return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
 
 
+class ByPath:
+    """Every method of every service xai-sdk ships, found by its full path in one dict lookup (a
+    ``grpc.GenericRpcHandler``: grpc checks for ``service``, not the class).
+
+    Not ``add_registered_method_handlers``: grpc.aio keeps one pending request task per registered method
+    and, for every call it accepts, waits on all of them (``asyncio.wait``): with xai-sdk's 52 methods, 52
+    done-callbacks added and removed per call. Nor one generic handler per service, which grpc.aio asks in
+    turn until one knows the method."""
+
+    def __init__(self, services: dict[str, dict[str, Any]]) -> None:
+        self.by_path = {f"/{svc}/{name}": h for svc, methods in services.items() for name, h in methods.items()}
+
+    def service(self, handler_call_details: Any) -> Any:
+        return self.by_path.get(handler_call_details.method)
+
+
 @dataclass
 class GrpcHandle:
     port: int  # the public port
@@ -94,9 +110,7 @@ async def start_inner(
     )
     conns = Connections()
     services = XaiServices(runtime, conns)
-    for name, methods in service_handlers(services).items():
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, methods),))
-        server.add_registered_method_handlers(name, methods)
+    server.add_generic_rpc_handlers((ByPath(service_handlers(services)),))
     if tls_cert and tls_key:
         inner_port = server.add_secure_port("127.0.0.1:0", _credentials(tls_cert, tls_key))
     else:
