@@ -39,6 +39,7 @@ from regiongate.core import scope, tiers
 from regiongate.core.affinity import Affinity
 from regiongate.core.endpoint import EndpointKind
 from regiongate.core.errors import RouteError
+from regiongate.core.frozen import fast_constructor
 from regiongate.core.geo import Location, rtt_from_distance_ms
 from regiongate.core.labels import Drop, Route
 from regiongate.core.latency import MARGIN_FLOOR_MS, Estimate, margin_ms, server_ms
@@ -65,6 +66,11 @@ class Considered:
     reason: str
     estimate: Estimate | None = None
     free: int | None = None
+
+
+# The same constructors without the frozen per-field cost (``core.frozen``): one candidate per decision.
+_new_candidate = fast_constructor(Candidate)
+_new_estimate = fast_constructor(Estimate)
 
 
 class Plan:
@@ -152,10 +158,18 @@ def _network(snapshot: WorldSnapshot, dep: DeploymentState, loc: Location | None
     return snapshot.gateway_rtt_ms[dep.region], "gateway-distance"
 
 
-def _estimate(snapshot: WorldSnapshot, dep: DeploymentState, request: RouteRequest) -> Estimate:
-    network, source = _network(snapshot, dep, request.client_location)
+def _estimate(
+    snapshot: WorldSnapshot, dep: DeploymentState, request: RouteRequest, network_ms: float | None = None
+) -> Estimate:
+    """The parts of ``dep``'s prediction for ``request``; ``network_ms``, when given, is ``_network``'s
+    round trip for it, already computed (``_rank``)."""
+    loc = request.client_location
+    if network_ms is not None and loc is not None:
+        network, source = network_ms, "client-distance"
+    else:
+        network, source = _network(snapshot, dep, loc)
     prompt = request.prompt_tokens - _cached(dep, request)
-    return Estimate(
+    return _new_estimate(
         network,
         source,
         dep.queue_depth * dep.wait_ms_per_queued,
@@ -232,17 +246,21 @@ Ranked = list[tuple[float, float, str, DeploymentState]]
 
 
 def _candidate(
-    snapshot: WorldSnapshot, request: RouteRequest, dep: DeploymentState, nearest: str
+    snapshot: WorldSnapshot,
+    request: RouteRequest,
+    dep: DeploymentState,
+    nearest: str,
+    network_ms: float | None = None,
 ) -> Candidate:
     order = _backend_order(dep)
     aff = request.affinity
     if aff is not None and aff.region == dep.region and aff.backend in order[1:]:
         order = (aff.backend, *(b for b in order if b != aff.backend))  # its cache is warm there
-    return Candidate(
+    return _new_candidate(
         dep.region,
         order,
         _route(request, nearest=dep.region == nearest),
-        _estimate(snapshot, dep, request),
+        _estimate(snapshot, dep, request, network_ms),
         dep.free,
     )
 
@@ -252,8 +270,13 @@ def _rank(
 ) -> tuple[Ranked, int]:
     """Every region in scope by prediction, best first, and the index of the nearest by network."""
     loc, prompt = request.client_location, request.prompt_tokens
+    if loc is not None:  # ``_network`` from the client's location, without a call per region
+        regions = snapshot.regions
+        nets = [rtt_from_distance_ms(loc, regions[d.region].location) for d in in_scope]
+    else:
+        nets = [_network(snapshot, d, loc)[0] for d in in_scope]
     ranked: Ranked = [
-        ((net := _network(snapshot, d, loc)[0]) + server_ms(d, prompt), net, d.region, d) for d in in_scope
+        (net + server_ms(d, prompt), net, d.region, d) for net, d in zip(nets, in_scope, strict=True)
     ]
     aff = request.affinity
     if aff is not None:  # the affinity region prefills only the new suffix
@@ -418,9 +441,10 @@ def decide(snapshot: WorldSnapshot, request: RouteRequest, explain: bool = False
         over_budget = any(_drop(r[3], r[0], limit_ms) is OVER_BUDGET for r in ranked)
         refusal = _refusal(snapshot, request, in_scope, over_budget)
         return _on_leases(snapshot, request, ranked, limit_ms, refusal)
-    first = _candidate(snapshot, request, ranked[pick][3], nearest)
+    r = ranked[pick]
+    first = _candidate(snapshot, request, r[3], nearest, r[1])
     rest = (
-        _candidate(snapshot, request, r[3], nearest)
+        _candidate(snapshot, request, r[3], nearest, r[1])
         for i, r in enumerate(ranked)
         if i != pick and _open(r, limit_ms)
     )

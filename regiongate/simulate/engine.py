@@ -543,7 +543,7 @@ class Engine:
                 self.snaps[d.mi] = None
             self._served(d, ctx, ttft_ms, wait)
         elif kind in (DONE, SERVED):
-            t, _, _, d, epoch, first = ev[:6]
+            t, d, epoch, first = ev[0], ev[3], ev[4], ev[5]
             if kind == SERVED:  # the first token's event folded into this one (``_start``)
                 # Served unless an outage began before the first token (then the first token's event
                 # would have come after the outage's: it was pushed later, so at the same time too).
