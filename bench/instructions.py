@@ -7,7 +7,8 @@ For each path it starts the fake upstream and ``regiongate serve --workers 1`` u
 --tool=callgrind --instr-atstart=no`` (start-up runs uninstrumented), sends 200 warm-up requests, switches
 instrumentation on (``callgrind_control -i on``), sends ``--requests`` more at 8 in flight, dumps and
 divides the instructions counted (all threads of the process) by the requests. Paths: ``rest`` (the
-benchmark's in-process config, chat lat0), ``redis`` (the same with ``[shared] redis`` and a team rate
+benchmark's in-process config, chat lat0), ``rest-stream`` (the same config, stream20 lat0: 20 content
+chunks, each its own upstream write), ``redis`` (the same with ``[shared] redis`` and a team rate
 limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load),
 ``grpc-floor`` (the same call against a bare grpc.aio server, ``bench.grpc_floor``: what grpc.aio costs
 before any gateway work) and ``grpc-floor-front`` (that server behind regiongate's gRPC front: the pipe's
@@ -16,7 +17,8 @@ directory first on the path).
 Callgrind counts user-space instructions only: system calls (the kernel's share of each read and write)
 are not in the figure, so it compares versions of regiongate, not regiongate with nginx.
 ``--pythonpath`` runs another checkout's ``regiongate`` package (e.g. an older commit) with this bench;
-``--keep`` keeps the callgrind files, whose C functions (``callgrind_annotate --inclusive=yes``) show what
+``--by-function N`` (from a Python >= 3.12 venv) also prints the N costliest Python functions,
+inclusive, per request (``bench.by_function``). ``--keep`` keeps the callgrind files, whose C functions (``callgrind_annotate --inclusive=yes``) show what
 libsqlite3 or libcrypto take of a request.
 """
 
@@ -31,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import load, targets
+from bench import by_function, load, targets
 
 
 def _ir(out_dir: Path) -> int:
@@ -60,7 +62,8 @@ def _drive(t: targets.Target, path: str, n: int, work: Path) -> None:
         if f"{n} succeeded" not in out.stdout:
             raise RuntimeError(f"h2load: {out.stdout[-1500:]}{out.stderr[-500:]}")
         return
-    sample, raw = load.run_probe(t.url, load.Workload("chat", 16, 0, 8), 600.0, requests=n, show=True)
+    w = load.Workload("stream", 20, 0, 8) if path == "rest-stream" else load.Workload("chat", 16, 0, 8)
+    sample, raw = load.run_probe(t.url, w, 600.0, requests=n, show=True)
     if sample.errors or sample.requests < n:
         raise RuntimeError(f"{sample.errors} errors in {sample.requests} requests: {raw.get('statuses')}")
 
@@ -85,7 +88,7 @@ def _wait_floor(t: targets.Target, work: Path) -> None:
             time.sleep(1)
 
 
-def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
+def measure(path: str, n: int, work: Path, pythonpath: str | None, functions: int = 0) -> float:
     up = targets.start_upstream(work, "soon", None)
     redis = targets.start_redis(work, None) if path == "redis" else None
     cg = work / f"cg-{path}"
@@ -94,6 +97,8 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
     old_env = dict(os.environ)
     if pythonpath:
         os.environ["PYTHONPATH"] = pythonpath
+    if functions:
+        os.environ["PYTHONPERFSUPPORT"] = "1"  # one trampoline per code object: bench.by_function
     try:
         real_spawn = targets.spawn
         targets.spawn = lambda cmd, log, env=None, cpus=None: real_spawn([*prefix, *cmd], log, env, cpus)
@@ -123,6 +128,8 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
             _drive(rg, path, n, work)
             subprocess.run(["callgrind_control", "-d", str(rg.proc.pid)], check=True, capture_output=True)
             subprocess.run(["callgrind_control", "-i", "off", str(rg.proc.pid)], check=True, capture_output=True)
+            if functions:
+                _print_functions(cg, Path(f"/tmp/perf-{rg.proc.pid}.map"), n, functions)
             return _ir(cg) / n
         finally:
             rg.stop()
@@ -134,20 +141,36 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None) -> float:
         up.stop()
 
 
+def _print_functions(cg: Path, perf: Path, n: int, top: int) -> None:
+    dumps = sorted(cg.glob("callgrind.out.*.*"))  # the dump after the switch-on (not the one at exit)
+    costs = by_function.inclusive(dumps[-1], perf)
+    print(by_function.report(costs, n, (), top), flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--paths", default="rest,redis,grpc")
     p.add_argument("--pythonpath", help="import regiongate from here (another checkout)")
     p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate)")
+    p.add_argument(
+        "--by-function",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N costliest Python functions, inclusive (Python >= 3.12)",
+    )
     a = p.parse_args()
+    if a.by_function and sys.version_info < (3, 12):
+        print("--by-function needs Python >= 3.12 (perf trampolines): run this bench from such a venv", file=sys.stderr)
+        return 2
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="rg-instr-"))
     try:
         for path in a.paths.split(","):
-            ir = measure(path, a.requests, work, a.pythonpath)
+            ir = measure(path, a.requests, work, a.pythonpath, a.by_function)
             print(f"{path}: {ir / 1e6:.2f} M instructions per request ({a.requests} requests)", flush=True)
     finally:
         if a.keep:

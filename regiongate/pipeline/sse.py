@@ -68,14 +68,10 @@ def error_event(kind: StreamKind, message: str, code: str, sequence_number: int 
 
 
 def _split(buf: bytes) -> tuple[list[bytes], bytes]:
-    events: list[bytes] = []
-    start = 0
-    while True:
-        end = buf.find(b"\n\n", start)
-        if end < 0:
-            return events, buf[start:]
-        events.append(buf[start : end + 2])
-        start = end + 2
+    """The complete events of ``buf`` (each with its blank line) and what follows the last of them."""
+    parts = buf.split(b"\n\n")
+    rest = parts.pop()
+    return [p + b"\n\n" for p in parts], rest
 
 
 def data_of(ev: bytes) -> bytes | None:
@@ -97,6 +93,23 @@ def iter_json_events(raw: bytes) -> Iterator[dict[str, Any]]:
             obj = orjson.loads(data)
             if isinstance(obj, dict):
                 yield obj
+
+
+_OTHER_TEXT = frozenset(("reasoning_content", "text", "tool_calls"))  # text a delta carries besides content
+
+
+def _count(d: dict[str, Any]) -> int:
+    """The characters of one choice's delta in the token estimate: content, reasoning and tool-call text."""
+    n = 0
+    for k in ("content", "reasoning_content", "text"):
+        v = d.get(k)
+        if isinstance(v, str):
+            n += len(v)
+    for call in d.get("tool_calls") or ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            n += len(fn["arguments"])
+    return n
 
 
 def _responses_error(err: dict[str, Any], sequence: int) -> dict[str, Any]:
@@ -230,12 +243,14 @@ class SseRelay:
             self._crlf = True
             chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        if 0 <= buf.find(b"\n\n") == len(buf) - 2:  # one whole event, the common read: no split
+            self._buf = b""
+            return self._one(buf)
         events, self._buf = _split(buf)
         if not events:
             return b""
-        if len(events) == 1:
-            return self._one(events[0])
-        return b"".join(self._one(ev) for ev in events)
+        one = self._one
+        return b"".join([one(ev) for ev in events])
 
     def _one(self, ev: bytes) -> bytes:
         if ev.startswith(DONE):
@@ -309,11 +324,8 @@ class SseRelay:
         choices = obj.get("choices")
         if isinstance(choices, list):
             for c in choices:
-                if isinstance(c, dict):
-                    self._choice(c)
-                    delta = c.get("delta")
-                    if isinstance(delta, dict) and delta.get("tool_calls"):
-                        changed = self._named_once(c.get("index", 0), delta["tool_calls"]) or changed
+                if isinstance(c, dict) and (calls := self._choice(c)):
+                    changed = self._named_once(c.get("index", 0), calls) or changed
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if self.carried:
@@ -535,43 +547,35 @@ class SseRelay:
         prompt, completion = max(1, p - self.carried), c + self.carried
         return {**usage, "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def _choice(self, c: dict[str, Any]) -> None:
+    def _choice(self, c: dict[str, Any]) -> Any:
+        """Note one choice of a chunk (finish, text of choice 0, the token estimate); its delta's
+        ``tool_calls`` when it has any."""
         i = c.get("index", 0)
         if c.get("finish_reason"):
             self._open.discard(i)
             self._finished.add(i)
         elif i not in self._finished:
             self._open.add(i)
-        self._count(c)
-        if i != 0:
-            return
-        delta = c.get("delta")
-        if isinstance(delta, dict):
-            content = delta.get("content")
-            if isinstance(content, str):
-                self.text.append(content)
-                self.content_events += 1
-            if delta.get("tool_calls"):
-                self.tool_calls = True
-        elif isinstance(c.get("text"), str):  # legacy completions
-            self.text.append(c["text"])
-
-    def _count(self, c: dict[str, Any]) -> None:
-        """One choice's delta in the token estimate: its content, reasoning and tool-call text."""
         delta = c.get("delta")
         d = delta if isinstance(delta, dict) else c  # legacy completions carry ``text`` on the choice
-        n = 0
-        for k in ("content", "reasoning_content", "text"):
-            v = d.get(k)
-            if isinstance(v, str):
-                n += len(v)
-        for call in d.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                n += len(fn["arguments"])
+        content = d.get("content")
+        # The token estimate: a plain content delta (the common chunk) without the general count.
+        n = (len(content) if isinstance(content, str) else 0) if _OTHER_TEXT.isdisjoint(d) else _count(d)
         if n:
             self.deltas += 1
             self.chars += n
+        calls = d.get("tool_calls") if d is delta else None
+        if i != 0:
+            return calls
+        if d is delta:
+            if isinstance(content, str):
+                self.text.append(content)
+                self.content_events += 1
+            if calls:
+                self.tool_calls = True
+        elif isinstance(c.get("text"), str):  # legacy completions
+            self.text.append(c["text"])
+        return calls
 
     def _usage_of(self, obj: dict[str, Any]) -> None:
         """Responses and Anthropic usage, in the chat protocol's names the usage records keep."""

@@ -219,3 +219,19 @@ def test_a_responses_stream_with_another_item_than_its_message_cannot_be_continu
     r = SseRelay(strip_usage=False, kind=StreamKind.RESPONSES)
     r.feed(_rev({"type": "response.output_item.added", "item": {"type": "function_call", "id": "fc_1"}}))
     assert r.tool_calls
+
+
+def test_a_stream_read_in_pieces_of_any_size_relays_the_same_events_and_estimate() -> None:
+    """Reads split events anywhere (one byte, mid-line, several events at once): what is relayed and the
+    token estimate never depend on where the reads fell."""
+    reasoning = b'data: {"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}\n\n'
+    raw = chunk("a", "tok0") + reasoning + chunk("a", " tok1") + chunk("a", finish="stop") + b"data: [DONE]\n\n"
+    whole = SseRelay(strip_usage=False)
+    expected = whole.feed(raw)
+    assert events(expected)[1]["choices"] == [{"index": 0, "delta": {"reasoning_content": "hm"}}]
+    assert (whole.delivered, whole.deltas, whole.chars, whole.content_events) == ("tok0 tok1", 3, 11, 2)
+    for size in (1, 2, 7, 40, len(raw) - 1):
+        r = SseRelay(strip_usage=False)
+        out = b"".join(r.feed(raw[i : i + size]) for i in range(0, len(raw), size)) + r.flush()
+        assert out == expected, size
+        assert (r.delivered, r.deltas, r.chars, r.done, r.complete) == ("tok0 tok1", 3, 11, True, True)
