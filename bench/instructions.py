@@ -171,7 +171,7 @@ def main() -> int:
     try:
         for path in a.paths.split(","):
             ir = measure(path, a.requests, work, a.pythonpath, a.by_function)
-            print(f"{path}: {ir / 1e6:.2f} M instructions per request ({a.requests} requests)", flush=True)
+            print(f"{path}: {ir / 1e6:.3f} M instructions per request ({a.requests} requests)", flush=True)
     finally:
         if a.keep:
             print(f"callgrind files kept in {work}/cg-<path>", flush=True)

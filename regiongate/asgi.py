@@ -106,24 +106,40 @@ async def stream_response(
     aclose: Callable[[], Awaitable[None]],
 ) -> None:
     """Send a 200 stream; a client that goes away cancels it at once, even while the source is silent,
-    and ``aclose`` always runs (it frees the capacity lease or the engine's slot)."""
+    and ``aclose`` always runs (it frees the capacity lease or the engine's slot).
 
-    async def pump() -> None:
+    The stream is pumped in the caller's task; one watcher task waits for the disconnect and cancels the
+    pump (a cancellation it caused is taken back: the caller returns as after a finished stream). A task
+    and a wait fewer per stream than pump and watcher as two tasks."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def disconnected() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not pumped:
+            gone = True
+            task.cancel()
+
+    pumped = False
+    watching = asyncio.ensure_future(disconnected())
+    try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-
-    async def disconnected() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    pumping = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()  # the watcher's: the client left
+    except Exception:
+        pass  # the source or the client broke mid-stream: nothing more can be sent on it
     finally:
-        for task in (pumping, watching):
-            task.cancel()
-        await asyncio.gather(pumping, watching, return_exceptions=True)
-        await aclose()
+        pumped = True
+        watching.cancel()
+        try:
+            await asyncio.gather(watching, return_exceptions=True)
+        finally:
+            await aclose()

@@ -46,6 +46,8 @@ from regiongate.rest.paths import forwarded, normalise
 from regiongate.state.first_byte import BUDGET_HEADER, parse_budget_ms
 
 log = logging.getLogger("regiongate.access")
+_BUDGET = BUDGET_HEADER.encode()
+_LOCATION = CLIENT_LOCATION.encode()
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 MAX_JSON_DEPTH = 128  # nesting levels of a request body (JSON schemas in tools rarely pass 20)
 
@@ -180,8 +182,12 @@ class RestApp:
 
     def _client_location(self, scope: Scope, headers: dict[bytes, bytes]) -> Location | None:
         client = scope.get("client")
-        raw = headers.get(CLIENT_LOCATION.encode())
-        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        raw = headers.get(_LOCATION)
+        forwarded = (
+            [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            if b"x-forwarded-for" in headers
+            else []
+        )
         explicit = raw.decode("latin-1") if raw is not None else None
         return self.callers.location(client[0] if client else None, explicit, forwarded)
 
@@ -274,7 +280,7 @@ class RestApp:
                     400, "Field 'messages' must be a non-empty array.", "invalid_value", "messages"
                 )
         try:
-            raw_budget = headers.get(BUDGET_HEADER.encode())
+            raw_budget = headers.get(_BUDGET)
             budget = parse_budget_ms(raw_budget.decode("latin-1") if raw_budget is not None else None)
         except ValueError as e:
             raise client_error(400, str(e), "invalid_value", BUDGET_HEADER) from None

@@ -14,6 +14,7 @@ entries, never from the client's bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # The OpenAI-compatible routes a POST may be forwarded to (below /v1/).
@@ -34,6 +35,12 @@ def _decode_unreserved(m: re.Match[bytes]) -> bytes:
 
 def normalise(raw_path: bytes) -> str | None:
     """The normalised path, or None when it cannot name anything we serve."""
+    # A pure function of the bytes: the few short paths clients use stay cached (bounded in count and
+    # size, so that distinct hostile paths cannot grow it).
+    return _cached(raw_path) if len(raw_path) <= 64 else _normalise(raw_path)
+
+
+def _normalise(raw_path: bytes) -> str | None:
     if not _PATH_CHARS.match(raw_path):
         return None
     try:
@@ -44,6 +51,9 @@ def normalise(raw_path: bytes) -> str | None:
     if "/./" in path or "/../" in path or path.endswith(("/.", "/..")):
         return None  # a dot segment: clients resolve them before sending; a raw one is probing
     return path
+
+
+_cached = functools.lru_cache(maxsize=256)(_normalise)
 
 
 def forwarded(path: str) -> str | None:

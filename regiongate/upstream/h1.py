@@ -54,6 +54,11 @@ class _Conn(asyncio.Protocol):
         self.lost_at: float | None = None  # loop time the connection was lost
         self.idle_since = 0.0
         self._loop = asyncio.get_running_loop()
+        # The exchange's deadline (loop time) and one timer behind it, moved lazily: a later deadline
+        # leaves the timer where it is, and it re-arms for what is left when it fires (a request on a
+        # kept-alive connection then costs no timer of its own, where asyncio.timeout costs one).
+        self.deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._begin()
 
     def _begin(self) -> None:
@@ -71,6 +76,7 @@ class _Conn(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self.deadline = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +93,9 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.lost_at = self._loop.time()
+        if self._timer is not None:  # not left holding this connection until it fires
+            self._timer.cancel()
+            self._timer = None
         if self.head_done and not self.framed and not self.complete and exc is None:
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
@@ -140,6 +149,26 @@ class _Conn(asyncio.Protocol):
         w = self._waiter
         if w is not None and not w.done():
             w.set_exception(exc)
+
+    def arm(self, deadline: float) -> None:
+        """Fail what waits on this exchange with ``TimeoutError`` at ``deadline`` (``loop.time()``)."""
+        self.deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        at = self.deadline
+        if at is None:
+            return
+        if self._loop.time() < at:  # moved later since the timer was set
+            self._timer = self._loop.call_at(at, self._fire)
+            return
+        self.deadline = None
+        self._fail(TimeoutError())
 
     async def _wait(self) -> None:
         if self.error is not None:
@@ -204,10 +233,15 @@ class H1Response:
         finally:
             self.release()
 
-    async def stream(self, deadline: float | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives; ``deadline`` (``loop.time()``) bounds the whole body."""
+    def stream(self, deadline: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; ``deadline`` (``loop.time()``) bounds the whole body, in place of the
+        request's (from this call on)."""
         conn = self._conn
         assert conn is not None
+        conn.deadline = None
+        return self._stream(conn, deadline)
+
+    async def _stream(self, conn: _Conn, deadline: float | None) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         try:
             while (data := await conn.chunk()) is not None:
@@ -241,14 +275,19 @@ class H1Pool:
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[_Conn] = []
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self, deadline: float | None = None) -> _Conn:
         loop = asyncio.get_running_loop()
+        limit = self.connect_timeout_s
+        left = None if deadline is None else deadline - loop.time()
+        ours = left is not None and left < limit  # the exchange's deadline comes first
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(left if ours else limit):
                 _, conn = await loop.create_connection(
                     _Conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
                 )
         except TimeoutError:
+            if ours:
+                raise  # the exchange's own time ran out, not the connect's
             raise UpstreamHttpError(f"connect timed out after {self.connect_timeout_s:g}s") from None
         except OSError as e:
             raise UpstreamHttpError(f"connect failed: {e.strerror or e}") from None
@@ -272,17 +311,21 @@ class H1Pool:
         else:
             conn.close()
 
-    async def request(self, head: bytes, body: bytes = b"") -> H1Response:
+    async def request(self, head: bytes, body: bytes = b"", deadline: float | None = None) -> H1Response:
         """Send ``head`` (the request line and headers, ending in a blank line) and ``body`` in one write;
-        return once the response head has arrived. Cancel it (a timeout) and the connection is closed."""
+        return once the response head has arrived. Cancel it and the connection is closed. ``deadline``
+        (``loop.time()``) bounds the exchange until the body is read or ``H1Response.stream`` begins:
+        past it, what waits raises ``TimeoutError`` and the connection is closed."""
         fresh = False
         loop = asyncio.get_running_loop()
         while True:
             conn = None if fresh else self._take()
             reused = conn is not None
             if conn is None:
-                conn = await self._connect()
+                conn = await self._connect(deadline)
             written = loop.time()
+            if deadline is not None:
+                conn.arm(deadline)
             try:
                 assert conn.transport is not None
                 conn.transport.write(head + body if body else head)

@@ -94,30 +94,30 @@ class HttpUpstream:
         resp: H1Response | None = None
         # One deadline for the head and, for a non-streaming answer, its body: first_byte_s bounds the
         # whole answer there; a stream's chunks are then bounded by idle_s (the gateway) and total_s.
+        # The connection keeps it (``H1Pool.request``): no timer per request.
         try:
-            async with asyncio.timeout(limit):
-                resp = await self._pool.request(self._head("POST", call.path, headers), body)
-                ctype = resp.content_type or "application/json"
-                if resp.status in RETRYABLE:
-                    busy = resp.retry_after_s if resp.status == 429 else None
-                    # The backend's own words, for the client when no other backend answers.
-                    said = await resp.read() if resp.status >= 500 else b""
-                    resp.release()  # pooled again only if the error body was already read to its end
-                    raise UpstreamFailure(
-                        self.id,
-                        f"answered HTTP {resp.status}" + (f" (retry after {busy:g}s)" if busy else ""),
-                        status=resp.status,
-                        transient=resp.status >= 500,
-                        busy_s=busy,
-                        message=error_message(said[:ERROR_BODY_MAX]),
-                    )
-                if call.stream and resp.status == 200:
-                    if ctype.startswith("text/event-stream"):
-                        chunks = resp.stream(started + self.total_timeout_s)
-                        return UpstreamResponse(200, ctype, chunks=chunks, closer=_closer(resp))
-                    resp.release()  # a 200 that is not an event stream is garbage for a stream request
-                    raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
-                body = await resp.read()
+            resp = await self._pool.request(self._head("POST", call.path, headers), body, started + limit)
+            ctype = resp.content_type or "application/json"
+            if resp.status in RETRYABLE:
+                busy = resp.retry_after_s if resp.status == 429 else None
+                # The backend's own words, for the client when no other backend answers.
+                said = await resp.read() if resp.status >= 500 else b""
+                resp.release()  # pooled again only if the error body was already read to its end
+                raise UpstreamFailure(
+                    self.id,
+                    f"answered HTTP {resp.status}" + (f" (retry after {busy:g}s)" if busy else ""),
+                    status=resp.status,
+                    transient=resp.status >= 500,
+                    busy_s=busy,
+                    message=error_message(said[:ERROR_BODY_MAX]),
+                )
+            if call.stream and resp.status == 200:
+                if ctype.startswith("text/event-stream"):
+                    chunks = resp.stream(started + self.total_timeout_s)
+                    return UpstreamResponse(200, ctype, chunks=chunks, closer=_closer(resp))
+                resp.release()  # a 200 that is not an event stream is garbage for a stream request
+                raise UpstreamFailure(self.id, f"answered a stream request with {ctype.split(';')[0]}")
+            body = await resp.read()
         except (TimeoutError, UpstreamHttpError) as e:
             if resp is not None:
                 resp.release()

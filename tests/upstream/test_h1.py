@@ -230,6 +230,52 @@ async def test_silent_server_times_out_and_its_connection_is_dropped(serve: Serv
     await up.aclose()
 
 
+async def test_a_body_that_stalls_after_its_head_fails_within_the_first_byte_time(serve: Serve) -> None:
+    async def respond(head: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        await asyncio.Event().wait()
+        return False
+
+    _, url = await serve(respond)
+    up = HttpUpstream("b", url, first_byte_timeout_s=0.2)
+    with pytest.raises(UpstreamFailure, match="body not received: TimeoutError"):
+        await up.send(call())
+    assert up._pool._idle == []
+    await up.aclose()
+
+
+async def test_a_stream_may_outlast_the_first_byte_time_and_its_connection_serves_the_next(
+    serve: Serve,
+) -> None:
+    """The first-byte deadline covers the head only: a stream whose events come after it has passed is
+    relayed whole, and its kept-alive connection then answers a plain request under a new deadline."""
+    go = asyncio.Event()
+
+    async def respond(head: bytes, w: asyncio.StreamWriter) -> bool:
+        if b"stream" not in head:
+            w.write(fixed())
+            return True
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        w.write(b"6\r\nfirst\n\r\n")
+        await go.wait()
+        w.write(b"5\r\nlate\n\r\n0\r\n\r\n")
+        return True
+
+    server, url = await serve(respond)
+    up = HttpUpstream("b", url, first_byte_timeout_s=0.05)
+    deadline = asyncio.get_running_loop().time() + 0.05
+    resp = await up._pool.request(b"POST /stream HTTP/1.1\r\nhost: x\r\n\r\n", b"", deadline)
+    chunks = resp.stream()
+    assert await anext(chunks) == b"first\n"
+    await asyncio.sleep(0.1)  # the request's deadline has passed (its timer ran before this wake-up)
+    go.set()
+    assert [x async for x in chunks] == [b"late\n"]
+    assert len(up._pool._idle) == 1
+    answer = await up.send(call())
+    assert answer.status == 200 and server.connections == 1
+    await up.aclose()
+
+
 async def test_crlf_in_a_forwarded_value_cannot_inject_a_header(serve: Serve) -> None:
     async def respond(head: bytes, w: asyncio.StreamWriter) -> bool:
         w.write(fixed())
