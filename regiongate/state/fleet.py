@@ -204,24 +204,12 @@ class Fleet:
                 steady = k is not None and k.since <= now < k.until
                 until: float | None = None  # worked out only for a state that is built
                 if not steady:
-                    until = t.steady_until(now)
-                    if until > now:
-                        until = self._steady_until(d, now)
+                    until = self._steady_until(d, now)
                 key = None
                 if until is None or until > now:  # inputs only for a state that can be kept
-                    if len(bs) == 1:  # the common case, without a comprehension
-                        b = bs[0]
-                        o, rtt = b.outlier, b.rtt
-                        backends: object = (
-                            b.in_flight,
-                            b.probe_healthy,
-                            rtt.value if rtt is not None else None,
-                            b.busy_until,
-                            o.ejected_until,
-                            o.trial,
-                        )
-                    else:
-                        backends = tuple([_backend_inputs(b) for b in bs])
+                    backends: object = (
+                        _backend_inputs(bs[0]) if len(bs) == 1 else tuple([_backend_inputs(b) for b in bs])
+                    )
                     # Everything ``_state`` reads but time and the typical numbers (``_backend_inputs``).
                     key = (
                         (t, t.base, t.slope, t.per_queued, t.at, t.error),
