@@ -49,11 +49,15 @@ class ControlPlane:
         return ControlKeys(config_keys, self.keys)
 
     def reconfigure(self, cfg: Config) -> None:
-        """After a config reload: new teams and grants for the operations, new zones for receipts."""
+        """After a config reload: new teams and grants for the operations, new zones and batching for
+        receipts (the store, the key directory and receipts on or off need a restart)."""
         self.cfg = cfg
         self.ops.reconfigure(cfg)
         self.zones.clear()
         self.zones.update({r.id: r.zone for r in cfg.regions})
+        if self.receipts is not None:
+            self.receipts.batch = cfg.control.receipt_batch
+            self.receipts.window_s = cfg.control.receipt_window_us / 1e6
 
     async def start(self, gateway: Gateway) -> None:
         if self.started:

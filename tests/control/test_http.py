@@ -473,3 +473,29 @@ async def test_config_reload_keeps_the_store_keys(tmp_path: Path, monkeypatch: p
         assert rt.keys.lookup(secret) is not None and rt.keys.lookup(DEMO_KEY) is not None
     finally:
         await rt.aclose()
+
+
+async def test_a_reload_applies_receipt_batching_and_window(tmp_path: Path) -> None:
+    from regiongate.app.reload import apply
+
+    def cfg(batch: bool, window_us: int) -> Any:
+        return parse_config(
+            control_config(
+                store=f"sqlite:///{tmp_path}/c.db",
+                receipt_key_dir=str(tmp_path / "keys"),
+                receipt_batch=batch,
+                receipt_window_us=window_us,
+            )
+        )
+
+    rt = build_runtime(cfg(True, 2000), env={"REGIONGATE_DEMO_API_KEY": DEMO_KEY})
+    assert rt.control is not None
+    await rt.control.start(rt.gateway)
+    try:
+        hook = rt.control.receipts
+        assert hook is not None and hook.batch and hook.window_s == pytest.approx(0.002)
+        apply(rt, cfg(False, 0))  # what SIGHUP does
+        assert rt.control.receipts is hook  # the same hook (and signing key), new settings
+        assert not hook.batch and hook.window_s == 0
+    finally:
+        await rt.aclose()
