@@ -279,6 +279,12 @@ def build_runtime(
         gateway.hooks.insert(0, tracing.hook)  # first, so a refused request's span is named too
     mounts = _control_mounts(cfg, control, callers, live) if control is not None else ()
     receipts = lambda: control.receipts if control else None  # noqa: E731
+
+    def receipt_counts() -> tuple[int, int] | None:
+        hook = control.receipts if control else None
+        return (hook.receipts, hook.signatures) if hook is not None else None
+
+    metrics.watch_receipts(receipt_counts)
     objects = deferred = background = None
     responses = StoredResponses(None, receipts)
     completions = StoredCompletions(None, receipts)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -48,6 +48,22 @@ class _FleetCollector(Collector):
                 healthy.add_metric([b.id, d.region], 1.0 if b.healthy(now) else 0.0)
                 inflight.add_metric([b.id, d.region], b.in_flight)
         yield from (in_use, limit, ttft, healthy, inflight)
+
+
+class _ReceiptCollector(Collector):
+    """Receipts signed and the signatures they took (receipts per signature: how well batching works)."""
+
+    def __init__(self) -> None:
+        self.counts: Callable[[], tuple[int, int] | None] | None = None  # (receipts, signatures)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts() if self.counts is not None else None
+        if counts is None:
+            return
+        yield CounterMetricFamily("regiongate_receipts", "Routed responses given a signed receipt", counts[0])
+        yield CounterMetricFamily(
+            "regiongate_receipt_signatures", "Ed25519 signatures made for those receipts", counts[1]
+        )
 
 
 class Metrics:
@@ -106,10 +122,15 @@ class Metrics:
         )
         self._fleet = _FleetCollector()
         self.registry.register(self._fleet)
+        self._receipts = _ReceiptCollector()
+        self.registry.register(self._receipts)
         self._children: dict[tuple[str, str, str, int, str], tuple[Counter, Counter]] = {}
 
     def watch(self, fleet: Callable[[], Fleet]) -> None:
         self._fleet.fleet = fleet
+
+    def watch_receipts(self, counts: Callable[[], tuple[int, int] | None]) -> None:
+        self._receipts.counts = counts
 
     def request(self, model: str, region: str, route: str, status: int, tier: str = "default") -> None:
         key = (model, region, route, status, tier)

@@ -499,3 +499,25 @@ async def test_a_reload_applies_receipt_batching_and_window(tmp_path: Path) -> N
         assert not hook.batch and hook.window_s == 0
     finally:
         await rt.aclose()
+
+
+async def test_metrics_count_receipts_and_the_signatures_they_shared(tmp_path: Path) -> None:
+    text = control_config(store=f"sqlite:///{tmp_path}/c.db", receipt_key_dir=str(tmp_path / "keys"))
+    rt = build_runtime(parse_config(text), env={"REGIONGATE_DEMO_API_KEY": DEMO_KEY})
+    assert rt.control is not None
+    await rt.control.start(rt.gateway)
+    app = RestApp(rt, rt.mounts)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
+            auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+            answers = await asyncio.gather(
+                *(c.post("/v1/chat/completions", json={"model": "grok-4", **CHAT}, headers=auth) for _ in range(6))
+            )
+            assert all(r.status_code == 200 and receipts.HEADER in r.headers for r in answers)
+            text = (await c.get("/metrics")).text
+        hook = rt.control.receipts
+        assert hook is not None and hook.receipts == 6 and 1 <= hook.signatures <= 6
+        assert "regiongate_receipts_total 6.0" in text
+        assert f"regiongate_receipt_signatures_total {float(hook.signatures)}" in text
+    finally:
+        await rt.aclose()
