@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,6 +36,13 @@ def great_circle_km(a: Location, b: Location) -> float:
 
 def rtt_from_distance_ms(a: Location, b: Location) -> float:
     return _rtt_ms(a.lat, a.lon, b.lat, b.lon)
+
+
+def rtts_from_distance_ms(a: Location, bs: Iterable[Location]) -> list[float]:
+    """``rtt_from_distance_ms(a, b)`` for each of ``bs``, in one call (the policy ranks every region in
+    scope per request)."""
+    lat, lon = a.lat, a.lon
+    return [_rtt_ms(lat, lon, b.lat, b.lon) for b in bs]
 
 
 # A memo of a pure function (same answer for the same arguments, so purity holds): clients come from a

@@ -11,9 +11,23 @@ The policy, the catalog, the gateway's "who could serve" hint and the simulator'
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
 from regiongate.core.endpoint import Endpoint, EndpointKind
 from regiongate.core.errors import RouteError
 from regiongate.core.request import Access
+
+if TYPE_CHECKING:
+    from regiongate.core.world import Region
+
+
+class _InRegion(Protocol):
+    @property
+    def region(self) -> str: ...
+
+
+D = TypeVar("D", bound=_InRegion)
 
 
 def in_fence(access: Access, zone: str) -> bool:
@@ -32,6 +46,26 @@ def endpoint_allows(endpoint: Endpoint, region: str, zone: str) -> bool:
 def in_scope(endpoint: Endpoint, access: Access, region: str, zone: str) -> bool:
     """Endpoint and fence together (grants are per model: see ``serves``)."""
     return endpoint_allows(endpoint, region, zone) and in_fence(access, zone)
+
+
+def within(
+    endpoint: Endpoint, access: Access, deps: Sequence[D], zone_of: Mapping[str, Region]
+) -> list[D]:
+    """The deployments of ``deps`` whose region is ``in_scope``, in one pass (the policy filters every
+    region of a model per request); ``zone_of`` maps a region id to its ``Region`` (for its zone)."""
+    fence, kind, name = access.zone, endpoint.kind, endpoint.name
+    out = []
+    for d in deps:
+        zone = zone_of[d.region].zone
+        if fence is not None and zone != fence:
+            continue
+        if kind is EndpointKind.REGION:
+            if d.region != name:
+                continue
+        elif kind is EndpointKind.ZONE and zone != name:
+            continue
+        out.append(d)
+    return out
 
 
 def serves(endpoint: Endpoint, access: Access, model: str, region: str, zone: str) -> bool:

@@ -19,6 +19,7 @@ reaches the policy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -64,3 +65,13 @@ def view(dep: DeploymentState, tier: Tier) -> DeploymentState:
     if held == dep.held:
         return dep
     return replace(dep, held=held)
+
+
+def views(deps: Sequence[DeploymentState], tier: Tier) -> Sequence[DeploymentState]:
+    """``view`` of each of ``deps``; ``deps`` itself when none needs a copy (no tiers configured: the
+    common case, checked without a call per deployment)."""
+    flex = tier is Tier.FLEX
+    for d in deps:
+        if d.priority_reserve or (flex and d.flex_limit is not None):
+            return [view(d, tier) for d in deps]
+    return deps

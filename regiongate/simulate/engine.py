@@ -261,20 +261,23 @@ class Engine:
         states = []
         for d in deps:
             s = d.state
-            # The exact base moves by at most ``drift`` per second of idle time, and by at most as much
-            # as the prior moved: while both together stay within the slack, the state is still good.
-            if s is not None and d.drift * (now - d.checked_at) + abs(pb - d.prior) <= d.slack:
-                states.append(s)
-                continue
-            ttft = d.ttft.current(now, pb)
-            off = abs(ttft - s.ttft_ms) if s is not None else 0.0
-            if s is None or off > TTFT_TOLERANCE_MS:
+            off = 0.0
+            if s is not None:
+                # The exact base moves by at most ``drift`` per second of idle time, and by at most as
+                # much as the prior moved: while both together stay within the slack, the state is good.
+                if d.drift * (now - d.checked_at) + abs(pb - d.prior) <= d.slack:
+                    states.append(s)
+                    continue
+                off = abs(d.ttft.current(now, pb) - s.ttft_ms)
+                if off > TTFT_TOLERANCE_MS:
+                    s = None
+            if s is None:  # changed, or its estimate moved too far: built at ``now`` (exact)
                 s = d.state = self._state(d, d.ttft.params(now, prior), len(d.waiting) if qd else 0)
                 off = 0.0
                 rebuilt = True
             d.prior, d.checked_at = pb, now
-            d.slack = TTFT_TOLERANCE_MS - off
-            d.drift = d.ttft.drift_per_s(pb, d.slack)
+            d.slack = slack = TTFT_TOLERANCE_MS - off
+            d.drift = d.ttft.drift_per_s(pb, slack)
             states.append(s)
         snap = self.snaps[mi]
         if snap is not None and not rebuilt:

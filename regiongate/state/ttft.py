@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from regiongate.core import Plan
+from regiongate.core.frozen import fast_constructor
 from regiongate.core.latency import UNMEASURED_ERROR_MS
 
 CLIP_SCALES = 4.0
@@ -44,6 +45,7 @@ FIT_SAMPLES = 8  # below this many empty-queue samples the prefill rate is the m
 QUEUE_STEP_MS = 50.0  # wait per queued request assumed before any was measured: at least one TTFT
 EXPLAIN_HEADER = "x-regiongate-explain"
 _LN2 = math.log(2)
+_MAX_KEEP = 1.0 - MIN_WEIGHT
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,9 @@ class Typical:
     base_ms: float = 0.0
     prefill_ms_per_token: float = 0.0
     wait_ms_per_queued: float | None = None
+
+
+_new_typical = fast_constructor(Typical)  # ``Typical``, without the frozen per-field cost (``core.frozen``)
 
 
 @dataclass(slots=True)
@@ -90,44 +95,55 @@ class TtftEstimate:
     ) -> float:
         """Fold in one observed TTFT; ``rtt_ms`` is the measured round trip to the backend that answered,
         ``prompt`` the request's prompt tokens, ``queued`` the queue depth seen when it was sent."""
-        y = max(ttft_ms - (rtt_ms or 0.0), 0.0)
-        self.samples += 1
-        dt = max(now - self.at, 0.0) if self.samples > 1 else 0.0
-        keep = min(math.exp(-dt * _LN2 / self.halflife_s), 1.0 - MIN_WEIGHT) if self.samples > 1 else 1.0
-        self.at = max(self.at, now)
-        fit = self._fit(prompt)
+        # Written with locals and ``a if ... else b`` for ``max`` and ``min`` (the same values: ``max(a, b)``
+        # is ``b if b > a else a``), since the gateway and the simulator fold in every first token.
+        y = ttft_ms - (rtt_ms or 0.0)
+        y = 0.0 if y < 0.0 else y
+        n = self.samples = self.samples + 1
+        at = self.at
+        if n > 1:
+            dt = now - at
+            dt = 0.0 if dt < 0.0 else dt
+            keep = math.exp(-dt * _LN2 / self.halflife_s)
+            keep = _MAX_KEEP if keep > _MAX_KEEP else keep
+        else:
+            keep = 1.0
+        self.at = now if now > at else at
+        base = self.base
+        fit = None if base is None else base + (self.slope or 0.0) * prompt
         if queued > 0 and fit is not None:
-            excess = max(y - fit, 0.0)
-            self.sqq = self.sqq * keep + queued * queued
-            self.sqe = self.sqe * keep + queued * excess
-            self.per_queued = self.sqe / self.sqq
+            excess = y - fit
+            excess = 0.0 if excess < 0.0 else excess
+            sqq = self.sqq = self.sqq * keep + queued * queued
+            sqe = self.sqe = self.sqe * keep + queued * excess
+            self.per_queued = sqe / sqq
             return y
-        fitted = self.samples > FIT_SAMPLES
+        fitted = n > FIT_SAMPLES
         if fit is not None and fitted:  # clip an outlier before it enters the sums
             bound = CLIP_SCALES * self.scale + CLIP_FLOOR_MS
-            y = min(max(y, fit - bound), fit + bound)
+            lo = fit - bound
+            y = lo if lo > y else y
+            hi = fit + bound
+            y = hi if hi < y else y
             self.scale = self.scale * keep + (1.0 - keep) * abs(y - fit)
         x = float(prompt)
-        self.w = self.w * keep + 1.0
-        self.sx = self.sx * keep + x
-        self.sy = self.sy * keep + y
-        self.sxx = self.sxx * keep + x * x
-        self.sxy = self.sxy * keep + x * y
-        w = self.w
-        mx, my = self.sx / w, self.sy / w
-        var = self.sxx / w - mx * mx
-        if self.samples >= FIT_SAMPLES and var > 1.0:
-            self.slope = max((self.sxy / w - mx * my) / var, 0.0)
-        slope = self.slope or 0.0
-        self.base = max(my - slope * mx, 0.0)
+        w = self.w = self.w * keep + 1.0
+        sx = self.sx = self.sx * keep + x
+        sy = self.sy = self.sy * keep + y
+        sxx = self.sxx = self.sxx * keep + x * x
+        sxy = self.sxy = self.sxy * keep + x * y
+        mx, my = sx / w, sy / w
+        var = sxx / w - mx * mx
+        slope = self.slope
+        if n >= FIT_SAMPLES and var > 1.0:
+            slope = (sxy / w - mx * my) / var
+            slope = self.slope = 0.0 if slope < 0.0 else slope
+        slope = slope or 0.0
+        base = my - slope * mx
+        self.base = 0.0 if base < 0.0 else base
         # The scale says how far one sample strays; the error of the mean of ``w`` of them is smaller.
         self.error = self.scale * 1.25 / math.sqrt(w) if fitted else UNMEASURED_ERROR_MS
         return y
-
-    def _fit(self, prompt: int) -> float | None:
-        if self.base is None:
-            return None
-        return self.base + (self.slope or 0.0) * prompt
 
     def drift_per_s(self, prior: float, prior_moves: float = 0.0) -> float:
         """An upper bound on how fast the base from ``current`` moves (ms per second) while no sample
@@ -179,11 +195,11 @@ def _median(values: list[float]) -> float | None:
 def typical(estimates: Iterable[TtftEstimate]) -> Typical:
     """The numbers assumed for a deployment without measurements of its own: the medians of its model's
     measured deployments, so an idle region is not ranked ahead of a busy one merely for lacking samples."""
-    ests = list(estimates)
+    ests = estimates if isinstance(estimates, list) else list(estimates)
     base = _median([e.base for e in ests if e.base is not None])
     slope = _median([e.slope for e in ests if e.slope is not None])
     wait = _median([e.per_queued for e in ests if e.per_queued is not None])
-    return Typical(base or 0.0, slope or 0.0, wait)
+    return _new_typical(base or 0.0, slope or 0.0, wait)
 
 
 def typical_ttft(estimates: Iterable[TtftEstimate]) -> float:
