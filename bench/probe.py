@@ -32,6 +32,8 @@ class Totals:
     errors: int = 0
     unfinished: int = 0  # responses still running when the drain time ran out (not errors)
     samples: list[bytes] = field(default_factory=list)  # the first response body (for --show)
+    receipts: int = 0  # x-regiongate-receipt headers seen, and their distinct signatures (batching)
+    signatures: set[bytes] = field(default_factory=set)
 
 
 class Conn(asyncio.Protocol):
@@ -78,6 +80,11 @@ class Conn(asyncio.Protocol):
             self.transport.abort()
 
     # --- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 20 and name.lower() == b"x-regiongate-receipt":
+            self.totals.receipts += 1
+            self.totals.signatures.add(value.rpartition(b".")[2])
+
     def on_body(self, body: bytes) -> None:
         if not self.first:
             self.first = time.perf_counter()
@@ -189,6 +196,8 @@ async def run(
         "p50_us": pct(totals.total_us, 50),
         "p99_us": pct(totals.total_us, 99),
         "events": int(pct([float(e) for e in totals.events], 50)),
+        "receipts": totals.receipts,
+        "signatures": len(totals.signatures),
         "sample": totals.samples[0][:4000].decode("utf-8", "replace") if totals.samples else "",
     }
 
