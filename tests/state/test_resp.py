@@ -11,21 +11,31 @@ import pytest
 import redis
 import redis.exceptions
 
-from regiongate.state.resp import RespClient, encode, parse
+from regiongate.state.resp import INCOMPLETE, Replies, RespClient, encode
 from tests.support.scale import REDIS_DB, shared_redis
 
 
-def test_parse_every_reply_kind_and_stop_on_a_partial_one() -> None:
-    wire = b"*4\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*1\r\n+OK\r\n-ERR no\r\n"
-    value, pos = parse(wire, 0)
-    assert value == [42, b"abc", None, [b"OK"]]
-    err, end = parse(wire, pos)
-    assert isinstance(err, redis.exceptions.ResponseError) and str(err) == "ERR no"
-    assert end == len(wire)
-    for cut in range(1, pos):  # every prefix of the first reply is incomplete, never a wrong value
-        with pytest.raises(Exception) as e:
-            parse(wire[:cut], 0)
-        assert type(e.value).__name__ == "_Incomplete"
+def test_replies_of_every_kind_in_order_and_a_partial_one_waits() -> None:
+    first = b"*4\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*1\r\n+OK\r\n"
+    errors = b"-ERR no\r\n-NOSCRIPT No matching script\r\n-LOADING Redis is loading\r\n"
+    r = Replies()
+    r.feed(first + errors)
+    assert r.next() == [42, b"abc", None, [b"OK"]]
+    err = r.next()
+    assert type(err) is redis.exceptions.ResponseError and str(err) == "ERR no"
+    assert isinstance(r.next(), redis.exceptions.NoScriptError)
+    assert isinstance(r.next(), redis.exceptions.BusyLoadingError)
+    assert r.next() is INCOMPLETE
+    for cut in range(1, len(first)):  # every prefix of a reply is incomplete, never a wrong value
+        r = Replies()
+        r.feed(first[:cut])
+        assert r.next() is INCOMPLETE
+        r.feed(first[cut:])
+        assert r.next() == [42, b"abc", None, [b"OK"]]
+    r = Replies()
+    r.feed(b"?what\r\n")
+    with pytest.raises(redis.exceptions.InvalidResponse):
+        r.next()
 
 
 def test_encode_is_a_resp_array_of_bulk_strings() -> None:
