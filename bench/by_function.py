@@ -40,16 +40,21 @@ def _name(addr: int, starts: list[int], info: list[tuple[int, str]]) -> str | No
     return None
 
 
+def annotate(cg_file: Path, check: bool = True) -> str:
+    """``callgrind_annotate``'s inclusive listing of every function of one dump."""
+    return subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(cg_file)],
+        capture_output=True,
+        text=True,
+        check=check,
+    ).stdout
+
+
 def inclusive(cg_file: Path, perf: Path) -> dict[str, int]:
     """Inclusive instructions per Python function (``qualname:file``), from ``callgrind_annotate``.
 
     Recursion levels (``name'2``) are left out: their cost is inside the first level's already."""
-    out = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(cg_file)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = annotate(cg_file)
     starts, info = perf_map(perf)
     costs: dict[str, int] = {}
     for line in out.splitlines():

@@ -56,12 +56,7 @@ def _signing(out_dir: Path) -> int:
     is its signatures, whose number moves with the batching (OpenSSL's or libsodium's entry point)."""
     total = 0
     for f in out_dir.glob("callgrind.out*"):
-        out = subprocess.run(
-            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(f)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
+        out = by_function.annotate(f, check=False)
         found = [int(m.group(1).replace(",", "")) for m in map(_SIGN.match, out.splitlines()) if m]
         total += max(found, default=0)
     return total
