@@ -72,3 +72,18 @@ async def test_sigint_skips_the_drain_period() -> None:
     runner.stop(signal.SIGINT)
     await asyncio.wait_for(task, 5)
     assert not ready.ready and j.lines[-1] == "services close"
+
+
+def test_settle_heap_freezes_what_is_alive_and_collects_young_garbage_less_often() -> None:
+    import gc
+
+    from regiongate.app.listeners import GC_THRESHOLDS, settle_heap
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)  # CPython's default
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > 700
+    finally:
+        gc.set_threshold(*before)
