@@ -11,7 +11,6 @@ plan again for the hop that continues it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -62,7 +61,7 @@ from regiongate.state.affinity import AffinityStore
 from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
 from regiongate.state.ttft import EXPLAIN_HEADER, explain_header
-from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse
+from regiongate.upstream.base import UpstreamCall, UpstreamFailure, UpstreamResponse, next_chunk
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -492,8 +491,7 @@ class Gateway:
                 return Opened(a, resp, None, 0.0)
             budget = call.first_byte_s or backend.upstream.first_byte_timeout_s
             try:  # one budget from the send to the first byte, head included
-                async with asyncio.timeout(max(budget - (time.monotonic() - sent), 0.0)):
-                    first = await anext(resp.chunks)
+                first = await next_chunk(resp.chunks, max(budget - (time.monotonic() - sent), 0.0))
             except TimeoutError:
                 await resp.aclose()
                 raise UpstreamFailure(backend.id, f"no first byte within {budget:g}s") from None

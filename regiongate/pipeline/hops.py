@@ -20,6 +20,7 @@ from regiongate.pipeline.continuation import HOPS_HEADER, Hop, may_continue, ren
 from regiongate.pipeline.exchange import Routed, Tracer
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event
 from regiongate.state.fleet import Fleet
+from regiongate.upstream.base import TimedChunks
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -137,7 +138,9 @@ class HopStream:
         region = a.deployment.region
         short, ceiling = self._idle_s()
         idle = short
-        assert resp.chunks is not None
+        chunks = resp.chunks
+        assert chunks is not None
+        timed = chunks if isinstance(chunks, TimedChunks) else None
         self.failure = None
         try:
             out = relay.feed(first)
@@ -146,8 +149,12 @@ class HopStream:
             while True:
                 idle = ceiling if relay.tool_calls else short  # a tool call cannot move: wait it out
                 try:
-                    async with asyncio.timeout(idle):
-                        chunk = await anext(resp.chunks)
+                    if timed is not None:  # the connection's one timer bounds the wait
+                        timed.within_s = idle
+                        chunk = await timed.__anext__()
+                    else:
+                        async with asyncio.timeout(idle):
+                            chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
                 out = relay.feed(chunk)

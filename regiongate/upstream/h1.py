@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from regiongate.upstream.base import TimedChunks
 
 PAUSE_AT = 1 << 18  # stop reading from a streaming upstream when this many bytes wait for the client
 KEEPALIVE_S = 30.0  # close pooled connections idle for longer (servers commonly drop them after 60-75 s)
@@ -183,12 +184,21 @@ class _Conn(asyncio.Protocol):
         while not self.head_done:
             await self._wait()
 
-    async def chunk(self) -> bytes | None:
-        """The body bytes received since the last call (None at the end of the body)."""
-        while not self._parts:
-            if self.complete:
-                return None
-            await self._wait()
+    async def chunk(self, within_s: float | None = None) -> bytes | None:
+        """The body bytes received since the last call (None at the end of the body); a wait for them
+        that lasts ``within_s`` raises ``TimeoutError`` (the connection's one timer, armed only while
+        waiting: time the caller spends between two calls is not counted)."""
+        if not self._parts:
+            if within_s is not None and not self.complete:
+                self.arm(self._loop.time() + within_s)
+            try:
+                while not self._parts:
+                    if self.complete:
+                        return None
+                    await self._wait()
+            finally:
+                if within_s is not None:
+                    self.deadline = None
         parts = self._parts
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts.clear()
@@ -233,29 +243,56 @@ class H1Response:
         finally:
             self.release()
 
-    def stream(self, deadline: float | None = None) -> AsyncIterator[bytes]:
+    def stream(self, deadline: float | None = None) -> H1Chunks:
         """The body as it arrives; ``deadline`` (``loop.time()``) bounds the whole body, in place of the
-        request's (from this call on)."""
+        request's (from this call on), and each wait for more is bounded by the iterator's ``within_s``."""
         conn = self._conn
         assert conn is not None
         conn.deadline = None
-        return self._stream(conn, deadline)
-
-    async def _stream(self, conn: _Conn, deadline: float | None) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        try:
-            while (data := await conn.chunk()) is not None:
-                if data:
-                    yield data
-                if deadline is not None and loop.time() > deadline:
-                    raise UpstreamHttpError("the response outlasted its total time limit")
-        finally:
-            self.release()
+        return H1Chunks(self, conn, deadline)
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.put(conn)
+
+
+class H1Chunks(TimedChunks):
+    """A response body as it arrives, the connection handed back once it ends (or closed if it did not):
+    each wait for more bytes is bounded by the connection's one timer (``within_s``), not a timer of its
+    own."""
+
+    __slots__ = ("_conn", "_deadline", "_loop", "_resp")
+
+    def __init__(self, resp: H1Response, conn: _Conn, deadline: float | None) -> None:
+        super().__init__()
+        self._resp = resp
+        self._conn: _Conn | None = conn
+        self._deadline = deadline
+        self._loop = conn._loop
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            if self._deadline is not None and self._loop.time() > self._deadline:
+                raise UpstreamHttpError("the response outlasted its total time limit")
+            while not (data := await conn.chunk(self.within_s)):
+                if data is None:
+                    raise StopAsyncIteration
+        except BaseException:
+            self._end()
+            raise
+        return data
+
+    async def aclose(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self._conn is not None:
+            self._conn = None
+            self._resp.release()
 
 
 class H1Pool:

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from regiongate.upstream.base import UpstreamCall, UpstreamFailure
-from regiongate.upstream.h1 import PAUSE_AT, H1Pool
+from regiongate.upstream.base import TimedChunks, UpstreamCall, UpstreamFailure
+from regiongate.upstream.h1 import PAUSE_AT, H1Pool, H1Response
 from regiongate.upstream.http import HttpUpstream
 from tests.support.certs import make_certs
 
@@ -274,6 +274,67 @@ async def test_a_stream_may_outlast_the_first_byte_time_and_its_connection_serve
     answer = await up.send(call())
     assert answer.status == 200 and server.connections == 1
     await up.aclose()
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def open_stream(url: str) -> tuple[H1Pool, H1Response, TimedChunks]:
+    """A streamed response's pool, response and chunks, its waits bounded by the connection's timer."""
+    pool = H1Pool(url)
+    resp = await pool.request(b"POST /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+    chunks = resp.stream()
+    assert isinstance(chunks, TimedChunks)
+    return pool, resp, chunks
+
+
+async def test_a_stream_that_stalls_mid_body_is_cut_by_the_connections_timer(serve: Serve) -> None:
+    """``within_s`` bounds each wait for more of a stream with the connection's one timer (no
+    ``asyncio.timeout`` per chunk): a body that goes silent after its first event raises TimeoutError and
+    its connection is dropped, not pooled."""
+
+    async def respond(head: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(SSE_HEAD + b"6\r\nfirst\n\r\n")
+        await asyncio.Event().wait()
+        return False
+
+    _, url = await serve(respond)
+    pool, _, chunks = await open_stream(url)
+    chunks.within_s = 0.05
+    assert await anext(chunks) == b"first\n"
+    with pytest.raises(TimeoutError):
+        await anext(chunks)
+    assert pool._idle == []
+    with pytest.raises(StopAsyncIteration):  # ended: the connection is gone
+        await anext(chunks)
+
+
+async def test_a_streams_wait_is_timed_only_while_waiting(serve: Serve) -> None:
+    """The time a caller spends between two chunks (writing to a slow client) is not the backend's
+    silence: a wait's deadline is dropped once bytes arrive, and the next wait arms its own."""
+    go = asyncio.Event()
+
+    async def respond(head: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(SSE_HEAD)
+        await go.wait()
+        w.write(b"6\r\nfirst\n\r\n")
+        go.clear()
+        await go.wait()
+        w.write(b"5\r\nlate\n\r\n0\r\n\r\n")
+        return True
+
+    _, url = await serve(respond)
+    pool, resp, chunks = await open_stream(url)
+    conn = resp._conn
+    assert conn is not None and conn.deadline is None  # the request's first-byte deadline ended with the head
+    chunks.within_s = 30.0
+    asyncio.get_running_loop().call_soon(go.set)  # the first event arrives while the wait is armed
+    assert await anext(chunks) == b"first\n"
+    assert conn.deadline is None and conn.error is None  # not waiting: nothing to cut
+    go.set()
+    assert [x async for x in chunks] == [b"late\n"]
+    assert len(pool._idle) == 1  # the body ended: the connection serves the next request
+    pool.close()
 
 
 async def test_crlf_in_a_forwarded_value_cannot_inject_a_header(serve: Serve) -> None:
