@@ -298,3 +298,14 @@ def test_the_cli_verifies_a_batched_receipt_offline(tmp_path: Path) -> None:
         [*cmd, f"{h}.{other}.{x}.{s}"], capture_output=True, text=True, timeout=60, check=False
     )
     assert bad.returncode == 1 and "altered or forged" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_libsodium_signs_what_openssl_would() -> None:
+    """The signing key signs with libsodium; Ed25519 is deterministic, so the bytes are OpenSSL's own."""
+    key = receipts.SigningKey.generate()
+    for data in (b"", b"x", b"header.payload" * 40):
+        assert key.sign(data) == key.private.sign(data)
+    token = receipts.sign(key, {"rid": "r1"})
+    header, payload, signature = token.split(".")
+    expected = key.private.sign(f"{header}.{payload}".encode("ascii"))
+    assert receipts.b64url_decode(signature) == expected
