@@ -289,6 +289,16 @@ def _refusal(buckets: Sequence[Bucket], take: Take, headers: list[tuple[str, str
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """What one key's requests are charged on (``RateLimits._caller``)."""
+
+    buckets: tuple[Bucket, ...]  # in order: team requests, team tokens, key requests, key tokens (tokens cost 0)
+    tokens: bool  # a tokens bucket among them: each request's cost is its prompt estimate
+    who: str  # "team/key id", for messages
+    keys: dict[str, list[str]]  # the buckets' Redis keys, by the link's key prefix
+
+
 @dataclass(slots=True)
 class _Rider:
     """A request's buckets, taken with its first capacity lease (``state.capacity.Rider``)."""
@@ -329,9 +339,21 @@ class RateLimits:
         # bounded, since a request that ends in an error never reaches ``after``.
         self._late: OrderedDict[int, list[tuple[str, str]]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._callers: dict[tuple[str, str], _Caller] = {}  # (team, key id) -> its buckets (``_caller``)
+        self._for: tuple[object, object] | None = None  # the (config, share) they were built from
 
-    def _buckets(self, inbound: Inbound, estimate: int) -> list[Bucket]:
+    def _caller(self, inbound: Inbound) -> _Caller:
+        """The buckets that apply to ``inbound``'s team and key, kept per key until the config (or the
+        share) in force changes: they are the same for every request of that key but for the tokens'
+        cost (the request's estimate, filled in by ``before``)."""
         p = inbound.principal
+        built = self._for
+        if built is None or built[0] is not self.cfg or built[1] is not self.share:
+            self._callers.clear()
+            self._for = (self.cfg, self.share)
+        got = self._callers.get((p.team, p.key_id))
+        if got is not None:
+            return got
         team, key = self.cfg.for_team(p.team)
         out: list[Bucket] = []
         scopes: list[tuple[str, str, RateLimit]] = [
@@ -344,18 +366,26 @@ class RateLimits:
                 out.append(Bucket(f"{scope}:{subject}:requests", cap, 1, "requests", scope))
             if lim.tokens_per_minute:
                 cap = max(self.share(lim.tokens_per_minute), 1)
-                out.append(Bucket(f"{scope}:{subject}:tokens", cap, estimate, "tokens", scope))
-        return out
+                out.append(Bucket(f"{scope}:{subject}:tokens", cap, 0, "tokens", scope))
+        if len(self._callers) > 10_000:
+            self._callers.clear()
+        got = self._callers[(p.team, p.key_id)] = _Caller(
+            tuple(out), any(b.kind == "tokens" for b in out), f"{p.team}/{p.key_id}", {}
+        )
+        return got
 
     async def before(self, inbound: Inbound) -> None:
         self._pending.pop(id(inbound), None)  # ids are reused: never let an old entry speak for this one
         self._late.pop(id(inbound), None)
-        probe = self._buckets(inbound, 0)
-        if not probe:
+        caller = self._caller(inbound)
+        if not caller.buckets:
             return
-        estimate = count_prompt_tokens(inbound.payload) if any(b.kind == "tokens" for b in probe) else 0
-        buckets = self._buckets(inbound, estimate)
-        who = f"{inbound.principal.team}/{inbound.principal.key_id}"
+        estimate = 0
+        buckets = list(caller.buckets)
+        if caller.tokens:
+            estimate = count_prompt_tokens(inbound.payload)
+            buckets = [b if b.kind != "tokens" else Bucket(b.key, b.capacity, estimate, b.kind, b.scope) for b in buckets]
+        who = caller.who
         for b in buckets:
             if b.kind == "tokens" and b.cost > b.capacity:
                 raise RouteError(
@@ -368,7 +398,9 @@ class RateLimits:
                 )
         store = self.store
         if isinstance(store, RedisRates) and store.link.up:  # taken with the first lease, in one round trip
-            keys = [store.key(b) for b in buckets]
+            keys = caller.keys.get(store.link.prefix)
+            if keys is None:
+                keys = caller.keys[store.link.prefix] = [store.key(b) for b in buckets]
             inbound.rider = _Rider(self, inbound, buckets, estimate, who, store.admit, keys)
             return
         refusal = self._admitted(inbound, buckets, estimate, who, await self.store.take(buckets))
