@@ -56,7 +56,7 @@ from regiongate.pipeline.tiering import (
     stamp_events,
     tier_of,
 )
-from regiongate.pipeline.usage import UsageRecord, UsageSink
+from regiongate.pipeline.usage import UsageSink, new_usage_record
 from regiongate.state.affinity import AffinityStore
 from regiongate.state.capacity import Lease
 from regiongate.state.fleet import Backend, Deployment, Fleet
@@ -606,7 +606,7 @@ class Gateway:
             completion = c if isinstance(c, int) else 0
         now = time.monotonic()
         self.metrics.request(inbound.model, region, route, status, inbound.tier)
-        record = UsageRecord(
+        record = new_usage_record(  # a UsageRecord (core.frozen's twin constructor)
             request_id=inbound.request_id,
             team=inbound.principal.team,
             key_id=inbound.principal.key_id,

@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
+from regiongate.core.frozen import fast_constructor
+
 
 @functools.lru_cache(maxsize=64)
 def utc_day(epoch_day: int) -> str:
@@ -37,6 +39,10 @@ class UsageRecord:
     hops: tuple[str, ...] = ()  # a stream's hops in order ("region backend (reason)"), when it has them
     tier: str = "default"  # the service tier it ran at (regiongate.core.tiers)
     estimated: bool = False  # the backend reported no usage: the tokens are the gateway's estimate
+
+
+# ``UsageRecord``, without the frozen per-field cost (``core.frozen``): one is built per routed request.
+new_usage_record = fast_constructor(UsageRecord)
 
 
 @dataclass(slots=True)
