@@ -184,10 +184,7 @@ class Gateway:
         if inbound.explain and routed.plan is not None:  # rendered only when asked: off the hot path
             routed.headers.append((EXPLAIN_HEADER, explain_header(routed.plan)))
         routed.headers.append((TIER_HEADER, inbound.tier))
-        if routed.chunks is None:
-            if routed.status == 200 and inbound.path in STAMPED_PATHS:
-                routed.body = stamp(routed.body, inbound.tier, inbound.path)
-        else:
+        if routed.chunks is not None:  # a whole answer is stamped by _complete
             stamper = event_stamper(inbound.path, inbound.tier, "service_tier" in inbound.payload)
             if stamper is not None:
                 routed.chunks = stamp_events(routed.chunks, stamper)
@@ -557,9 +554,10 @@ class Gateway:
         if resp.status == 200 and not tokens.reported(usage) and a.inbound.path in tokens.COUNTED:
             usage = tokens.for_answer(a.inbound.payload, _json_object(resp), usage)
         self._record(a.inbound, a.deployment.region, a.route, resp.status, usage, None, a.started)
-        return Routed(
-            resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=resp.body
-        )
+        body = resp.body
+        if resp.status == 200 and a.inbound.path in STAMPED_PATHS:  # the tier it ran at, in the answer
+            body = stamp(body, a.inbound.tier, a.inbound.path, resp.parsed)
+        return Routed(resp.status, resp.content_type, a.deployment.region, a.route, a.backend.id, body=body)
 
     async def _continue(self, st: HopStream) -> Opened | None:
         """The next backend in scope that continues the answer from what was delivered, or None."""

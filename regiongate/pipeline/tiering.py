@@ -63,13 +63,23 @@ def anthropic_tier(tier: Tier) -> str:
     return "priority" if tier is Tier.PRIORITY else "standard"
 
 
-def stamp(body: bytes, tier: Tier, path: str = "/chat/completions") -> bytes:
+def stamp(
+    body: bytes, tier: Tier, path: str = "/chat/completions", parsed: dict[str, Any] | None = None
+) -> bytes:
     """``body`` (a JSON object answer) with its tier set to the one it ran at, where its API defines it:
     ``service_tier`` (OpenAI) or ``usage.service_tier`` (Anthropic's messages); left as it is when it
-    already says so or is not a JSON object."""
+    already says so or is not a JSON object. ``parsed``: ``body`` already parsed, when the caller has it
+    (the HTTP backend validates every answer): a top-level member it lacks is then added as the object's
+    last, the answer's own bytes kept, instead of parsing and encoding it all again."""
     value = anthropic_tier(tier) if path == "/messages" else tier.value
-    if b'"service_tier":"' + value.encode() + b'"' in body:
+    said = b'"service_tier":"' + value.encode() + b'"'
+    if said in body:
         return body
+    if parsed is not None and path != "/messages" and "service_tier" not in parsed:
+        head = body.rstrip()
+        if head.endswith(b"}"):
+            head = head[:-1].rstrip()
+            return head + (b"" if head.endswith(b"{") else b",") + said + b"}"
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
