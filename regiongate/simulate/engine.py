@@ -237,8 +237,10 @@ class Engine:
         for ev in w.events:
             heappush(self.heap, (ev.start_s, next(self.seq), EV_START, None, 0, ev))
             heappush(self.heap, (ev.end_s, next(self.seq), EV_END, None, 0, ev))
-        for b in range(n_buckets):
-            heappush(self.heap, ((b + 1) * self.bucket_s, next(self.seq), TICK, None, 0, b))
+        # One tick at a time (each pushes the next, ``_handle``): the heap holds in-flight work, not the
+        # day's 288 ticks, so every push and pop is a level shallower. Same order of events: a tick
+        # comes after the events at its time that were pushed before it, as when all were pushed here.
+        heappush(self.heap, (self.bucket_s, next(self.seq), TICK, None, 0, 0))
 
     # --- snapshots ---------------------------------------------------------------------------------
     def snapshot(self, mi: int, now: float) -> WorldSnapshot:
@@ -520,32 +522,19 @@ class Engine:
         heap = self.heap
         seq = next(self.seq)
         ttft_ms = (ctx.rtt_s[d.ri] + wait + server) * 1000.0
-        sample = ((wait + server) * 1000.0, prompt, queued)  # what the gateway learns from: network taken out
         if wait == 0.0 and self.folds and self.hook is None:
             # Nothing at the first token depends on its time (integer counts only): one event at the end.
             heappush(heap, (first + completion * d.token_s, seq, SERVED, d, d.epoch, first, ctx, ttft_ms))
             return
-        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, sample, wait, tag))
+        # What the gateway learns from (the server's part, network taken out), the prompt and the queue.
+        sample_ms = (wait + server) * 1000.0
+        heappush(heap, (first, seq, FIRST, d, d.epoch, ctx, ttft_ms, sample_ms, prompt, queued, wait, tag))
         heappush(heap, (first + completion * d.token_s, seq, DONE, d, d.epoch, first))
 
     # --- events --------------------------------------------------------------------------------------
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[2]
-        if kind == FIRST:
-            t, _, _, d, epoch, ctx, ttft_ms, sample, wait, tag = ev
-            st = self.stats
-            if epoch != d.epoch:
-                st.failed[ctx.cell] += 1
-                return
-            if self.hook is not None:
-                self.hook.first(t, d, ctx, tag, ttft_ms, wait)
-            if self.learns:  # a baseline's snapshot shows nothing a first token changes
-                d.ttft.add(sample[0], t, None, sample[1], sample[2])
-                self.typical[d.mi] = None
-                d.state = None
-                self.snaps[d.mi] = None
-            self._served(d, ctx, ttft_ms, wait)
-        elif kind in (DONE, SERVED):
+        if kind in (SERVED, DONE):  # the most common: a baseline's request ends
             t, d, epoch, first = ev[0], ev[3], ev[4], ev[5]
             if kind == SERVED:  # the first token's event folded into this one (``_start``)
                 # Served unless an outage began before the first token (then the first token's event
@@ -570,8 +559,25 @@ class Engine:
             if d.waiting and d.running < d.slots:
                 arrived, ctx, prompt, completion, queued, tag = d.waiting.popleft()
                 self._start(d, t, arrived, ctx, prompt, completion, queued, tag)
+        elif kind == FIRST:
+            t, _, _, d, epoch, ctx, ttft_ms, sample_ms, prompt, queued, wait, tag = ev
+            st = self.stats
+            if epoch != d.epoch:
+                st.failed[ctx.cell] += 1
+                return
+            if self.hook is not None:
+                self.hook.first(t, d, ctx, tag, ttft_ms, wait)
+            if self.learns:  # a baseline's snapshot shows nothing a first token changes
+                d.ttft.add(sample_ms, t, None, prompt, queued)
+                self.typical[d.mi] = None
+                d.state = None
+                self.snaps[d.mi] = None
+            self._served(d, ctx, ttft_ms, wait)
         elif kind == TICK:
-            self._tick(ev[0], ev[5])
+            b = ev[5]
+            self._tick(ev[0], b)
+            if b + 1 < self.n_buckets:
+                heappush(self.heap, ((b + 2) * self.bucket_s, next(self.seq), TICK, None, 0, b + 1))
         else:
             self._event(ev[0], ev[5], kind == EV_START)
 

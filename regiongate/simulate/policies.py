@@ -179,12 +179,12 @@ class LeastLoaded(_Baseline):
     @staticmethod
     def pick(scoped: Sequence[Live], by_distance: Sequence[Live], salt: int) -> Pick:
         best: Live | None = None
-        best_key = (0.0, "")
-        for d in scoped:
+        best_load = 0.0
+        for d in scoped:  # the least (in_use / limit, region), without a key tuple per deployment
             if d.in_use < d.limit and d.up:
-                key = (d.in_use / d.limit, d.region)
-                if best is None or key < best_key:
-                    best, best_key = d, key
+                load = d.in_use / d.limit
+                if best is None or load < best_load or (load == best_load and d.region < best.region):
+                    best, best_load = d, load
         return best, best.region if best is not None else ""
 
 

@@ -106,15 +106,28 @@ def diurnal_at(curve: Sequence[float], local_hour: float) -> float:
     return curve[i] * (1.0 - f) + curve[(i + 1) % 24] * f
 
 
+_TWOPI = 2.0 * math.pi  # random.TWOPI
+
+
 def token_sampler(spec: TokenDist, rng: random.Random) -> Callable[[], int]:
     """A function drawing integer token counts from ``spec`` (clipped to its min and max)."""
     lo, hi = spec.min, spec.max
     if spec.dist == "lognormal":
         assert spec.median is not None
-        mu, sigma, gauss, exp = math.log(spec.median), spec.sigma, rng.gauss, math.exp
+        mu, sigma, rand, exp = math.log(spec.median), spec.sigma, rng.random, math.exp
+        log, sqrt, cos, sin = math.log, math.sqrt, math.cos, math.sin
 
         def lognormal() -> int:
-            n = int(exp(mu + sigma * gauss()) + 0.5)
+            # ``rng.gauss()`` written out (CPython's ``random.gauss``: a pair from two uniforms, the second
+            # kept in ``gauss_next``, shared with any other caller of ``rng.gauss``): the same numbers.
+            z = rng.gauss_next  # type: ignore[attr-defined]  # random.Random sets it in __init__
+            rng.gauss_next = None  # type: ignore[attr-defined]
+            if z is None:
+                x2pi = rand() * _TWOPI
+                g2rad = sqrt(-2.0 * log(1.0 - rand()))
+                z = cos(x2pi) * g2rad
+                rng.gauss_next = sin(x2pi) * g2rad  # type: ignore[attr-defined]
+            n = int(exp(mu + sigma * (0.0 + z * 1.0)) + 0.5)
             return lo if n < lo else hi if n > hi else n
 
         return lognormal

@@ -145,6 +145,28 @@ def test_token_samplers() -> None:
     assert token_sampler(TokenDist(dist="fixed", mean=0, min=0), rng)() == 0
 
 
+def test_lognormal_sampler_draws_what_rng_gauss_draws() -> None:
+    """The sampler writes ``random.gauss`` out for speed: the same numbers as the library's, also when two
+    samplers (prompt and completion) and a plain ``gauss`` caller share one generator's cached pair."""
+    from regiongate.simulate.scenario import TokenDist
+
+    dist = TokenDist(dist="lognormal", median=500, sigma=1.0, max=32768)
+    fast, ref = random.Random(7), random.Random(7)
+    prompt, completion = token_sampler(dist, fast), token_sampler(dist, fast)
+
+    def expected() -> int:
+        n = int(math.exp(math.log(500) + 1.0 * ref.gauss()) + 0.5)
+        return min(max(n, 1), 32768)
+
+    for i in range(5_000):
+        assert prompt() == expected()
+        if i % 3:
+            assert completion() == expected()
+        if i % 7 == 0:
+            assert fast.gauss() == ref.gauss()
+        assert fast.random() == ref.random()
+
+
 def test_histogram_percentiles_are_within_one_percent() -> None:
     rng = random.Random(3)
     xs = [rng.lognormvariate(math.log(200), 1.0) for _ in range(50_000)]
