@@ -168,7 +168,10 @@ def _estimate(
         network, source = network_ms, "client-distance"
     else:
         network, source = _network(snapshot, dep, loc)
-    prompt = request.prompt_tokens - _cached(dep, request)
+    prompt = request.prompt_tokens
+    aff = request.affinity
+    if aff is not None and aff.region == dep.region:  # its prompt cache holds part of this prompt
+        prompt -= aff.cached(prompt)
     return _new_estimate(
         network,
         source,
@@ -177,12 +180,6 @@ def _estimate(
         prompt * dep.prefill_ms_per_token,
         dep.error_ms,
     )
-
-
-def _cached(dep: DeploymentState, request: RouteRequest) -> int:
-    """Prompt tokens ``dep`` holds in its prompt cache for this request (its affinity region only)."""
-    aff = request.affinity
-    return aff.cached(request.prompt_tokens) if aff is not None and aff.region == dep.region else 0
 
 
 def _where(request: RouteRequest) -> str:
@@ -248,29 +245,17 @@ def _candidate(
     nearest: str,
     network_ms: float | None = None,
 ) -> Candidate:
-    # ``_backend_order`` and ``_estimate`` (with ``_cached``) written out for the common case (one
-    # backend, the client's location known): one candidate per decision, three calls fewer.
-    backends = dep.backends
-    region = dep.region
-    order = (backends[0].id,) if len(backends) == 1 else _backend_order(dep)
+    order = _backend_order(dep)
     aff = request.affinity
-    if aff is not None and aff.region == region and aff.backend in order[1:]:
+    if aff is not None and aff.region == dep.region and aff.backend in order[1:]:
         order = (aff.backend, *(b for b in order if b != aff.backend))  # its cache is warm there
-    if network_ms is None or request.client_location is None:
-        estimate = _estimate(snapshot, dep, request, network_ms)
-    else:
-        prompt = request.prompt_tokens
-        if aff is not None and aff.region == region:
-            prompt -= aff.cached(prompt)
-        estimate = _new_estimate(
-            network_ms,
-            "client-distance",
-            dep.queue_depth * dep.wait_ms_per_queued,
-            dep.ttft_ms,
-            prompt * dep.prefill_ms_per_token,
-            dep.error_ms,
-        )
-    return _new_candidate(region, order, _route(request, nearest=region == nearest), estimate, dep.free)
+    return _new_candidate(
+        dep.region,
+        order,
+        _route(request, nearest=dep.region == nearest),
+        _estimate(snapshot, dep, request, network_ms),
+        dep.free,
+    )
 
 
 def _rank(
