@@ -9,7 +9,6 @@ exactly once per hop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -20,7 +19,7 @@ from regiongate.pipeline.continuation import HOPS_HEADER, Hop, may_continue, ren
 from regiongate.pipeline.exchange import Routed, Tracer
 from regiongate.pipeline.sse import DONE, SseRelay, StreamKind, error_event
 from regiongate.state.fleet import Fleet
-from regiongate.upstream.base import TimedChunks
+from regiongate.upstream.base import next_chunk
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -140,7 +139,6 @@ class HopStream:
         idle = short
         chunks = resp.chunks
         assert chunks is not None
-        timed = chunks if isinstance(chunks, TimedChunks) else None
         self.failure = None
         try:
             out = relay.feed(first)
@@ -149,12 +147,7 @@ class HopStream:
             while True:
                 idle = ceiling if relay.tool_calls else short  # a tool call cannot move: wait it out
                 try:
-                    if timed is not None:  # the connection's one timer bounds the wait
-                        timed.within_s = idle
-                        chunk = await timed.__anext__()
-                    else:
-                        async with asyncio.timeout(idle):
-                            chunk = await anext(chunks)
+                    chunk = await next_chunk(chunks, idle)
                 except StopAsyncIteration:
                     break
                 out = relay.feed(chunk)
