@@ -43,6 +43,7 @@ from regiongate.upstream.http import HttpUpstream
 from regiongate.upstream.simulated import SimulatedEngine
 
 if TYPE_CHECKING:
+    from regiongate.pipeline.receipts import ReceiptHook
     from regiongate.pipeline.tracing import Tracing
 
 log = logging.getLogger("regiongate")
@@ -278,10 +279,11 @@ def build_runtime(
         tracing = gateway.tracing = Tracing.build(cfg.tracing, env)
         gateway.hooks.insert(0, tracing.hook)  # first, so a refused request's span is named too
     mounts = _control_mounts(cfg, control, callers, live) if control is not None else ()
-    receipts = lambda: control.receipts if control else None  # noqa: E731
+    def receipts() -> ReceiptHook | None:
+        return control.receipts if control else None
 
     def receipt_counts() -> tuple[int, int] | None:
-        hook = control.receipts if control else None
+        hook = receipts()
         return (hook.receipts, hook.signatures) if hook is not None else None
 
     metrics.watch_receipts(receipt_counts)
