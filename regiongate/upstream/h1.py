@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from regiongate.upstream.base import TimedChunks
+from regiongate.upstream.deadline import LazyDeadline
 
 PAUSE_AT = 1 << 18  # stop reading from a streaming upstream when this many bytes wait for the client
 KEEPALIVE_S = 30.0  # close pooled connections idle for longer (servers commonly drop them after 60-75 s)
@@ -55,11 +56,8 @@ class _Conn(asyncio.Protocol):
         self.lost_at: float | None = None  # loop time the connection was lost
         self.idle_since = 0.0
         self._loop = asyncio.get_running_loop()
-        # The exchange's deadline (loop time) and one timer behind it, moved lazily: a later deadline
-        # leaves the timer where it is, and it re-arms for what is left when it fires (a request on a
-        # kept-alive connection then costs no timer of its own, where asyncio.timeout costs one).
-        self.deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # The exchange's deadline: one timer per connection, not one per request (``LazyDeadline``).
+        self.deadline = LazyDeadline(self._loop, self._expired)
         self._begin()
 
     def _begin(self) -> None:
@@ -77,7 +75,7 @@ class _Conn(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
-        self.deadline = None
+        self.deadline.at = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,9 +92,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.lost_at = self._loop.time()
-        if self._timer is not None:  # not left holding this connection until it fires
-            self._timer.cancel()
-            self._timer = None
+        self.deadline.close()
         if self.head_done and not self.framed and not self.complete and exc is None:
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
@@ -151,24 +147,7 @@ class _Conn(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_exception(exc)
 
-    def arm(self, deadline: float) -> None:
-        """Fail what waits on this exchange with ``TimeoutError`` at ``deadline`` (``loop.time()``)."""
-        self.deadline = deadline
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        at = self.deadline
-        if at is None:
-            return
-        if self._loop.time() < at:  # moved later since the timer was set
-            self._timer = self._loop.call_at(at, self._fire)
-            return
-        self.deadline = None
+    def _expired(self) -> None:
         self._fail(TimeoutError())
 
     async def _wait(self) -> None:
@@ -190,7 +169,7 @@ class _Conn(asyncio.Protocol):
         waiting: time the caller spends between two calls is not counted)."""
         if not self._parts:
             if within_s is not None and not self.complete:
-                self.arm(self._loop.time() + within_s)
+                self.deadline.set(self._loop.time() + within_s)
             try:
                 while not self._parts:
                     if self.complete:
@@ -198,7 +177,7 @@ class _Conn(asyncio.Protocol):
                     await self._wait()
             finally:
                 if within_s is not None:
-                    self.deadline = None
+                    self.deadline.at = None
         parts = self._parts
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts.clear()
@@ -248,7 +227,7 @@ class H1Response:
         request's (from this call on), and each wait for more is bounded by the iterator's ``within_s``."""
         conn = self._conn
         assert conn is not None
-        conn.deadline = None
+        conn.deadline.at = None
         return H1Chunks(self, conn, deadline)
 
     def release(self) -> None:
@@ -362,7 +341,7 @@ class H1Pool:
                 conn = await self._connect(deadline)
             written = loop.time()
             if deadline is not None:
-                conn.arm(deadline)
+                conn.deadline.set(deadline)
             try:
                 assert conn.transport is not None
                 conn.transport.write(head + body if body else head)

@@ -326,11 +326,11 @@ async def test_a_streams_wait_is_timed_only_while_waiting(serve: Serve) -> None:
     _, url = await serve(respond)
     pool, resp, chunks = await open_stream(url)
     conn = resp._conn
-    assert conn is not None and conn.deadline is None  # the request's first-byte deadline ended with the head
+    assert conn is not None and conn.deadline.at is None  # the request's first-byte deadline ended with the head
     chunks.within_s = 30.0
     asyncio.get_running_loop().call_soon(go.set)  # the first event arrives while the wait is armed
     assert await anext(chunks) == b"first\n"
-    assert conn.deadline is None and conn.error is None  # not waiting: nothing to cut
+    assert conn.deadline.at is None and conn.error is None  # not waiting: nothing to cut
     go.set()
     assert [x async for x in chunks] == [b"late\n"]
     assert len(pool._idle) == 1  # the body ended: the connection serves the next request
