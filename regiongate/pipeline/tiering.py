@@ -110,7 +110,13 @@ def event_stamper(path: str, tier: Tier, asked: bool) -> Callable[[bytes], bytes
         def chat(chunk: bytes) -> bytes:
             if b'"service_tier"' in chunk:
                 return chunk
-            return chunk.replace(b"data: {", b"data: {" + field).replace(b"data:{", b"data:{" + field)
+            # Only where a data line begins, the chunk's start or after a newline (the relay hands whole
+            # events): inside a JSON string "data: {" is text the model wrote, and a newline is escaped.
+            for data in (b"data: {", b"data:{"):
+                chunk = chunk.replace(b"\n" + data, b"\n" + data + field)
+                if chunk.startswith(data):
+                    chunk = data + field + chunk[len(data) :]
+            return chunk
 
         return chat
     if path == "/responses":
