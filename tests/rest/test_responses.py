@@ -99,6 +99,7 @@ def test_create_translated_and_stored(gw: Gw, region: str | None, served: str) -
     assert (claims["object"], claims["region"], claims["stored"]) == (r.id, served, served)
     got = c.responses.retrieve(r.id)
     assert got.id == r.id and got.output_text == r.output_text
+    assert r.service_tier == got.service_tier == "default"  # the tier it ran at, kept with it
 
 
 def test_without_store_nothing_is_kept(gw: Gw) -> None:
@@ -163,7 +164,8 @@ def test_streaming_events_and_store(gw: Gw) -> None:
     } <= set(kinds)
     assert final.id.startswith("resp_eu-west-1_") and final.output_text == text and "in eu-west-1 " in text
     assert final.usage is not None and final.usage.output_tokens > 0
-    assert c.responses.retrieve(final.id).output_text == text
+    kept = c.responses.retrieve(final.id)
+    assert kept.output_text == text and final.service_tier == kept.service_tier == "default"
     # create(stream=True) gives the same events
     events = list(c.responses.create(model="grok-4", input="again", stream=True, store=False))
     assert events[-1].type == "response.completed" and events[-1].response.store is False
