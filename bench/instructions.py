@@ -9,7 +9,8 @@ instrumentation on (``callgrind_control -i on``), sends ``--requests`` more at 8
 divides the instructions counted (all threads of the process) by the requests. Paths: ``rest`` (the
 benchmark's in-process config, chat lat0), ``rest-stream`` (the same config, stream20 lat0: 20 content
 chunks, each its own upstream write), ``redis`` (the same with ``[shared] redis`` and a team rate
-limit, a private redis-server), ``grpc`` (unary GetCompletion through the gRPC listener, h2load),
+limit, a private redis-server; it also prints the Redis commands, those inside scripts counted, and
+the script calls per request, from that server's ``INFO commandstats``), ``grpc`` (unary GetCompletion through the gRPC listener, h2load),
 ``grpc-floor`` (the same call against a bare grpc.aio server, ``bench.grpc_floor``: what grpc.aio costs
 before any gateway work) and ``grpc-floor-front`` (that server behind regiongate's gRPC front: the pipe's
 cost is the difference; both run this checkout's front, ``--pythonpath`` or not: ``-m`` puts the working
@@ -87,6 +88,12 @@ def _drive(t: targets.Target, path: str, n: int, work: Path) -> str:
     return f"{int(raw.get('receipts', 0)) / sigs:.2f} receipts per signature" if sigs else ""
 
 
+def _redis_rate(before: tuple[int, int], after: tuple[int, int], n: int) -> str:
+    """Redis commands (those inside scripts counted) and script calls (each one round trip) per request
+    over the measured requests, from ``INFO commandstats`` of the private redis-server."""
+    return f"{(after[0] - before[0]) / n:.2f} Redis commands and {(after[1] - before[1]) / n:.2f} scripts per request"
+
+
 def _start_floor(work: Path, front: bool) -> targets.Target:
     port = targets.free_port()
     cmd = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), *(["--front"] if front else [])]
@@ -144,7 +151,10 @@ def measure(path: str, n: int, work: Path, pythonpath: str | None, functions: in
                         time.sleep(1)
             _drive(rg, path, 200, work)  # warm-up: pools, caches, first-call paths
             subprocess.run(["callgrind_control", "-i", "on", str(rg.proc.pid)], check=True, capture_output=True)
+            before = redis.counts() if redis is not None else None
             batching = _drive(rg, path, n, work)
+            if redis is not None and before is not None:
+                batching = ", ".join(x for x in (batching, _redis_rate(before, redis.counts(), n)) if x)
             subprocess.run(["callgrind_control", "-d", str(rg.proc.pid)], check=True, capture_output=True)
             subprocess.run(["callgrind_control", "-i", "off", str(rg.proc.pid)], check=True, capture_output=True)
             if functions:
