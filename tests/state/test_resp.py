@@ -85,6 +85,31 @@ async def test_a_script_is_loaded_again_after_redis_forgot_it() -> None:
         await c.aclose()
 
 
+async def test_a_late_command_keeps_its_place_and_takes_its_arguments_when_it_leaves() -> None:
+    c = RespClient(shared_redis(), 5.0)
+    key = f"rgtest:{uuid.uuid4().hex}"
+    items: list[str] = []
+    try:
+        assert c.later(lambda: ["PING"]) is None  # not connected yet: the caller uses execute
+        await c.execute("PING")
+        pushed = c.later(lambda: ["RPUSH", key, *items])
+        assert pushed is not None
+        length = asyncio.ensure_future(c.execute("LLEN", key))  # issued after it, in the same iteration
+        items += ["a", "b"]  # still this iteration: the late command takes them
+        assert await pushed == 2
+        assert await length == 2  # it ran after the late command, in the order of the calls
+        script = c.register_script(f"return #ARGV + {uuid.uuid4().int % 1000}")
+        loaded = script.later(lambda: ((), ["x"]), load=True)  # by its source: Redis never saw it
+        assert loaded is not None
+        assert await loaded == 1 + int(script.src.rsplit(" ", 1)[1])
+        assert await c.execute("SCRIPT", "EXISTS", script.sha) == [1]
+        by_sha = script.later(lambda: ((), []))
+        assert by_sha is not None and await by_sha == int(script.src.rsplit(" ", 1)[1])
+        assert await c.execute("DEL", key) == 1
+    finally:
+        await c.aclose()
+
+
 async def test_a_silent_server_times_out_and_the_next_command_connects_again() -> None:
     answer = asyncio.Event()
 
