@@ -6,8 +6,14 @@ one if below the limit" is atomic across replicas. A lease lives ``lease_ttl_s``
 the leases it holds every ``heartbeat_s``, so a long stream keeps its slot while a replica that died (or
 lost Redis for longer than the TTL) gives its slots back within the TTL.
 
-``in_use`` never waits: it reads a local view, updated by every acquire/release answer and re-read for
-all known keys every ``refresh_s``.
+A release waits for nothing: the releases of one event-loop iteration go to Redis as one script call
+(``RELEASE``: every token of every key, one round trip) in the write that carries that iteration's
+commands, at the place of the first of them, so a command issued after a release (an acquire on this
+replica) runs after it in Redis. Redis has the slot back one round trip after the iteration that freed it;
+other replicas see it at once in their acquires and within ``refresh_s`` in their local view.
+
+``in_use`` never waits: it reads a local view, updated by every acquire/release answer (a release lowers
+it at once; the script's answer then sets it) and re-read for all known keys every ``refresh_s``.
 
 While Redis is unreachable (see ``RedisLink``) a deployment either fails closed (503) or fails open:
 this replica then admits up to its share of the limit (the limit split over the live replicas), counting
@@ -18,9 +24,13 @@ outage) is written back and the releases that could not be sent are sent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.exceptions
 
 from regiongate.config.scale import OutageMode
 from regiongate.state.capacity import Lease, Rider
@@ -58,12 +68,22 @@ return {taken, n}
 """
 )
 
-# KEYS set; ARGV tokens... -> live count (expired leases are not counted; the next acquire drops them)
+# KEYS sets; ARGV n1, n1 tokens of set 1, n2, n2 tokens of set 2, ... -> {live count of each set} (expired
+# leases are not counted; the next acquire drops them). ZREM takes at most 4000 tokens at a time: Lua's
+# unpack has a limit (8000 values) that a shutdown holding many leases could pass.
 RELEASE = (
     _NOW
     + """
-redis.call('ZREM', KEYS[1], unpack(ARGV))
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+local out, a = {}, 1
+for i = 1, #KEYS do
+  local last = a + tonumber(ARGV[a])
+  for j = a + 1, last, 4000 do
+    redis.call('ZREM', KEYS[i], unpack(ARGV, j, math.min(j + 3999, last)))
+  end
+  out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
+  a = last + 1
+end
+return out
 """
 )
 
@@ -105,6 +125,8 @@ return out
 
 LOCAL = "local:"  # tokens granted from this replica's share while Redis was down
 
+Batch = dict[str, list[str]]  # deployment key -> lease tokens, the releases of one script call
+
 
 class RedisCapacity:
     def __init__(
@@ -125,6 +147,8 @@ class RedisCapacity:
         self._counts: dict[str, int] = {}  # deployment key -> live leases in Redis, last seen
         self._limits: dict[str, int] = {}
         self._ids = itertools.count(1)
+        self._batch: Batch | None = None  # this iteration's releases, until their write leaves
+        self._sending: set[asyncio.Future[Any]] = set()  # release calls not answered yet
         c = link.client
         self._acquire = c.register_script(ACQUIRE)
         self._release = c.register_script(RELEASE)
@@ -198,13 +222,71 @@ class RedisCapacity:
             return  # released before, or never ours
         self._mine[key] -= 1
         if self.link.up:
-            try:
-                self._seen(key, await self._release(keys=self._k(key), args=[lease.token]))
-                return
-            except ERRORS as e:
-                self.link.failed(e)
-        if not lease.token.startswith(LOCAL):  # a local lease never reached Redis
+            self._counts[key] = max(self._counts.get(key, 1) - 1, 0)  # until the script's answer
+            batch = self._batch if self._batch is not None else self._open()
+            batch.setdefault(key, []).append(lease.token)
+        elif not lease.token.startswith(LOCAL):  # a local lease never reached Redis
             self._unsent.setdefault(key, set()).add(lease.token)
+
+    # --- batched releases -----------------------------------------------------------------------------
+    def _open(self) -> Batch:
+        """A new batch, its script call placed now on the connection; its tokens are read when this
+        iteration's write leaves. With no connection yet, a task connects and sends it (nothing waits)."""
+        batch: Batch = {}
+        fut = self._release.later(lambda: self._close(batch))
+        if fut is None:
+            fut = asyncio.ensure_future(self._connect_and_send(batch))
+        self._sent(batch, fut)
+        self._batch = batch
+        return batch
+
+    def _close(self, batch: Batch) -> tuple[list[str], list[int | str]]:
+        if self._batch is batch:  # later releases open the next batch
+            self._batch = None
+        return self._parts(batch)
+
+    def _parts(self, batch: Mapping[str, Sequence[str]]) -> tuple[list[str], list[int | str]]:
+        keys: list[str] = []
+        args: list[int | str] = []
+        for key, tokens in batch.items():
+            keys.append(self.link.key("cap", key))
+            args.append(len(tokens))
+            args += tokens
+        return keys, args
+
+    async def _connect_and_send(self, batch: Batch) -> Any:
+        keys, args = self._close(batch)
+        return await self._release(keys=keys, args=args)
+
+    def _sent(self, batch: Batch, fut: asyncio.Future[Any]) -> None:
+        self._sending.add(fut)
+        fut.add_done_callback(functools.partial(self._answered, batch))
+
+    def _answered(self, batch: Batch, fut: asyncio.Future[Any]) -> None:
+        self._sending.discard(fut)
+        if self._batch is batch:  # it failed before it left
+            self._batch = None
+        err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        out = fut.result() if err is None else err
+        if isinstance(out, redis.exceptions.NoScriptError):  # Redis forgot the script: once more, with it
+            again = self._release.later(lambda: self._parts(batch), load=True)
+            if again is not None:
+                self._sent(batch, again)
+                return
+            out = redis.exceptions.ConnectionError("Redis closed the connection")
+        if isinstance(out, BaseException):
+            if not isinstance(out, ERRORS):  # not an outage (a script error): the leases expire in the TTL
+                log.error("lease release failed", extra={"error": repr(out)})
+                return
+            self.link.failed(out)
+            for key, tokens in batch.items():  # sent when Redis is back (``_resume``)
+                self._unsent.setdefault(key, set()).update(t for t in tokens if not t.startswith(LOCAL))
+            return
+        self._seen_all(batch, out)
+
+    def _seen_all(self, keys: Mapping[str, object], counts: Sequence[object]) -> None:
+        for key, n in zip(keys, counts, strict=True):
+            self._seen(key, n)
 
     def in_use(self, key: str) -> int:
         if key not in self._counts:
@@ -226,10 +308,11 @@ class RedisCapacity:
         self._held.clear()
         if self.link.up and held:
             try:
-                for key, tokens in held.items():
-                    await self._release(keys=self._k(key), args=tokens)
+                self._seen_all(held, await self._release(*self._parts(held)))
             except ERRORS as e:
                 self.link.failed(e)
+        if self._sending:  # releases sent before: answered (or failed) before the link closes
+            await asyncio.wait(list(self._sending))
         if held:
             log.info("released leases at shutdown", extra={"leases": sum(len(t) for t in held.values())})
 
@@ -279,7 +362,13 @@ class RedisCapacity:
         """Redis is reachable again: send the releases it missed, write back every lease held here
         (those taken from the fail-open share included), then re-read the counts."""
         unsent, self._unsent = self._unsent, {}
-        for key, tokens in unsent.items():
-            await self._release(keys=self._k(key), args=list(tokens))
+        if unsent:
+            batch = {key: list(tokens) for key, tokens in unsent.items()}
+            try:
+                self._seen_all(batch, await self._release(*self._parts(batch)))
+            except ERRORS:
+                for key, tokens in unsent.items():  # still unsent: the next resume sends them
+                    self._unsent.setdefault(key, set()).update(tokens)
+                raise
         await self.renew("ALL")
         await self.refresh()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from regiongate.config.scale import SharedConfig
 from regiongate.core import RouteError
@@ -206,3 +207,127 @@ async def test_outage_fails_closed_with_503(private_redis: RedisServer) -> None:
     finally:
         private_redis.start()
         await _close(s)
+
+
+# --- batched releases ------------------------------------------------------------------------------
+
+
+async def _store_without_loops(url: str, prefix: str) -> RedisCapacity:
+    """A store whose link registered once and runs no background loop (no heartbeat, no refresh), so
+    every command Redis counts is one the test made."""
+    link = RedisLink(_cfg(url, prefix))
+    await link.beat()
+    return RedisCapacity(link)
+
+
+async def _answered(s: RedisCapacity) -> None:
+    # Replies come back in order on the one connection: once this PING is answered, so is every release
+    # sent before it (and its answer has updated the local view).
+    await s.link.client.execute("PING")
+
+
+async def test_releases_of_one_iteration_are_one_script_call(private_redis: RedisServer) -> None:
+    s = await _store_without_loops(private_redis.url, unique_prefix())
+    raw = aioredis.Redis.from_url(private_redis.url)
+    try:
+        leases = [await s.acquire("a@r", 10) for _ in range(3)] + [await s.acquire("b@r", 10) for _ in range(2)]
+        first = await s.acquire("a@r", 10)
+        assert first is not None
+        await s.release(first)  # a new Redis: this call loads the script (EVALSHA, NOSCRIPT, EVAL)
+        await _answered(s)
+        assert s.in_use("a@r") == 3 and s.in_use("b@r") == 2
+        await raw.config_resetstat()
+        await asyncio.gather(*(s.release(x) for x in leases if x is not None))
+        assert s.in_use("a@r") == 0 and s.in_use("b@r") == 0  # the local view, before Redis answered
+        await _answered(s)
+        stats = await raw.info("commandstats")
+        # Five releases over two keys: one EVALSHA (one round trip), its ZREM and ZCOUNT once per key.
+        assert stats["cmdstat_evalsha"]["calls"] == 1
+        assert stats["cmdstat_zrem"]["calls"] == 2
+        assert stats["cmdstat_zcount"]["calls"] == 2
+        assert "cmdstat_eval" not in stats
+        assert await raw.zcard(s.link.key("cap", "a@r")) == 0
+        assert await raw.zcard(s.link.key("cap", "b@r")) == 0
+        assert s.in_use("a@r") == 0 and s.in_use("b@r") == 0  # as Redis answered
+    finally:
+        await raw.aclose()
+        await _close(s)
+
+
+async def test_two_replicas_count_exactly_with_batched_releases() -> None:
+    url, prefix = shared_redis(), unique_prefix()
+    a, b = await _store_without_loops(url, prefix), await _store_without_loops(url, prefix)
+    raw = aioredis.Redis.from_url(url)
+    key = prefix + "cap:m@r"
+    try:
+        mine = {s: [await s.acquire("m@r", 6) for _ in range(3)] for s in (a, b)}
+        assert await a.acquire("m@r", 6) is None
+        # At the limit, a release and an acquire of one iteration on one replica: the release's script
+        # call took its place first, so Redis runs it first and the acquire gets the slot it freed.
+        _, again = await asyncio.gather(a.release(mine[a][0]), a.acquire("m@r", 6))  # type: ignore[arg-type]
+        assert again is not None
+        mine[a][0] = again
+        # Both replicas release in the same iteration, each in one script call.
+        await asyncio.gather(*(s.release(x) for s in (a, b) for x in mine[s][:2]))  # type: ignore[arg-type]
+        await asyncio.gather(_answered(a), _answered(b))
+        assert await raw.zcard(key) == 2
+        got = await asyncio.gather(*(s.acquire("m@r", 6) for s in (a, b) for _ in range(5)))
+        assert sum(1 for x in got if x is not None) == 4  # exactly the four slots the releases freed
+        assert await raw.zcard(key) == 6
+        for s in (a, b):
+            await s.refresh()
+            assert s.in_use("m@r") == 6
+        held = [x for x in got if x is not None] + [mine[a][2], mine[b][2]]
+        owner = {x.token: s for s in (a, b) for x in held if x is not None and x.token in s._held}
+        await asyncio.gather(*(owner[x.token].release(x) for x in held if x is not None))
+        await asyncio.gather(_answered(a), _answered(b))
+        assert await raw.zcard(key) == 0
+        for s in (a, b):
+            await s.refresh()
+            assert s.in_use("m@r") == 0
+    finally:
+        await raw.aclose()
+        await _close(a)
+        await _close(b)
+
+
+async def test_a_batch_lost_with_its_connection_is_sent_when_redis_is_back() -> None:
+    url, prefix = shared_redis(), unique_prefix()
+    s = await _store_without_loops(url, prefix)
+    raw = aioredis.Redis.from_url(url)
+    key = prefix + "cap:m@r"
+    try:
+        leases = [await s.acquire("m@r", 4) for _ in range(2)]
+        for x in leases:  # a release does not yield: both are in this iteration's batch, not sent yet
+            assert x is not None
+            await s.release(x)
+        conn = s.link.client._conn
+        assert conn is not None
+        # The connection drops before the batch's write left (what connection_lost does): the releases
+        # are kept for when Redis answers again, not lost.
+        conn.fail(redis.exceptions.ConnectionError("dropped by the test"))
+        await asyncio.sleep(0)  # the batch's failure is handled in the next iteration
+        assert not s.link.up
+        assert await raw.zcard(key) == 2
+        assert await s.link.beat()  # Redis answers: the link is up again and resumes
+        assert await raw.zcard(key) == 0
+        assert await s.acquire("m@r", 1) is not None
+    finally:
+        await raw.aclose()
+        await _close(s)
+
+
+async def test_a_release_with_no_connection_open_connects_and_is_sent() -> None:
+    url, prefix = shared_redis(), unique_prefix()
+    s = await _store_without_loops(url, prefix)
+    raw = aioredis.Redis.from_url(url)
+    try:
+        lease = await s.acquire("m@r", 4)
+        assert lease is not None
+        await s.link.client.aclose()  # no connection now; the link still counts Redis as up
+        await s.release(lease)
+        await s.aclose()  # waits for the releases sent (here: connected first, then sent)
+        assert await raw.zcard(prefix + "cap:m@r") == 0
+    finally:
+        await raw.aclose()
+        await s.link.aclose()
