@@ -149,13 +149,15 @@ end
 TAKE = _NOW + _TAKE + "return take(1, 1)\n"
 
 # The buckets and the capacity lease in one script (``state.capacity.Rider``): KEYS lease set, buckets...;
-# ARGV limit, ttl_ms, token, cap1, cost1, ... -> {1 if leased, live leases (-1: not looked at), allowed,
-# wait_ms, levels...}. Refused by a limit: no lease is taken.
+# ARGV limit, ttl_ms, token, cap1, cost1, ..., released tokens... -> {1 if leased, live leases (-1: not
+# looked at), allowed, wait_ms, levels...}. Refused by a limit: no lease is taken (the released tokens
+# leave the set either way).
 ADMIT = (
     _NOW
     + _TAKE
     + LEASE
     + """
+unlease(KEYS[1], 4 + 2 * (#KEYS - 1), #ARGV)
 local out = take(2, 4)
 local leased, n = 0, -1
 if out[1] == 1 then leased, n = lease(now) end

@@ -29,9 +29,10 @@ class Lease:
 class Rider(Protocol):
     """Work a request's first lease carries along: its rate limits (``pipeline.ratelimit``). A shared store
     runs ``script`` (the rider's own steps, then the lease's: one atomic step, one round trip) with
-    KEYS = [the lease's set, *keys] and ARGV = [limit, ttl_ms, token, *args], and hands the rider what its
-    steps returned (``answer``); any other store calls ``alone`` first. Either way, a rider that refused
-    sets ``refusal`` and no lease is taken."""
+    KEYS = [the lease's set, *keys] and ARGV = [limit, ttl_ms, token, *args, *released], and hands the
+    rider what its steps returned (``answer``); any other store calls ``alone`` first. Either way, a rider
+    that refused sets ``refusal`` and no lease is taken. ``released`` are tokens of that set this replica
+    released since its last call: the script removes them first (``capacity_redis.LEASE``'s ``unlease``)."""
 
     refusal: RouteError | None
 

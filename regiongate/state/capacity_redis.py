@@ -6,11 +6,12 @@ one if below the limit" is atomic across replicas. A lease lives ``lease_ttl_s``
 the leases it holds every ``heartbeat_s``, so a long stream keeps its slot while a replica that died (or
 lost Redis for longer than the TTL) gives its slots back within the TTL.
 
-A release waits for nothing: the releases of one event-loop iteration go to Redis as one script call
-(``RELEASE``: every token of every key, one round trip) in the write that carries that iteration's
-commands, at the place of the first of them, so a command issued after a release (an acquire on this
-replica) runs after it in Redis. Redis has the slot back one round trip after the iteration that freed it;
-other replicas see it at once in their acquires and within ``refresh_s`` in their local view.
+A release waits for nothing: the releases of one event-loop iteration ride on the next acquire of their
+key in that iteration (its script removes them before it counts, so it sees the slots they freed), and
+those left go to Redis together as one ``RELEASE`` call (every token of every key, one round trip),
+queued at the end of the iteration: it leaves in that iteration's write or the next one's. So Redis has a
+slot back one round trip after it was freed, plus at most one loop iteration; other replicas see it at
+once in their acquires and within ``refresh_s`` in their local view.
 
 ``in_use`` never waits: it reads a local view, updated by every acquire/release answer (a release lowers
 it at once; the script's answer then sets it) and re-read for all known keys every ``refresh_s``.
@@ -45,9 +46,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# The lease step, also the last step of a rider's script (``Rider``): KEYS[1] set; ARGV limit, ttl_ms, token
-# -> 1 if taken, live count.
+# The lease steps, also the steps of a rider's script (``Rider``): KEYS[1] set; ARGV limit, ttl_ms, token,
+# then the rider's own, then tokens this replica released since, to leave the set before anything counts
+# (``unlease(KEYS[1], first, #ARGV)``) -> 1 if taken, live count. ZREM takes at most 4000 tokens at a
+# time: Lua's unpack has a limit (8000 values) that a shutdown holding many leases could pass.
 LEASE = """
+local function unlease(k, first, last)
+  for j = first, last, 4000 do
+    redis.call('ZREM', k, unpack(ARGV, j, math.min(j + 3999, last)))
+  end
+end
 local function lease(now)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   local n = redis.call('ZCARD', KEYS[1])
@@ -58,28 +66,27 @@ local function lease(now)
 end
 """
 
-# -> {1 if taken, live count}
+# ARGV limit, ttl_ms, token, released tokens... -> {1 if taken, live count}
 ACQUIRE = (
     _NOW
     + LEASE
     + """
+unlease(KEYS[1], 4, #ARGV)
 local taken, n = lease(now)
 return {taken, n}
 """
 )
 
 # KEYS sets; ARGV n1, n1 tokens of set 1, n2, n2 tokens of set 2, ... -> {live count of each set} (expired
-# leases are not counted; the next acquire drops them). ZREM takes at most 4000 tokens at a time: Lua's
-# unpack has a limit (8000 values) that a shutdown holding many leases could pass.
+# leases are not counted; the next acquire drops them)
 RELEASE = (
     _NOW
+    + LEASE
     + """
 local out, a = {}, 1
 for i = 1, #KEYS do
   local last = a + tonumber(ARGV[a])
-  for j = a + 1, last, 4000 do
-    redis.call('ZREM', KEYS[i], unpack(ARGV, j, math.min(j + 3999, last)))
-  end
+  unlease(KEYS[i], a + 1, last)
   out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
   a = last + 1
 end
@@ -147,7 +154,7 @@ class RedisCapacity:
         self._counts: dict[str, int] = {}  # deployment key -> live leases in Redis, last seen
         self._limits: dict[str, int] = {}
         self._ids = itertools.count(1)
-        self._batch: Batch | None = None  # this iteration's releases, until their write leaves
+        self._pending: Batch = {}  # this iteration's releases not sent yet (``_send_pending``)
         self._sending: set[asyncio.Future[Any]] = set()  # release calls not answered yet
         c = link.client
         self._acquire = c.register_script(ACQUIRE)
@@ -180,15 +187,25 @@ class RedisCapacity:
         if self.link.up:
             token = f"{self.link.replica_id}:{next(self._ids)}"
             args: list[int | str] = [limit, self.ttl_ms, token]
+            released = self._pending.pop(key, None) if self._pending else None  # they ride along
             try:
                 if rider is None:
-                    ok, n = await self._acquire(keys=self._k(key), args=args)
+                    ok, n = await self._acquire(keys=self._k(key), args=[*args, *released] if released else args)
                 else:  # the rider's steps and the lease in one script: one round trip admits the request
-                    out = await rider.script(keys=[*self._k(key), *rider.keys], args=[*args, *rider.args])
+                    args += rider.args
+                    if released:
+                        args += released
+                    out = await rider.script(keys=[*self._k(key), *rider.keys], args=args)
                     ok, n = out[0], out[1]
                     rider.answer(out[2:])
             except ERRORS as e:
                 self.link.failed(e)
+                if released:
+                    self._unsend(key, released)
+            except BaseException:  # cancelled (or a script error): maybe not sent; removing twice is harmless
+                if released:
+                    self._queue(key, released)
+                raise
             else:
                 if int(n) >= 0:  # -1: the rider refused before the lease step looked
                     self._seen(key, n)
@@ -222,28 +239,36 @@ class RedisCapacity:
             return  # released before, or never ours
         self._mine[key] -= 1
         if self.link.up:
-            self._counts[key] = max(self._counts.get(key, 1) - 1, 0)  # until the script's answer
-            batch = self._batch if self._batch is not None else self._open()
-            batch.setdefault(key, []).append(lease.token)
-        elif not lease.token.startswith(LOCAL):  # a local lease never reached Redis
-            self._unsent.setdefault(key, set()).add(lease.token)
+            self._counts[key] = max(self._counts.get(key, 1) - 1, 0)  # until a script's answer
+        self._queue(key, [lease.token])
 
     # --- batched releases -----------------------------------------------------------------------------
-    def _open(self) -> Batch:
-        """A new batch, its script call placed now on the connection; its tokens are read when this
-        iteration's write leaves. With no connection yet, a task connects and sends it (nothing waits)."""
-        batch: Batch = {}
-        fut = self._release.later(lambda: self._close(batch))
-        if fut is None:
-            fut = asyncio.ensure_future(self._connect_and_send(batch))
-        self._sent(batch, fut)
-        self._batch = batch
-        return batch
+    def _queue(self, key: str, tokens: list[str]) -> None:
+        if not self.link.up:
+            self._unsend(key, tokens)
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._send_pending)
+        self._pending.setdefault(key, []).extend(tokens)
 
-    def _close(self, batch: Batch) -> tuple[list[str], list[int | str]]:
-        if self._batch is batch:  # later releases open the next batch
-            self._batch = None
-        return self._parts(batch)
+    def _unsend(self, key: str, tokens: Sequence[str]) -> None:
+        # Sent when Redis is back (``_resume``). A local lease never reached Redis unless a resume wrote
+        # it back; then it lapses within the TTL, as it is no longer renewed.
+        self._unsent.setdefault(key, set()).update(t for t in tokens if not t.startswith(LOCAL))
+
+    def _send_pending(self) -> None:
+        """The releases no acquire took along: one script call for all (with no connection open, a task
+        connects first; nothing waits for it)."""
+        batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        if not self.link.up:
+            for key, tokens in batch.items():
+                self._unsend(key, tokens)
+            return
+        keys, args = self._parts(batch)
+        fut = self._release.send(keys, args)
+        self._sent(batch, fut if fut is not None else asyncio.ensure_future(self._release(keys, args)))
 
     def _parts(self, batch: Mapping[str, Sequence[str]]) -> tuple[list[str], list[int | str]]:
         keys: list[str] = []
@@ -254,22 +279,16 @@ class RedisCapacity:
             args += tokens
         return keys, args
 
-    async def _connect_and_send(self, batch: Batch) -> Any:
-        keys, args = self._close(batch)
-        return await self._release(keys=keys, args=args)
-
     def _sent(self, batch: Batch, fut: asyncio.Future[Any]) -> None:
         self._sending.add(fut)
         fut.add_done_callback(functools.partial(self._answered, batch))
 
     def _answered(self, batch: Batch, fut: asyncio.Future[Any]) -> None:
         self._sending.discard(fut)
-        if self._batch is batch:  # it failed before it left
-            self._batch = None
         err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
         out = fut.result() if err is None else err
         if isinstance(out, redis.exceptions.NoScriptError):  # Redis forgot the script: once more, with it
-            again = self._release.later(lambda: self._parts(batch), load=True)
+            again = self._release.send(*self._parts(batch), load=True)
             if again is not None:
                 self._sent(batch, again)
                 return
@@ -279,8 +298,8 @@ class RedisCapacity:
                 log.error("lease release failed", extra={"error": repr(out)})
                 return
             self.link.failed(out)
-            for key, tokens in batch.items():  # sent when Redis is back (``_resume``)
-                self._unsent.setdefault(key, set()).update(t for t in tokens if not t.startswith(LOCAL))
+            for key, tokens in batch.items():
+                self._unsend(key, tokens)
             return
         self._seen_all(batch, out)
 
@@ -304,6 +323,7 @@ class RedisCapacity:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        self._send_pending()
         held = self._by_key(self._held)
         self._held.clear()
         if self.link.up and held:

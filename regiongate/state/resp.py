@@ -6,8 +6,7 @@ to Redis. Here every command of every request goes down one connection: commands
 iteration leave in one write, and replies come back in order, each resolving the future of its command
 (Redis answers a connection's commands in the order it read them). That costs a few µs per command;
 commands are packed and replies parsed by hiredis (C, the parser redis-py itself uses when installed).
-``later`` sends a command whose arguments are completed until that write leaves: the releases of one
-iteration become one script call, in the place of the first.
+``send`` queues a command without waiting for its reply: a callback's way (batched lease releases).
 
 Failures look like redis-py's (``redis.exceptions.ConnectionError`` / ``TimeoutError`` / ``ResponseError``),
 so callers keep one list of what "Redis is not there" means (``redis_link.ERRORS``). A command that gets
@@ -21,7 +20,7 @@ import asyncio
 import collections
 import hashlib
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
@@ -78,7 +77,6 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.out: list[bytes] = []
-        self.late: list[tuple[int, Callable[[], Sequence[Arg]]]] = []  # (place in out, its arguments)
         self.replies = Replies()
         self.closed: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -100,21 +98,10 @@ class _Conn(asyncio.Protocol):
             self._timer = self._loop.call_at(self.waiting[0][1], self._check)
         return fut
 
-    def send_late(self, args: Callable[[], Sequence[Arg]]) -> asyncio.Future[Any]:
-        """A command that takes its place in the order now and whose arguments are read when this
-        iteration's write leaves (``RespClient.later``)."""
-        fut = self.send(b"")
-        if self.closed is None:
-            self.late.append((len(self.out) - 1, args))
-        return fut
-
     def _flush(self) -> None:
         if self.out and self.transport is not None and self.closed is None:
-            for i, args in self.late:
-                self.out[i] = encode(args())
             self.transport.write(b"".join(self.out))
         self.out.clear()
-        self.late.clear()
 
     def _check(self) -> None:
         # Replies come in order, so only the oldest command's deadline matters.
@@ -159,7 +146,6 @@ class _Conn(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(err)
         self.out.clear()
-        self.late.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -230,17 +216,15 @@ class RespClient:
             raise reply
         return reply
 
-    def later(self, args: Callable[[], Sequence[Arg]]) -> asyncio.Future[Any] | None:
-        """Send a command whose arguments are read only when this loop iteration's commands leave: it
-        keeps the place of this call in the order (a command issued after it in the iteration runs after
-        it in Redis), while what ``args`` returns may still grow until then (``capacity_redis``'s batched
-        releases). The future's result is the reply, an error reply as an exception value; it fails as
+    def send(self, *args: Arg) -> asyncio.Future[Any] | None:
+        """Queue a command now and return its reply's future without waiting (for a callback, which
+        cannot await): the reply is its result, an error reply as an exception value; it fails as
         ``execute`` does when the connection does. None while not connected: use ``execute``, which
         connects."""
         conn = self._conn
         if conn is None or conn.closed is not None:
             return None
-        return conn.send_late(args)
+        return conn.send(encode(args))
 
     def register_script(self, src: str) -> Script:
         return Script(self, src)
@@ -268,14 +252,8 @@ class Script:
         except redis.exceptions.NoScriptError:
             return await self.client.execute("EVAL", self.src, len(keys), *keys, *args)
 
-    def later(
-        self, parts: Callable[[], tuple[Sequence[Arg], Sequence[Arg]]], load: bool = False
-    ) -> asyncio.Future[Any] | None:
-        """The script through ``RespClient.later``, with the (keys, args) ``parts`` returns when it leaves.
-        By its SHA1, or with its source when ``load`` (the reply was a ``NoScriptError``: Redis forgot it)."""
-
-        def args() -> list[Arg]:
-            keys, argv = parts()
-            return ["EVAL" if load else "EVALSHA", self.src if load else self.sha, len(keys), *keys, *argv]
-
-        return self.client.later(args)
+    def send(self, keys: Sequence[Arg], args: Sequence[Arg], load: bool = False) -> asyncio.Future[Any] | None:
+        """The script through ``RespClient.send``: by its SHA1, or with its source when ``load`` (the
+        reply was a ``NoScriptError``: Redis forgot it)."""
+        head = ("EVAL", self.src) if load else ("EVALSHA", self.sha)
+        return self.client.send(*head, len(keys), *keys, *args)

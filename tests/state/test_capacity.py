@@ -5,7 +5,8 @@ outage fails open (per-replica share) or closed (503) and resumes when Redis is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,8 +14,9 @@ import redis.exceptions
 
 from regiongate.config.scale import SharedConfig
 from regiongate.core import RouteError
+from regiongate.pipeline.ratelimit import ADMIT, RedisRates
 from regiongate.state.capacity import CapacityStore, Lease, LocalCapacity
-from regiongate.state.capacity_redis import RedisCapacity
+from regiongate.state.capacity_redis import ACQUIRE, RELEASE, RedisCapacity
 from regiongate.state.redis_link import RedisLink, share_of
 from tests.support.scale import RedisServer, private_redis, shared_redis, unique_prefix
 
@@ -262,8 +264,8 @@ async def test_two_replicas_count_exactly_with_batched_releases() -> None:
     try:
         mine = {s: [await s.acquire("m@r", 6) for _ in range(3)] for s in (a, b)}
         assert await a.acquire("m@r", 6) is None
-        # At the limit, a release and an acquire of one iteration on one replica: the release's script
-        # call took its place first, so Redis runs it first and the acquire gets the slot it freed.
+        # At the limit, a release and an acquire of one iteration on one replica: the release rides on the
+        # acquire, whose script removes it before it counts, so the acquire gets the slot it freed.
         _, again = await asyncio.gather(a.release(mine[a][0]), a.acquire("m@r", 6))  # type: ignore[arg-type]
         assert again is not None
         mine[a][0] = again
@@ -298,20 +300,74 @@ async def test_a_batch_lost_with_its_connection_is_sent_when_redis_is_back() -> 
     key = prefix + "cap:m@r"
     try:
         leases = [await s.acquire("m@r", 4) for _ in range(2)]
-        for x in leases:  # a release does not yield: both are in this iteration's batch, not sent yet
+        for x in leases:  # a release does not yield: both are this iteration's
             assert x is not None
             await s.release(x)
+        # Their one script call is queued in the next iteration (before this task resumes: the loop runs
+        # callbacks in order) and written in the one after; the connection drops in between (as
+        # connection_lost fails it): the releases are kept for when Redis answers again, not lost.
+        await asyncio.sleep(0)
+        assert len(s._sending) == 1
         conn = s.link.client._conn
-        assert conn is not None
-        # The connection drops before the batch's write left (what connection_lost does): the releases
-        # are kept for when Redis answers again, not lost.
+        assert conn is not None and conn.out
         conn.fail(redis.exceptions.ConnectionError("dropped by the test"))
-        await asyncio.sleep(0)  # the batch's failure is handled in the next iteration
+        await asyncio.sleep(0)  # the failed call is handled in the next iteration
         assert not s.link.up
         assert await raw.zcard(key) == 2
         assert await s.link.beat()  # Redis answers: the link is up again and resumes
         assert await raw.zcard(key) == 0
         assert await s.acquire("m@r", 1) is not None
+    finally:
+        await raw.aclose()
+        await _close(s)
+
+
+class _OneRequestRider:
+    """A rider whose one bucket (capacity 1) admits one request (what ``pipeline.ratelimit`` sends)."""
+
+    def __init__(self, rates: RedisRates, bucket: str) -> None:
+        self.script = rates.admit
+        self.keys = [rates.link.key("rl", bucket)]
+        self.args = [1, 1]
+        self.refusal: RouteError | None = None
+
+    def answer(self, out: Sequence[Any]) -> None:
+        self.refusal = None if int(out[0]) == 1 else RouteError("refused", code="rate_limited", status=429)
+
+    async def alone(self) -> None:
+        raise AssertionError("Redis is up: the rider runs in the lease's script")
+
+
+async def test_releases_ride_on_the_next_acquire_of_their_key(private_redis: RedisServer) -> None:
+    s = await _store_without_loops(private_redis.url, unique_prefix())
+    rates = RedisRates(s.link)
+    raw = aioredis.Redis.from_url(private_redis.url)
+    key = s.link.key("cap", "m@r")
+    try:
+        for script in (ACQUIRE, RELEASE, ADMIT):  # loaded, so each call below is one EVALSHA
+            await s.link.client.execute("SCRIPT", "LOAD", script)
+        leases = [await s.acquire("m@r", 3) for _ in range(3)]
+        other = await s.acquire("n@r", 3)
+        assert await s.acquire("m@r", 3) is None
+        await raw.config_resetstat()
+        # Two releases of m@r, one of n@r and an acquire of m@r in one iteration: m@r's ride on the
+        # acquire (which gets a slot they freed), n@r's leaves alone.
+        *_, got = await asyncio.gather(
+            *(s.release(x) for x in [*leases[:2], other] if x is not None), s.acquire("m@r", 3)
+        )
+        assert got is not None
+        await _answered(s)
+        stats = await raw.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 2  # the acquire, and one release for n@r
+        assert stats["cmdstat_zrem"]["calls"] == 2  # once per key
+        assert await raw.zcard(key) == 2 and s.in_use("m@r") == 2
+        assert await raw.zcard(s.link.key("cap", "n@r")) == 0 and s.in_use("n@r") == 0
+        # A rider's script takes them along too, and removes them even when its limit refuses.
+        assert await s.acquire("m@r", 3, _OneRequestRider(rates, "team:t:requests")) is not None
+        refused = _OneRequestRider(rates, "team:t:requests")
+        _, none = await asyncio.gather(s.release(got), s.acquire("m@r", 3, refused))
+        assert none is None and refused.refusal is not None
+        assert await raw.zcard(key) == 2 and s.in_use("m@r") == 2
     finally:
         await raw.aclose()
         await _close(s)

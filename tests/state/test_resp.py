@@ -85,26 +85,26 @@ async def test_a_script_is_loaded_again_after_redis_forgot_it() -> None:
         await c.aclose()
 
 
-async def test_a_late_command_keeps_its_place_and_takes_its_arguments_when_it_leaves() -> None:
+async def test_send_queues_a_command_without_waiting_for_its_reply() -> None:
     c = RespClient(shared_redis(), 5.0)
     key = f"rgtest:{uuid.uuid4().hex}"
-    items: list[str] = []
     try:
-        assert c.later(lambda: ["PING"]) is None  # not connected yet: the caller uses execute
+        assert c.send("PING") is None  # not connected yet: the caller uses execute
         await c.execute("PING")
-        pushed = c.later(lambda: ["RPUSH", key, *items])
+        pushed = c.send("RPUSH", key, "a", "b")
         assert pushed is not None
-        length = asyncio.ensure_future(c.execute("LLEN", key))  # issued after it, in the same iteration
-        items += ["a", "b"]  # still this iteration: the late command takes them
-        assert await pushed == 2
-        assert await length == 2  # it ran after the late command, in the order of the calls
+        assert await c.execute("LLEN", key) == 2  # sent after it on the one connection: it ran after it
+        assert pushed.done() and pushed.result() == 2
+        wrong = c.send("LPUSH", key)  # too few arguments: the error reply is the value, not an exception
+        assert wrong is not None and isinstance(await wrong, redis.exceptions.ResponseError)
         script = c.register_script(f"return #ARGV + {uuid.uuid4().int % 1000}")
-        loaded = script.later(lambda: ((), ["x"]), load=True)  # by its source: Redis never saw it
-        assert loaded is not None
-        assert await loaded == 1 + int(script.src.rsplit(" ", 1)[1])
-        assert await c.execute("SCRIPT", "EXISTS", script.sha) == [1]
-        by_sha = script.later(lambda: ((), []))
-        assert by_sha is not None and await by_sha == int(script.src.rsplit(" ", 1)[1])
+        base = int(script.src.rsplit(" ", 1)[1])
+        unknown = script.send((), ["x"])
+        assert unknown is not None and isinstance(await unknown, redis.exceptions.NoScriptError)
+        loaded = script.send((), ["x"], load=True)  # by its source
+        assert loaded is not None and await loaded == 1 + base
+        by_sha = script.send((), [])
+        assert by_sha is not None and await by_sha == base
         assert await c.execute("DEL", key) == 1
     finally:
         await c.aclose()
