@@ -180,11 +180,16 @@ async def test_outage_fails_open_to_a_share_then_resumes(private_redis: RedisSer
         assert not s.link.up
         assert s.in_use("m@r") == 4
         await s.release(held)
+        # The link is up before its on_up callbacks have run: wait for the store's resume to end (the
+        # link runs the callbacks in order, so this one comes after it).
+        resumed = asyncio.Event()
+
+        async def mark() -> None:
+            resumed.set()
+
+        s.link.on_up.append(mark)
         private_redis.start()
-        for _ in range(200):
-            if s.link.up:
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(resumed.wait(), 10)
         assert s.link.up
         # Shared accounting resumed: the leases taken during the outage are in the (new, empty) Redis.
         raw = aioredis.Redis.from_url(private_redis.url)
