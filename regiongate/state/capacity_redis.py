@@ -28,7 +28,7 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -187,14 +187,15 @@ class RedisCapacity:
         if self.link.up:
             token = f"{self.link.replica_id}:{next(self._ids)}"
             args: list[int | str] = [limit, self.ttl_ms, token]
-            released = self._pending.pop(key, None) if self._pending else None  # they ride along
+            if rider is not None:
+                args += rider.args
+            released = self._pending.pop(key, None) if self._pending else None  # they ride along, last
+            if released:
+                args += released
             try:
                 if rider is None:
-                    ok, n = await self._acquire(keys=self._k(key), args=[*args, *released] if released else args)
+                    ok, n = await self._acquire(keys=self._k(key), args=args)
                 else:  # the rider's steps and the lease in one script: one round trip admits the request
-                    args += rider.args
-                    if released:
-                        args += released
                     out = await rider.script(keys=[*self._k(key), *rider.keys], args=args)
                     ok, n = out[0], out[1]
                     rider.answer(out[2:])
@@ -251,10 +252,14 @@ class RedisCapacity:
             asyncio.get_running_loop().call_soon(self._send_pending)
         self._pending.setdefault(key, []).extend(tokens)
 
-    def _unsend(self, key: str, tokens: Sequence[str]) -> None:
+    def _unsend(self, key: str, tokens: Iterable[str]) -> None:
         # Sent when Redis is back (``_resume``). A local lease never reached Redis unless a resume wrote
         # it back; then it lapses within the TTL, as it is no longer renewed.
         self._unsent.setdefault(key, set()).update(t for t in tokens if not t.startswith(LOCAL))
+
+    def _unsend_all(self, batch: Mapping[str, Iterable[str]]) -> None:
+        for key, tokens in batch.items():
+            self._unsend(key, tokens)
 
     def _send_pending(self) -> None:
         """The releases no acquire took along: one script call for all (with no connection open, a task
@@ -263,8 +268,7 @@ class RedisCapacity:
         if not batch:
             return
         if not self.link.up:
-            for key, tokens in batch.items():
-                self._unsend(key, tokens)
+            self._unsend_all(batch)
             return
         keys, args = self._parts(batch)
         fut = self._release.send(keys, args)
@@ -298,8 +302,7 @@ class RedisCapacity:
                 log.error("lease release failed", extra={"error": repr(out)})
                 return
             self.link.failed(out)
-            for key, tokens in batch.items():
-                self._unsend(key, tokens)
+            self._unsend_all(batch)
             return
         self._seen_all(batch, out)
 
@@ -387,8 +390,7 @@ class RedisCapacity:
             try:
                 self._seen_all(batch, await self._release(*self._parts(batch)))
             except ERRORS:
-                for key, tokens in unsent.items():  # still unsent: the next resume sends them
-                    self._unsent.setdefault(key, set()).update(tokens)
+                self._unsend_all(unsent)  # still unsent: the next resume sends them
                 raise
         await self.renew("ALL")
         await self.refresh()
