@@ -19,7 +19,10 @@ it at once; the script's answer then sets it) and re-read for all known keys eve
 While Redis is unreachable (see ``RedisLink``) a deployment either fails closed (503) or fails open:
 this replica then admits up to its share of the limit (the limit split over the live replicas), counting
 the leases it already held. When Redis is back, every held lease (including those taken during the
-outage) is written back and the releases that could not be sent are sent.
+outage) is written back and the releases that could not be sent are sent. A lease taken in the outage
+and released before a resume wrote it back was never in Redis: its release is not sent (nor kept, so a
+long outage leaves nothing to send for the requests it admitted); once written back it is released like
+any other.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ return out
 """
 )
 
-LOCAL = "local:"  # tokens granted from this replica's share while Redis was down
+LOCAL = "local:"  # tokens granted from this replica's share while Redis was down (``_local``)
 
 Batch = dict[str, list[str]]  # deployment key -> lease tokens, the releases of one script call
 
@@ -149,6 +152,7 @@ class RedisCapacity:
         self.modes: dict[str, OutageMode] = dict(modes or {})
         self.default_mode: OutageMode = default_mode
         self._held: dict[str, str] = {}  # token -> deployment key: every lease this process holds
+        self._local: set[str] = set()  # held leases Redis never had (fail-open share, not written back)
         self._mine: dict[str, int] = {}  # deployment key -> leases held here
         self._unsent: dict[str, set[str]] = {}  # releases Redis did not get, sent on reconnect
         self._counts: dict[str, int] = {}  # deployment key -> live leases in Redis, last seen
@@ -228,6 +232,7 @@ class RedisCapacity:
             return None
         token = f"{LOCAL}{self.link.replica_id}:{next(self._ids)}"
         self._hold(token, key)
+        self._local.add(token)
         return Lease(key, token)
 
     def _hold(self, token: str, key: str) -> None:
@@ -239,6 +244,9 @@ class RedisCapacity:
         if key is None:
             return  # released before, or never ours
         self._mine[key] -= 1
+        if self._local and lease.token in self._local:  # empty unless an outage granted leases
+            self._local.discard(lease.token)
+            return  # Redis never had it: nothing to send
         if self.link.up:
             self._counts[key] = max(self._counts.get(key, 1) - 1, 0)  # until a script's answer
         self._queue(key, [lease.token])
@@ -253,9 +261,9 @@ class RedisCapacity:
         self._pending.setdefault(key, []).extend(tokens)
 
     def _unsend(self, key: str, tokens: Iterable[str]) -> None:
-        # Sent when Redis is back (``_resume``). A local lease never reached Redis unless a resume wrote
-        # it back; then it lapses within the TTL, as it is no longer renewed.
-        self._unsent.setdefault(key, set()).update(t for t in tokens if not t.startswith(LOCAL))
+        # Sent when Redis is back (``_resume``). Every token here may be in Redis: ``release`` sends none
+        # of the leases Redis never had, and a written-back local lease is one Redis has.
+        self._unsent.setdefault(key, set()).update(tokens)
 
     def _unsend_all(self, batch: Mapping[str, Iterable[str]]) -> None:
         for key, tokens in batch.items():
@@ -329,6 +337,7 @@ class RedisCapacity:
         self._send_pending()
         held = self._by_key(self._held)
         self._held.clear()
+        self._local.clear()
         if self.link.up and held:
             try:
                 self._seen_all(held, await self._release(*self._parts(held)))
@@ -369,8 +378,14 @@ class RedisCapacity:
 
     async def renew(self, mode: str = "XX") -> None:
         """Extend every held lease to now + TTL; with 'NX' semantics (mode != 'XX') lost ones are
-        written back too."""
-        for key, tokens in self._by_key(self._held).items():
+        written back too, those from the fail-open share included (Redis has them from then on)."""
+        held = self._held
+        for key, tokens in self._by_key(held).items():
+            if mode != "XX":
+                # A round trip per key: a lease released during an earlier key's is left out (its release
+                # may have left already). From here on a local lease may be in Redis: its release is sent.
+                tokens = [t for t in tokens if t in held]
+                self._local.difference_update(tokens)
             self._seen(key, await self._renew(keys=self._k(key), args=[self.ttl_ms, mode, *tokens]))
 
     async def refresh(self) -> None:

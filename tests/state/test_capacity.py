@@ -16,7 +16,7 @@ from regiongate.config.scale import SharedConfig
 from regiongate.core import RouteError
 from regiongate.pipeline.ratelimit import ADMIT, RedisRates
 from regiongate.state.capacity import CapacityStore, Lease, LocalCapacity
-from regiongate.state.capacity_redis import ACQUIRE, RELEASE, RedisCapacity
+from regiongate.state.capacity_redis import ACQUIRE, LOCAL, RELEASE, RedisCapacity
 from regiongate.state.redis_link import RedisLink, share_of
 from tests.support.scale import RedisServer, private_redis, shared_redis, unique_prefix
 
@@ -219,10 +219,10 @@ async def test_outage_fails_closed_with_503(private_redis: RedisServer) -> None:
 # --- batched releases ------------------------------------------------------------------------------
 
 
-async def _store_without_loops(url: str, prefix: str) -> RedisCapacity:
+async def _store_without_loops(url: str, prefix: str, **kw: float) -> RedisCapacity:
     """A store whose link registered once and runs no background loop (no heartbeat, no refresh), so
     every command Redis counts is one the test made."""
-    link = RedisLink(_cfg(url, prefix))
+    link = RedisLink(_cfg(url, prefix, **kw))
     await link.beat()
     return RedisCapacity(link)
 
@@ -392,3 +392,158 @@ async def test_a_release_with_no_connection_open_connects_and_is_sent() -> None:
     finally:
         await raw.aclose()
         await s.link.aclose()
+
+
+# --- outages that keep Redis's data ------------------------------------------------------------------
+# A stopped server comes back empty, which would hide a slot left behind; here an outage is what a failed
+# command leaves (the connection dropped, the link down) while Redis keeps every set, and it ends when the
+# link's beat finds Redis again (``beat`` runs the store's resume before it returns). The TTL is long, so a
+# slot left in Redis is still there when the test looks, however slow the machine.
+
+
+Resumable = tuple[RedisCapacity, aioredis.Redis]
+
+
+@pytest.fixture
+async def resumable(private_redis: RedisServer) -> AsyncIterator[Resumable]:
+    """A store without loops on a private Redis (its command counts are the test's alone), and a client
+    to look into it."""
+    s = await _store_without_loops(private_redis.url, unique_prefix(), lease_ttl_s=60.0)
+    raw = aioredis.Redis.from_url(private_redis.url)
+    yield s, raw
+    await raw.aclose()
+    await _close(s)
+
+
+def _drop(s: RedisCapacity) -> None:
+    conn = s.link.client._conn
+    assert conn is not None
+    conn.fail(redis.exceptions.ConnectionError("dropped by the test"))  # as connection_lost does
+
+
+def _outage(s: RedisCapacity) -> None:
+    _drop(s)
+    s.link.failed(redis.exceptions.ConnectionError("dropped by the test"))
+
+
+async def _back(s: RedisCapacity) -> None:
+    assert await s.link.beat()
+    assert s.link.up
+
+
+async def _written_back(s: RedisCapacity, key: str = "m@r") -> Lease:
+    """A lease taken from this replica's share in an outage, then written to Redis by the resume."""
+    _outage(s)
+    lease = await s.acquire(key, 4)
+    assert lease is not None and lease.token.startswith(LOCAL)
+    await _back(s)
+    return lease
+
+
+async def _lose_a_release(s: RedisCapacity, lease: Lease, how: str) -> list[Lease]:
+    """Release ``lease`` so that Redis misses it: ``down`` in an outage; ``batch``, its RELEASE call lost
+    with the connection; ``acquire``, riding on an acquire of its key lost with the connection. Returns
+    the leases taken meanwhile."""
+    taken: list[Lease] = []
+    if how == "down":
+        _outage(s)
+        await s.release(lease)
+    elif how == "batch":
+        await s.release(lease)
+        await asyncio.sleep(0)  # its RELEASE call is queued in the next iteration
+        assert len(s._sending) == 1
+        _drop(s)
+        await asyncio.sleep(0)  # the failed call is handled in the next iteration
+    else:  # the acquire takes the release along, is written with it, and fails (then fails open)
+
+        async def drop() -> None:  # runs after the acquire wrote its call, before that call is read
+            assert not s._pending  # the acquire took the release along
+            _drop(s)
+
+        _, got, _ = await asyncio.gather(s.release(lease), s.acquire(lease.key, 4), drop())
+        assert got is not None and got.token.startswith(LOCAL)
+        taken.append(got)
+    assert not s.link.up
+    return taken
+
+
+@pytest.mark.parametrize("how", ["down", "batch", "acquire"])
+async def test_a_written_back_lease_released_in_a_later_outage_is_sent_on_resume(
+    resumable: Resumable, how: str
+) -> None:
+    s, raw = resumable
+    key = s.link.key("cap", "m@r")
+    kept = await s.acquire("m@r", 4)  # a lease from Redis, held throughout
+    lease = await _written_back(s)
+    assert await raw.zscore(key, lease.token) is not None  # Redis has it: it holds a slot there
+    taken = await _lose_a_release(s, lease, how)
+    await _back(s)
+    # Freed when Redis answered, not when its TTL ran out.
+    assert await raw.zscore(key, lease.token) is None
+    assert await raw.zcard(key) == 1 + len(taken) == s.in_use("m@r")
+    assert kept is not None and await raw.zscore(key, kept.token) is not None
+
+
+async def test_a_local_lease_released_before_any_resume_is_never_sent(resumable: Resumable) -> None:
+    s, raw = resumable
+    _outage(s)
+    leases = [await s.acquire("m@r", 4) for _ in range(3)]
+    for x in leases:
+        assert x is not None and x.token.startswith(LOCAL)
+        await s.release(x)
+    await raw.config_resetstat()
+    await _back(s)
+    # Redis never had them: the resume sends no release (the script's ZREM would count), and an
+    # outage that admits many requests leaves nothing to send for them.
+    stats = await raw.info("commandstats")
+    assert "cmdstat_zrem" not in stats
+    assert not s._unsent
+    assert await raw.zcard(s.link.key("cap", "m@r")) == 0 and s.in_use("m@r") == 0
+
+
+async def test_a_written_back_lease_released_twice_frees_one_slot(resumable: Resumable) -> None:
+    s, raw = resumable
+    key = s.link.key("cap", "m@r")
+    lease = await _written_back(s)
+    kept = await s.acquire("m@r", 2)
+    assert kept is not None and not kept.token.startswith(LOCAL)
+    _outage(s)
+    await s.release(lease)
+    await s.release(lease)  # twice, in the outage
+    await _back(s)
+    await s.release(lease)  # and once more after it
+    await _answered(s)
+    assert await raw.zcard(key) == 1 and s.in_use("m@r") == 1
+    assert await s.acquire("m@r", 2) is not None
+    assert await s.acquire("m@r", 2) is None  # one slot was freed, not two
+
+
+@pytest.mark.parametrize("origin", ["local", "redis"])
+async def test_a_lease_released_while_the_resume_writes_back_stays_released(
+    resumable: Resumable, monkeypatch: pytest.MonkeyPatch, origin: str
+) -> None:
+    """The resume writes back one key at a time, a round trip each; a lease of a later key released
+    meanwhile is not written back after its release left (the slot would stay taken for the TTL)."""
+    s, raw = resumable
+    if origin == "redis":
+        first, later = await s.acquire("a@r", 4), await s.acquire("b@r", 4)
+        _outage(s)
+    else:
+        _outage(s)
+        first, later = await s.acquire("a@r", 4), await s.acquire("b@r", 4)
+    assert first is not None and later is not None
+    assert later.token.startswith(LOCAL) == (origin == "local")
+    renew, calls = s._renew, []
+
+    async def release_then_renew(keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        calls.append(keys[0])
+        if len(calls) == 1:  # before the first key's write-back leaves: its release goes first
+            await s.release(later)
+        return await renew(keys=keys, args=args)
+
+    monkeypatch.setattr(s, "_renew", release_then_renew)
+    await _back(s)
+    assert calls == [s.link.key("cap", "a@r"), s.link.key("cap", "b@r")]
+    await _answered(s)
+    assert await raw.zcard(s.link.key("cap", "b@r")) == 0 and s.in_use("b@r") == 0
+    assert await raw.zcard(s.link.key("cap", "a@r")) == 1
