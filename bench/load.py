@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ class Workload:
     chunks: int  # content chunks (stream) or completion tokens (chat)
     latency_ms: int  # the upstream's own latency before its first byte
     conc: int
+    # Seconds the connections run before anything is counted (the probe drives such a workload): the
+    # window then starts in steady state, without the burst of ``conc`` new connections at once.
+    warm_s: float = 0.0
 
     @property
     def what(self) -> str:
@@ -40,7 +44,7 @@ class Workload:
 
     @property
     def name(self) -> str:
-        return f"{self.what} lat{self.latency_ms} c{self.conc}"
+        return f"{self.what} lat{self.latency_ms} c{self.conc}" + (" steady" if self.warm_s else "")
 
     @property
     def group(self) -> str:
@@ -96,6 +100,7 @@ def matrix(full: bool) -> list[Workload]:
             for c in (1, 32, 128)
         ]
     out = [Workload("chat", 16, lat, c) for lat in (0, 50) for c in (1, 32, 128)]
+    out += [Workload("chat", 16, 50, 128, warm_s=1.0)]  # the tail without the opening burst (docs/bench)
     out += [Workload("stream", 20, 0, c) for c in (1, 32, 128)]
     out += [Workload("stream", 20, 50, c) for c in (1, 128)]
     out += [Workload("stream", 200, 0, c) for c in (1, 32)]
@@ -167,16 +172,22 @@ def run_wrk(url: str, w: Workload, duration: float, work: Path) -> Sample:
 
 
 def run_probe(
-    url: str, w: Workload, duration: float, requests: int = 0, show: bool = False
+    url: str,
+    w: Workload,
+    duration: float,
+    requests: int = 0,
+    show: bool = False,
+    on_mark: Callable[[], None] | None = None,
 ) -> tuple[Sample, dict[str, Any]]:
     """Drive ``url`` with bench.probe, in this process (the orchestrator only waits meanwhile, and a
-    process start per measurement would cost more than the short cells of --quick)."""
+    process start per measurement would cost more than the short cells of --quick). A warm workload
+    calls ``on_mark`` when its counted window starts (the caller reads its CPU counters there)."""
     import uvloop
 
     from bench.probe import run
 
     headers = [f"Authorization: Bearer {BENCH_KEY}"]
-    r = uvloop.run(run(url, w.body().encode(), headers, w.conc, duration, requests))
+    r = uvloop.run(run(url, w.body().encode(), headers, w.conc, duration, requests, warm=w.warm_s, on_mark=on_mark))
     if not show:
         r.pop("sample", None)
     statuses: dict[str, int] = r["statuses"]

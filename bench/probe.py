@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ class Totals:
     samples: list[bytes] = field(default_factory=list)  # the first response body (for --show)
     receipts: int = 0  # x-regiongate-receipt headers seen, and their distinct signatures (batching)
     signatures: set[bytes] = field(default_factory=set)
+    counted_from: float = 0.0  # responses to requests sent before this (perf_counter) are not counted
 
 
 class Conn(asyncio.Protocol):
@@ -97,6 +99,10 @@ class Conn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         end = time.perf_counter()
         t = self.totals
+        if self.sent < t.counted_from:  # still warming up: the connection goes on, nothing is counted
+            self.body = []
+            self._send()
+            return
         status = self.parser.get_status_code()
         t.statuses[status] = t.statuses.get(status, 0) + 1
         t.ttfb_us.append(((self.first or end) - self.sent) * 1e6)
@@ -151,17 +157,30 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def run(
-    url: str, body: bytes, headers: list[str], conns: int, duration: float, requests: int, drain: float = 5.0
+    url: str,
+    body: bytes,
+    headers: list[str],
+    conns: int,
+    duration: float,
+    requests: int,
+    drain: float = 5.0,
+    warm: float = 0.0,
+    on_mark: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Closed loop on ``conns`` connections until ``duration`` (or ``requests``) is done; responses in flight
-    at the deadline get ``drain`` more seconds (with a floor of the duration), then are abandoned."""
+    at the deadline get ``drain`` more seconds (with a floor of the duration), then are abandoned. With
+    ``warm`` the connections first run that many seconds uncounted (``on_mark`` is called as counting
+    starts), so the window opens in steady state rather than on ``conns`` connections opened at once."""
     loop = asyncio.get_running_loop()
     u = urlsplit(url)
     request = build_request(url, body, headers)
     totals = Totals()
     budget = [requests if requests > 0 else -1]
-    started = time.perf_counter()
+    started = time.perf_counter() + warm  # the counted window's start
+    totals.counted_from = started
     deadline = started + duration if duration > 0 else float("inf")
+    if warm > 0 and on_mark is not None:
+        loop.call_later(warm, on_mark)
     waits, protos = [], []
     for _ in range(conns):
         done: asyncio.Future[None] = loop.create_future()
@@ -177,7 +196,7 @@ async def run(
             done.set_result(None)
         waits.append(done)
     # A slow target must not stretch the run: what is still in flight after the drain time is abandoned.
-    limit = (duration + max(drain, duration)) if duration > 0 else 60.0
+    limit = warm + ((duration + max(drain, duration)) if duration > 0 else 60.0)
     _, pending = await asyncio.wait(waits, timeout=limit)
     if pending:
         for proto in protos:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bench import load, report, targets
 from bench.load import Workload
@@ -146,16 +147,25 @@ def check(ts: list[Target], workloads: list[Workload], notes: list[str]) -> list
 
 def measure(t: Target, w: Workload, duration: float, work: Path, chat_client: str) -> Cell:
     t.refresh()
-    redis_before = t.redis.counts() if t.redis else None
-    before = targets.cpu_seconds(t.pids)
-    if w.grpc:
-        sample = load.run_grpc(t.grpc_port, w, duration, work)
-    elif w.kind == "chat" and chat_client == "wrk":
-        sample = load.run_wrk(t.url, w, duration, work)
+    counters: dict[str, Any] = {}
+
+    def mark() -> None:  # where the counted window starts: now, or after a warm workload's warm-up
+        counters["redis"] = t.redis.counts() if t.redis else None
+        counters["cpu"] = targets.cpu_seconds(t.pids)
+
+    if w.warm_s:
+        sample = load.run_probe(t.url, w, duration, on_mark=mark)[0]
     else:
-        sample = load.run_probe(t.url, w, duration)[0]
+        mark()
+        if w.grpc:
+            sample = load.run_grpc(t.grpc_port, w, duration, work)
+        elif w.kind == "chat" and chat_client == "wrk":
+            sample = load.run_wrk(t.url, w, duration, work)
+        else:
+            sample = load.run_probe(t.url, w, duration)[0]
+    redis_before = counters["redis"]
     t.refresh()
-    cpu = targets.cpu_seconds(t.pids) - before
+    cpu = targets.cpu_seconds(t.pids) - counters["cpu"]
     worker, total = targets.peak_rss_mb(t.pids)
     settle(t)
     redis = None
