@@ -36,15 +36,13 @@ class Totals:
     receipts: int = 0  # x-regiongate-receipt headers seen, and their distinct signatures (batching)
     signatures: set[bytes] = field(default_factory=set)
     counted_from: float = 0.0  # responses to requests sent before this (perf_counter) are not counted
+    deadline: float = float("inf")  # no request is sent from this on
 
 
 class Conn(asyncio.Protocol):
-    def __init__(
-        self, request: bytes, totals: Totals, deadline: float, budget: list[int], done: asyncio.Future[None]
-    ) -> None:
+    def __init__(self, request: bytes, totals: Totals, budget: list[int], done: asyncio.Future[None]) -> None:
         self.request = request
         self.totals = totals
-        self.deadline = deadline
         self.budget = budget  # shared remaining request count ([-1]: unbounded)
         self.done = done
         self.transport: asyncio.Transport | None = None
@@ -117,7 +115,7 @@ class Conn(asyncio.Protocol):
         self._send()
 
     def _send(self) -> None:
-        if time.perf_counter() >= self.deadline or self.budget[0] == 0:
+        if time.perf_counter() >= self.totals.deadline or self.budget[0] == 0:
             self._finish()
             return
         if self.budget[0] > 0:
@@ -176,17 +174,27 @@ async def run(
     request = build_request(url, body, headers)
     totals = Totals()
     budget = [requests if requests > 0 else -1]
-    started = time.perf_counter() + warm  # the counted window's start
-    totals.counted_from = started
-    deadline = started + duration if duration > 0 else float("inf")
-    if warm > 0 and on_mark is not None:
-        loop.call_later(warm, on_mark)
+
+    def open_window() -> None:
+        # One instant for the caller's counters, the first counted send and the deadline: a window
+        # computed ahead and a separate timer for the mark disagree by however late the timer fires.
+        if warm > 0 and on_mark is not None:
+            on_mark()
+        totals.counted_from = time.perf_counter()
+        if duration > 0:
+            totals.deadline = totals.counted_from + duration
+
+    if warm > 0:
+        totals.counted_from = float("inf")
+        loop.call_later(warm, open_window)
+    else:
+        open_window()
     waits, protos = [], []
     for _ in range(conns):
         done: asyncio.Future[None] = loop.create_future()
         try:
             _, proto = await loop.create_connection(
-                lambda d=done: Conn(request, totals, deadline, budget, d),  # type: ignore[misc]
+                lambda d=done: Conn(request, totals, budget, d),  # type: ignore[misc]
                 u.hostname or "127.0.0.1",
                 u.port or 80,
             )
@@ -201,7 +209,7 @@ async def run(
     if pending:
         for proto in protos:
             proto.abort()
-    elapsed = time.perf_counter() - started
+    elapsed = max(0.0, time.perf_counter() - totals.counted_from)
     n = len(totals.total_us)
     return {
         "requests": n,
